@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny Stable Diffusion pipeline built from real diffusers/transformers classes, and the
+real embedding files in ../shared/fixtures/real-embeddings/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REAL_EMBEDDINGS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real-embeddings"
+
+# The tiny tokenizer's vocabulary: every other word is spelled byte by byte.
+TINY_WORDS = ["a", "photo", "of", "the", "cat", "dog", "toy", "painting", "style", "in", "rendering", "sculpture"]
+
+
+@pytest.fixture(scope="session")
+def real_embeddings() -> Path:
+    if not REAL_EMBEDDINGS.is_dir():
+        pytest.skip(f"real embedding fixtures not found at {REAL_EMBEDDINGS} (../shared beside the project)")
+    return REAL_EMBEDDINGS
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny SD1-shaped pipeline (32-dim text encoder, 32 px) saved as a diffusers folder."""
+    from textinv.toy.pipeline import build_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    build_pipeline(TINY_WORDS, folder, seed=0)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """No test reads or writes the user's caches or reaches the network."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.delenv("TEXTINV_MODEL", raising=False)
+    monkeypatch.delenv("TEXTINV_DEBUG", raising=False)

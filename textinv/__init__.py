@@ -1,0 +1,30 @@
+"""textinv: textual inversion for Stable Diffusion.
+
+Everything the CLI does is a plain function here; heavy modules (torch, diffusers) load on first use so that
+`textinv --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_API = {
+    "Embedding": "embeddings",
+    "Token": "embeddings",
+    "load_embedding": "embeddings",
+    "save_embedding": "embeddings",
+    "merge_embeddings": "embeddings",
+    "detect_format": "embeddings",
+    "describe_embedding": "embeddings",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(f"textinv.{_API[name]}"), name)
+    raise AttributeError(f"module 'textinv' has no attribute {name!r}")

@@ -1,0 +1,3 @@
+from textinv.cli import main
+
+main()

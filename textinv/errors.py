@@ -1,0 +1,41 @@
+"""Errors a user can act on. The CLI prints each as one line on stderr and exits with `exit_code`."""
+
+
+class TextinvError(Exception):
+    """A problem with the user's input or environment, with a message that says what to do."""
+
+    exit_code = 1
+
+
+class EmbeddingFormatError(TextinvError):
+    """An embedding file that cannot be read, or is not an embedding at all."""
+
+
+class UnsafeFileError(EmbeddingFormatError):
+    """A pickle that asks for code we refuse to run."""
+
+
+class ConfigError(TextinvError):
+    """A config key, type or value that cannot work."""
+
+
+class DataError(TextinvError):
+    """A training image folder that cannot be used."""
+
+
+class ModelError(TextinvError):
+    """A model that cannot be found, loaded, or does not fit an embedding."""
+
+
+class ConceptError(TextinvError):
+    """A concept that cannot be fetched from the hub."""
+
+
+class OutputExistsError(TextinvError):
+    """An output path that already exists (pass --force to overwrite)."""
+
+
+class NotBuiltError(TextinvError):
+    """A subcommand that is listed but not built yet."""
+
+    exit_code = 2

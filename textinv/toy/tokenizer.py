@@ -1,0 +1,57 @@
+"""Write a real CLIP tokenizer (vocab.json + merges.txt) whose vocabulary is a given word list.
+
+Every byte has a token of its own (CLIP's byte-level alphabet, with and without the end-of-word mark), so any
+text tokenizes; each listed word gets merges that make it one token.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import CLIPTokenizer
+
+END = "</w>"
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """CLIP's (and GPT-2's) map from each byte to a printable character, as its BPE vocabulary spells bytes."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+def write_clip_tokenizer(words: list[str], folder: str | Path) -> CLIPTokenizer:
+    """Write vocab.json and merges.txt for `words` into `folder` and return the loaded tokenizer."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    byte_chars = bytes_to_unicode()
+    alphabet = list(byte_chars.values())
+    vocab: dict[str, int] = {}
+    for piece in alphabet + [c + END for c in alphabet]:
+        vocab.setdefault(piece, len(vocab))
+    merges: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for word in dict.fromkeys(w.lower() for w in words if w.strip()):
+        encoded = "".join(byte_chars[b] for b in word.encode("utf-8"))
+        pieces = list(encoded[:-1]) + [encoded[-1] + END]
+        while len(pieces) > 1:
+            pair = (pieces[0], pieces[1])
+            if pair not in seen:
+                seen.add(pair)
+                merges.append(f"{pair[0]} {pair[1]}")
+            pieces = [pieces[0] + pieces[1]] + pieces[2:]
+            vocab.setdefault(pieces[0], len(vocab))
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab.setdefault(special, len(vocab))
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77}))
+    return CLIPTokenizer.from_pretrained(str(folder))
