@@ -47,7 +47,7 @@ def _main(
     ] = False,
 ) -> None:
     """Textual inversion for Stable Diffusion: teach a model a new word from a few pictures."""
-    _state["debug"] = debug or _state["debug"]
+    _state["debug"] = debug or bool(os.environ.get("TEXTINV_DEBUG"))
     _state["quiet"] = quiet
 
 
@@ -91,36 +91,196 @@ def inspect(
     files: Annotated[list[Path], typer.Argument(help="Embedding files (any supported format) or concept folders.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per file.")] = False,
 ) -> None:
-    """Show what an embedding file holds. Example: textinv inspect my_cat.pt"""
-    _not_built("inspect")
+    """Show what embedding files hold: format, model family, and each token's vectors.
+
+    Example: textinv inspect my_cat.pt learned_embeds.bin
+    """
+    from textinv.embeddings import describe_embedding, load_embedding
+
+    failed = 0
+    for path in files:
+        try:
+            desc = describe_embedding(load_embedding(path))
+        except TextinvError as e:
+            failed += 1
+            if as_json:
+                print_json({"path": str(path), "error": str(e)})
+            err.print(f"[red]error:[/red] {e}")
+            continue
+        if as_json:
+            print_json(desc)
+        else:
+            _print_description(desc)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _print_description(desc: dict) -> None:
+    from rich.table import Table
+
+    facts = [f"[bold]{desc['path']}[/bold]", f"format {desc['format']}", f"family {desc['family']}"]
+    facts += [f"{k} {desc[k]}" for k in ("name", "step", "base_model", "base_model_hash") if k in desc]
+    out.print(" · ".join(facts))
+    table = Table("token", "vectors", "dim", "dtype", "mean norm", box=None, pad_edge=False)
+    for t in desc["tokens"]:
+        dim = f"{t['dim']}+{t['dim_2']}" if "dim_2" in t else str(t["dim"])
+        norm = f"{t['norm']}" + (f" / {t['norm_2']}" if "norm_2" in t else "")
+        table.add_row(t["name"], str(t["vectors"]), dim, t["dtype"], norm)
+    out.print(table)
+
+
+class WriteFormat(str, Enum):
+    pt = "pt"
+    bin = "bin"
+    safetensors = "safetensors"
+    kohya = "kohya"
+    png = "png"
+
+
+ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite the output if it exists.")]
+ToOpt = Annotated[WriteFormat | None, typer.Option("--to", help="Output format (default: from the extension).")]
 
 
 @app.command(rich_help_panel="Embeddings")
 def convert(
     src: Annotated[Path, typer.Argument(help="Embedding file to read (any supported format).")],
     dst: Annotated[Path, typer.Argument(help="Output file; its format follows the extension unless --to says.")],
+    *,
+    to: ToOpt = None,
+    token: Annotated[
+        str | None,
+        typer.Option(help="Rename the token (OLD=NEW for one of several), or pick one token of several by name."),
+    ] = None,
+    force: ForceOpt = False,
 ) -> None:
-    """Convert an embedding between formats. Example: textinv convert learned_embeds.bin my_cat.pt"""
-    _not_built("convert")
+    """Convert an embedding between formats, losslessly.
+
+    Example: textinv convert learned_embeds.bin my_cat.pt --token '<my-cat>'
+    """
+    from textinv import embeddings
+
+    with user_errors():
+        emb = embeddings.load_embedding(src)
+        if token and "=" in token:
+            old, new = token.split("=", 1)
+            embeddings.rename_token(emb, new, old)
+        elif token and len(emb.tokens) > 1 and token in [t.name for t in emb.tokens]:
+            embeddings.select_tokens(emb, [token])
+        elif token:
+            embeddings.rename_token(emb, token)
+        written = embeddings.save_embedding(emb, dst, format=to.value if to else None, force=force)
+    info(f"wrote {written} ({', '.join(t.name for t in emb.tokens)}; {emb.family})")
+
+
+class Conflict(str, Enum):
+    error = "error"
+    rename = "rename"
+    skip = "skip"
+    ask = "ask"
 
 
 @app.command(rich_help_panel="Embeddings")
 def merge(
-    files: Annotated[list[Path], typer.Argument(help="Embedding files to merge.")],
+    files: Annotated[list[Path], typer.Argument(help="Embedding files to merge (any formats).")],
+    *,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The merged file to write.")],
+    on_conflict: Annotated[
+        Conflict,
+        typer.Option(help="A placeholder in two files: error, rename (* -> *_2), skip, or ask (terminal only)."),
+    ] = Conflict.error,
+    to: ToOpt = None,
+    force: ForceOpt = False,
 ) -> None:
-    """Merge several embedding files into one. Example: textinv merge a.pt b.bin -o both.pt"""
-    _not_built("merge")
+    """Merge several embedding files into one; needs no model and no GPU.
+
+    Example: textinv merge cat.pt dog.bin -o pets.pt --on-conflict rename
+    """
+    from textinv import embeddings
+
+    with user_errors():
+        if on_conflict is Conflict.ask and not sys.stdin.isatty():
+            raise TextinvError("--on-conflict ask needs a terminal; use error, rename or skip in scripts")
+        loaded = [embeddings.load_embedding(f) for f in files]
+        merged = embeddings.merge_embeddings(loaded, on_conflict=on_conflict.value, ask=_ask_placeholder)
+        written = embeddings.save_embedding(merged, output, format=to.value if to else None, force=force)
+    info(f"wrote {written} with {len(merged.tokens)} tokens: {', '.join(t.name for t in merged.tokens)}")
+
+
+def _ask_placeholder(placeholder: str, source: str) -> str:
+    return typer.prompt(f"placeholder {placeholder!r} from {source} is taken; new placeholder")
 
 
 # --- concepts: fetch ---------------------------------------------------------------------------------------
 
 
+class FetchFormat(str, Enum):
+    pt = "pt"
+    bin = "bin"
+    safetensors = "safetensors"
+
+
 @app.command(rich_help_panel="Embeddings")
 def fetch(
-    concept: Annotated[str | None, typer.Argument(help="Concept name (cat-toy) or hub repo id.")] = None,
+    concept: Annotated[
+        str | None, typer.Argument(help="Concept name (cat-toy, from the sd-concepts-library) or a hub repo id.")
+    ] = None,
+    *,
+    search: Annotated[
+        str | None, typer.Option("--search", "-s", metavar="WORD", help="List concepts whose name has WORD.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="With --search: at most this many results.")] = 20,
+    out_dir: Annotated[Path, typer.Option("--out", help="The embeddings folder to save into.")] = Path("embeddings"),
+    to: Annotated[FetchFormat | None, typer.Option(help="Save in this format (default: as on the hub).")] = None,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Fetch again even if already there.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Fetch a concept from the sd-concepts-library. Example: textinv fetch cat-toy"""
-    _not_built("fetch")
+    """Fetch a concept from the Hugging Face hub (sd-concepts-library) into the embeddings folder, or search it.
+
+    Example: textinv fetch cat-toy
+    """
+    from textinv import concepts
+
+    if (concept is None) == (search is None):
+        raise typer.BadParameter("give a concept name to fetch, or --search WORD (not both)")
+    with user_errors():
+        if search is not None:
+            found = concepts.search_concepts(search, limit)
+        else:
+            progress = not _state["quiet"] and not as_json and err.is_terminal
+            fmt = to.value if to else None
+            res = concepts.fetch_concept(concept, out_dir=out_dir, to=fmt, force=force, progress=progress)
+    if search is not None:
+        _print_concepts(found, as_json)
+        return
+    if res.from_cache:
+        info(f"HF_HUB_OFFLINE is set: used the cached copy of {res.repo_id} (revision {(res.revision or '?')[:7]})")
+    if as_json:
+        print_json(res.to_json())
+        return
+    if res.skipped:
+        info(f"{res.repo_id} is unchanged on the hub since it was fetched; --force fetches it again")
+    verb = "already in" if res.skipped else "fetched into"
+    out.print(f"{res.repo_id} {verb} {res.path}", markup=False)
+    out.print(f"token: {res.token}   type: {res.concept_type or 'unknown'}   {res.family}", markup=False)
+    out.print(f'example: textinv generate "{res.example_prompt}" --embedding {res.name}', markup=False)
+
+
+def _print_concepts(found: list, as_json: bool) -> None:
+    if as_json:
+        print_json([vars(c) for c in found])
+        return
+    if not found:
+        info("no concepts match")
+        return
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table("name", "token", "type", "likes", "downloads", box=None, pad_edge=False)
+    for c in found:
+        cells = [c.name, c.token or "(file key)", c.concept_type or ""]
+        cells += [str(v) if v is not None else "" for v in (c.likes, c.downloads)]
+        table.add_row(*(Text(cell) for cell in cells))  # Text: a token like [x] is not rich markup
+    out.print(table)
 
 
 # --- images: generate, img2img ------------------------------------------------------------------------------

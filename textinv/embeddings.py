@@ -229,7 +229,8 @@ def _from_data(data, metadata: dict[str, str], path: Path, container: str) -> Em
             raise EmbeddingFormatError(f"{path}: an SDXL embedding needs both clip_l and clip_g; one is missing")
         tok = _token(stem_name, data["clip_l"], path, data["clip_g"])
         fmt = "kohya-sdxl" if any(k.startswith("modelspec.") for k in metadata) else "sdxl-safetensors"
-        return _with_metadata(Embedding([tok], source_format="sdxl-pt" if pickled else fmt), ours, metadata)
+        emb = Embedding([tok], name=metadata.get("modelspec.title"), source_format="sdxl-pt" if pickled else fmt)
+        return _with_metadata(emb, ours, metadata)
     if set(data) == {"emb", "emb2"}:
         tok = _token(path.stem, data["emb"], path, data["emb2"])
         return Embedding([tok], name=path.stem, source_format="xl-inversion")
@@ -243,7 +244,10 @@ def _from_data(data, metadata: dict[str, str], path: Path, container: str) -> Em
         raise EmbeddingFormatError(
             f"{path}: not a textual-inversion embedding (unexpected keys {', '.join(map(str, not_tensors[:5]))})"
         )
-    tokens = [_token(str(k), v, path) for k, v in data.items()]
+    keys = list(data)
+    if sorted(ours.get("placeholders", [])) == sorted(keys):
+        keys = ours["placeholders"]  # safetensors sorts its keys; the metadata keeps the order
+    tokens = [_token(str(k), data[k], path) for k in keys]
     fmt = "diffusers-bin" if pickled else "diffusers-safetensors"
     return _with_metadata(Embedding(tokens, source_format=fmt), ours, metadata)
 
@@ -255,13 +259,14 @@ def _from_string_to_param(data: dict, path: Path, container: str) -> Embedding:
         params = params.parameters
     if not isinstance(params, dict) or not params:
         raise EmbeddingFormatError(f"{path}: 'string_to_param' holds no tensors; it is not a usable embedding")
-    ours = data.get("textinv") if isinstance(data.get("textinv"), dict) else {}
     is_a1111 = "name" in data or "step" in data
-    if ours.get("placeholders") and len(ours["placeholders"]) == len(params):
-        names = list(ours["placeholders"])
-    elif is_a1111 and list(params) == ["*"]:
-        # AUTOMATIC1111 always stores '*'; its prompt word is the file's stem (for images, the name inside).
-        names = [data.get("name") or path.stem] if container == "png" else [path.stem]
+    ids = list((data.get("string_to_token") or {}).values())
+    if is_a1111 and len(params) == 1 and (container == "png" or not isinstance(ids[0] if ids else 0, int)):
+        # A PNG, or a .pt written by textinv (token id as a tensor, as the paper code needs): `name` is the word.
+        names = [str(data.get("name") or path.stem)]
+    elif is_a1111 and len(params) == 1:
+        # AUTOMATIC1111 always stores '*' with the plain int 265; its prompt word is the file's stem.
+        names = [path.stem]
     else:
         names = [str(k) for k in params]
     tokens = [_token(n, v, path) for n, v in zip(names, params.values(), strict=True)]
@@ -279,10 +284,6 @@ def _from_string_to_param(data: dict, path: Path, container: str) -> Embedding:
         base_model_hash=_str_or_none(data.get("sd_checkpoint")),
         source_format=fmt,
     )
-    emb.init_words.update(ours.get("init_words", {}))
-    emb.extra.update({k: str(v) for k, v in ours.get("extra", {}).items()})
-    if ours.get("name"):
-        emb.name = ours["name"]
     return emb
 
 
@@ -443,17 +444,17 @@ def _write_pt(emb: Embedding, path: Path) -> None:
         tok = _single_token(emb, "SDXL .pt")
         data = {"clip_l": tok.vectors.clone(), "clip_g": tok.vectors_2.clone()}
     else:
-        # '*' and its CLIP id for a single token, as AUTOMATIC1111 writes; the id is a tensor so that the paper
-        # code's `.to(device)` works too. `name` is what diffusers uses as the token.
+        # Exactly AUTOMATIC1111's keys. One token is stored as '*' (diffusers reads only that key) with `name` set to
+        # the placeholder (diffusers' token); the id is a tensor, so that the paper code's `.to(device)` works and
+        # our reader can tell the file from one of AUTOMATIC1111's, whose prompt word is the file stem.
         keys = ["*"] if len(emb.tokens) == 1 else [t.name for t in emb.tokens]
         data = {
             "string_to_token": {k: torch.tensor(_clip_id(k)) for k in keys},
             "string_to_param": {k: t.vectors.clone() for k, t in zip(keys, emb.tokens, strict=True)},
-            "name": emb.name or emb.tokens[0].name,
+            "name": emb.tokens[0].name if len(emb.tokens) == 1 else emb.name,
             "step": emb.step or 0,
             "sd_checkpoint": emb.base_model_hash,
             "sd_checkpoint_name": emb.base_model,
-            "textinv": _meta(emb),
         }
     atomic_write(path, lambda tmp: torch.save(data, tmp))
 
@@ -510,11 +511,10 @@ def _write_png(emb: Embedding, path: Path) -> None:
     data = {
         "string_to_token": {"*": A1111_STAR_ID},
         "string_to_param": {"*": {"TORCHTENSOR": tok.vectors.tolist()}},
-        "name": emb.name or tok.name,
+        "name": tok.name,
         "step": emb.step or 0,
         "sd_checkpoint": emb.base_model_hash,
         "sd_checkpoint_name": emb.base_model,
-        "textinv": _meta(emb),
     }
     info = PngImagePlugin.PngInfo()
     info.add_text("sd-ti-embedding", base64.b64encode(json.dumps(data).encode()).decode())

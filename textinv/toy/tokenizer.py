@@ -15,16 +15,13 @@ END = "</w>"
 
 
 def bytes_to_unicode() -> dict[int, str]:
-    """CLIP's (and GPT-2's) map from each byte to a printable character, as its BPE vocabulary spells bytes."""
+    """CLIP's (and GPT-2's) map from each byte to a printable character, in CLIP's vocabulary order: the
+    printable bytes first, then the others shifted past 255."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
     printable += list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
+    chars = {b: chr(b) for b in printable}
+    for extra, b in enumerate(b for b in range(256) if b not in chars):
+        chars[b] = chr(256 + extra)
     return chars
 
 

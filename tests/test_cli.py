@@ -1,0 +1,168 @@
+"""The command line as a user meets it: help, version, errors, and the embedding commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from textinv import __version__
+from textinv.cli import app
+from textinv.embeddings import Embedding, Token, load_embedding, save_embedding
+
+from .test_embeddings import REAL
+
+runner = CliRunner()
+
+COMMANDS = ["train", "generate", "img2img", "merge", "convert", "fetch", "inspect", "demo"]
+
+
+def test_help_lists_every_subcommand():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0, result.output
+    for command in COMMANDS:
+        assert command in result.output
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"textinv {__version__}"
+
+
+def test_python_m_textinv_runs():
+    proc = subprocess.run([sys.executable, "-m", "textinv", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"textinv {__version__}"
+
+
+def test_usage_error_exits_2():
+    result = runner.invoke(app, ["convert"])
+    assert result.exit_code == 2
+
+
+def test_user_error_is_one_line_without_traceback(tmp_path):
+    missing = tmp_path / "missing.pt"
+    result = runner.invoke(app, ["convert", str(missing), str(tmp_path / "out.bin")])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "missing.pt: no such file" in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = runner.invoke(app, ["--debug", "convert", str(tmp_path / "missing.pt"), str(tmp_path / "o.bin")])
+    assert result.exit_code != 0
+    assert result.exception is not None and "no such file" in str(result.exception)
+
+
+# --- inspect ---------------------------------------------------------------------------------------------------
+
+
+def test_inspect_json_reads_every_real_file(real_embeddings):
+    files = [str(real_embeddings / name) for name in sorted(REAL)]
+    result = runner.invoke(app, ["inspect", "--json", *files])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == len(files)
+    for name, row in zip(sorted(REAL), rows, strict=True):
+        fmt, family, shapes = REAL[name]
+        assert (row["format"], row["family"]) == (fmt, family)
+        assert [(t["vectors"], t["dim"], t.get("dim_2")) for t in row["tokens"]] == shapes
+
+
+def test_inspect_table_and_unsupported_file(real_embeddings):
+    result = runner.invoke(
+        app,
+        ["inspect", str(real_embeddings / "a1111_bad-hands-5.pt"),
+         str(real_embeddings / "t5xxl_T5-CharDetail_a1111_weighted.safetensors")],
+    )
+    assert result.exit_code == 1
+    assert "format a1111-pt" in result.stdout and "family SD1.x" in result.stdout and "step 1419" in result.stdout
+    assert "a1111_bad-hands-5" in result.stdout and "768" in result.stdout
+    assert "T5-XXL" in result.stderr
+
+
+# --- convert ---------------------------------------------------------------------------------------------------
+
+
+def test_convert_follows_extension_and_to(real_embeddings, tmp_path):
+    src = real_embeddings / "a1111_bad-hands-5.pt"
+    out = tmp_path / "bad-hands-5.safetensors"
+    result = runner.invoke(app, ["convert", str(src), str(out), "--token", "<bad-hands>"])
+    assert result.exit_code == 0, result.output
+    back = load_embedding(out)
+    assert back.source_format == "diffusers-safetensors" and back.tokens[0].name == "<bad-hands>"
+    assert torch.equal(back.tokens[0].vectors, load_embedding(src).tokens[0].vectors)
+    assert back.step == 1419 and back.base_model_hash == "5d2f8777af"  # metadata travels
+
+    kohya = tmp_path / "bad-hands-5-kohya.safetensors"
+    assert runner.invoke(app, ["convert", str(src), str(kohya), "--to", "kohya"]).exit_code == 0
+    assert load_embedding(kohya).source_format == "kohya"
+
+
+def test_convert_refuses_to_overwrite_without_force(real_embeddings, tmp_path):
+    src = real_embeddings / "a1111_eyeliner2.pt"
+    out = tmp_path / "e.bin"
+    assert runner.invoke(app, ["convert", str(src), str(out)]).exit_code == 0
+    again = runner.invoke(app, ["convert", str(src), str(out)])
+    assert again.exit_code == 1 and "already exists; pass --force" in again.stderr
+    assert runner.invoke(app, ["convert", str(src), str(out), "--force"]).exit_code == 0
+
+
+def test_convert_of_a_multi_token_file_to_a_single_token_format(tmp_path):
+    both = save_embedding(
+        Embedding([Token("<a>", torch.ones(1, 8)), Token("<b>", torch.zeros(2, 8))]), tmp_path / "both.safetensors"
+    )
+    bad = runner.invoke(app, ["convert", str(both), str(tmp_path / "x.png")])
+    assert bad.exit_code == 1 and "holds one token but this embedding has 2" in bad.stderr
+    good = runner.invoke(app, ["convert", str(both), str(tmp_path / "b.png"), "--token", "<b>"])
+    assert good.exit_code == 0, good.output
+    assert torch.equal(load_embedding(tmp_path / "b.png").tokens[0].vectors, torch.zeros(2, 8))
+    renamed = runner.invoke(app, ["convert", str(both), str(tmp_path / "r.pt"), "--token", "<a>=<c>"])
+    assert renamed.exit_code == 0
+    assert [t.name for t in load_embedding(tmp_path / "r.pt").tokens] == ["<c>", "<b>"]
+
+
+# --- merge -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_stars(tmp_path):
+    a = save_embedding(Embedding([Token("*", torch.ones(1, 8))]), tmp_path / "a.pt")
+    b = save_embedding(Embedding([Token("*", torch.full((2, 8), 2.0))]), tmp_path / "b.bin")
+    return a, b
+
+
+def test_merge_conflict_error_rename_skip(two_stars, tmp_path):
+    a, b = two_stars
+    out = tmp_path / "m.pt"
+    clash = runner.invoke(app, ["merge", str(a), str(b), "-o", str(out)])
+    assert clash.exit_code == 1 and "a.pt" in clash.stderr and "b.bin" in clash.stderr
+    assert not out.exists()
+    renamed = runner.invoke(app, ["merge", str(a), str(b), "-o", str(out), "--on-conflict", "rename"])
+    assert renamed.exit_code == 0, renamed.output
+    merged = load_embedding(out)
+    assert [t.name for t in merged.tokens] == ["*", "*_2"]
+    assert torch.equal(merged.token("*_2").vectors, torch.full((2, 8), 2.0))
+    skipped = runner.invoke(app, ["merge", str(a), str(b), "-o", str(tmp_path / "s.safetensors"), "--on-conflict", "skip"])
+    assert skipped.exit_code == 0
+    assert [t.name for t in load_embedding(tmp_path / "s.safetensors").tokens] == ["*"]
+
+
+def test_merge_ask_never_waits_without_a_terminal(two_stars, tmp_path):
+    a, b = two_stars
+    result = runner.invoke(app, ["merge", str(a), str(b), "-o", str(tmp_path / "m.pt"), "--on-conflict", "ask"])
+    assert result.exit_code == 1 and "needs a terminal" in result.stderr
+
+
+def test_merge_of_different_families_is_refused(real_embeddings, tmp_path):
+    result = runner.invoke(
+        app,
+        ["merge", str(real_embeddings / "a1111_eyeliner2.pt"), str(real_embeddings / "a1111-sd2_dgtlv2.pt"),
+         "-o", str(tmp_path / "m.pt")],
+    )
+    assert result.exit_code == 1 and "different widths" in result.stderr
