@@ -39,3 +39,9 @@ class NotBuiltError(TextinvError):
     """A subcommand that is listed but not built yet."""
 
     exit_code = 2
+
+
+class UsageError(TextinvError):
+    """A command line that cannot work as given (a missing PROMPT with no terminal to ask on, ...)."""
+
+    exit_code = 2
