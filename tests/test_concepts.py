@@ -425,6 +425,20 @@ def test_to_converts_and_keeps_token_and_type_as_metadata(concepts, tmp_path):
     assert _files(out) == ["birb-style.bin", "birb-style.concept.json"]
 
 
+def test_to_pt_writes_the_token_where_diffusers_reads_it(concepts, tmp_path):
+    from textinv.embeddings import load_embedding
+
+    out = tmp_path / "emb"
+    result = fetch("cat-toy", "--out", str(out), "--to", "pt")
+    assert result.exit_code == 0, result.output
+    raw = torch.load(out / "cat-toy.pt", weights_only=True)
+    assert raw["name"] == "<cat-toy>"  # diffusers' token for an A1111 .pt
+    assert torch.equal(raw["string_to_param"]["*"], concepts["cat"].unsqueeze(0))
+    emb = load_embedding(out / "cat-toy.pt")
+    assert [t.name for t in emb.tokens] == ["<cat-toy>"]
+    assert torch.equal(emb.tokens[0].vectors, concepts["cat"].unsqueeze(0))
+
+
 def test_default_folder_and_find_local(concepts, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = fetch("birb-style")
