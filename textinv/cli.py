@@ -252,13 +252,14 @@ def fetch(
     if search is not None:
         _print_concepts(found, as_json)
         return
+    rev = (res.revision or "?")[:7]
     if res.from_cache:
-        info(f"HF_HUB_OFFLINE is set: used the cached copy of {res.repo_id} (revision {(res.revision or '?')[:7]})")
+        info(f"HF_HUB_OFFLINE is set: used the cached copy of {res.repo_id} (revision {rev}); the hub was not asked")
+    elif res.skipped:
+        info(f"{res.repo_id} is unchanged on the hub since it was fetched; --force fetches it again")
     if as_json:
         print_json(res.to_json())
         return
-    if res.skipped:
-        info(f"{res.repo_id} is unchanged on the hub since it was fetched; --force fetches it again")
     verb = "already in" if res.skipped else "fetched into"
     out.print(f"{res.repo_id} {verb} {res.path}", markup=False)
     out.print(f"token: {res.token}   type: {res.concept_type or 'unknown'}   {res.family}", markup=False)
