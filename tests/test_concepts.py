@@ -524,6 +524,13 @@ def test_offline_uses_the_cache(concepts, tmp_path, hub, monkeypatch):
     saved = torch.load(tmp_path / "b" / "birb-style.bin", weights_only=True)
     assert torch.equal(saved["<birb-style>"], concepts["birb"])
 
+    again = fetch("birb-style", "--out", str(tmp_path / "a"), "--json")  # already there, same cached revision
+    assert again.exit_code == 0, again.output
+    got = json.loads(again.stdout)
+    assert got["skipped"] is True and got["from_cache"] is True
+    assert got["revision"] == hub.repos["sd-concepts-library/birb-style"].sha
+    assert "the hub was not asked" in again.stderr and len(hub.log) == requests
+
 
 def test_offline_without_cache(concepts, tmp_path, hub, monkeypatch):
     _go_offline(monkeypatch)
