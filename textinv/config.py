@@ -1,0 +1,400 @@
+"""Training configuration: typed dataclasses are the schema, a YAML file is a diff over them, flags win.
+
+Flow: `load_config(path)` (dataclass defaults <- YAML) -> `apply_overrides(cfg, ["optim.learning_rate=1e-3"])`
+(<- `--set` <- named flags) -> `validate(cfg)` (before any model loads) -> `save_config(cfg, run_dir / "config.yaml")`.
+
+The schema (every key, its default and what it does; `configs/v1-finetune.yaml` shows them all with comments):
+
+    model:
+      source            hub id, diffusers folder, single-file checkpoint, or `toy`
+      prediction_type   null (read the model's scheduler) | epsilon | v_prediction
+    personalization:    (names follow the original paper code's config)
+      placeholder_strings    words to learn, one per concept: ["*"]
+      initializer_words      one init word per placeholder; a multi-token word is spread over the vectors
+      num_vectors_per_token  vectors learned per placeholder (extra ones are named `<p>_1`, `<p>_2`, ...)
+      learnable_property     object | style: which prompt templates to train with
+    data:
+      paths             image folders, one per placeholder (or one for all, with caption files)
+      resolution        training size in pixels (512 for SD1.x, 768 for SD2.x)
+      center_crop       crop to a centred square before resizing (else squash to a square)
+      flip_p            probability of a horizontal flip
+      repeats           times each image appears per epoch (sets how often the order is reshuffled)
+      batch_size        images per micro-batch
+    optim:
+      learning_rate      base learning rate
+      scale_lr           multiply it by batch_size x gradient_accumulation_steps x processes
+      lr_scheduler       constant | linear | cosine (each after an optional linear warmup)
+      lr_warmup_steps    steps of linear warmup from 0
+      gradient_accumulation_steps   micro-batches per optimizer step
+      adam_beta1, adam_beta2, adam_epsilon, weight_decay   AdamW settings
+      max_grad_norm      clip the gradient norm of the learned vectors; 0 turns clipping off
+    train:
+      max_steps          optimizer steps
+      seed               seeds data order, flips, templates, noise and timesteps
+      mixed_precision    auto | no | fp16 | bf16 (auto: bf16 on a GPU that has it, else fp16; no on CPU)
+      device             auto | cpu | cuda | cuda:N | mps
+    log:
+      output_dir         runs go to <output_dir>/<name>_<timestamp>/
+      name               run name; null takes the first data folder's name
+      save_every         write a checkpoint embedding every N steps (0: only the final one)
+      image_every        write image logs every N steps (0: never)
+      formats            embedding formats to write: pt (always), bin, safetensors
+      num_images         images per image log
+      sample_steps       denoising steps for sample images
+      guidance_scale     classifier-free guidance for `samples_scaled`
+      report_to          none | tensorboard
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from textinv.errors import ConfigError
+
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
+
+@dataclass
+class ModelConfig:
+    source: str = "runwayml/stable-diffusion-v1-5"  # hub id, diffusers folder, single file, or `toy`
+    prediction_type: str | None = None  # None: whatever the model's scheduler says
+
+
+@dataclass
+class PersonalizationConfig:
+    placeholder_strings: list[str] = field(default_factory=lambda: ["*"])
+    initializer_words: list[str] = field(default_factory=lambda: ["sculpture"])  # the paper code's default
+    num_vectors_per_token: int = 1
+    learnable_property: str = "object"  # object | style
+
+
+@dataclass
+class DataConfig:
+    paths: list[str] = field(default_factory=list)  # image folders; set by `textinv train DIR...`
+    resolution: int = 512
+    center_crop: bool = True
+    flip_p: float = 0.5  # the paper code and the diffusers example both flip half the time
+    repeats: int = 100
+    batch_size: int = 2  # the paper code's v1-finetune.yaml
+
+
+@dataclass
+class OptimConfig:
+    learning_rate: float = 5.0e-3  # the paper's base rate ...
+    scale_lr: bool = True  # ... scaled by the batch, as the paper code does (1e-2 at batch 2)
+    lr_scheduler: str = "constant"  # constant | linear | cosine
+    lr_warmup_steps: int = 0
+    gradient_accumulation_steps: int = 1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1.0e-8
+    weight_decay: float = 0.01  # torch's AdamW default, which the paper code and diffusers use
+    max_grad_norm: float = 0.0  # 0: no clipping
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 5000  # the paper: ~5000 steps is usually enough
+    seed: int = 23  # the paper code's seed
+    mixed_precision: str = "auto"  # auto | no | fp16 | bf16; the learned vectors stay float32 regardless
+    device: str = "auto"
+
+
+@dataclass
+class LogConfig:
+    output_dir: str = "logs"
+    name: str | None = None
+    save_every: int = 500
+    image_every: int = 500
+    formats: list[str] = field(default_factory=lambda: ["pt"])
+    num_images: int = 4
+    sample_steps: int = 50
+    guidance_scale: float = 5.0  # the paper code's samples_scaled
+    report_to: str = "none"  # none | tensorboard
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+CHOICES = {
+    "model.prediction_type": (None, "epsilon", "v_prediction"),
+    "personalization.learnable_property": ("object", "style"),
+    "optim.lr_scheduler": ("constant", "linear", "cosine"),
+    "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
+    "log.report_to": ("none", "tensorboard"),
+}
+FORMATS = ("pt", "bin", "safetensors")
+
+
+def all_keys() -> list[str]:
+    """Every dotted key the schema knows, e.g. `optim.learning_rate`."""
+    return [f"{section}.{f.name}" for section, cls in _section_types().items() for f in dataclasses.fields(cls)]
+
+
+def _section_fields(section_cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(section_cls)}
+
+
+# dataclasses.fields() gives string annotations under `from __future__ import annotations`; resolve them once.
+_HINTS = {cls: typing.get_type_hints(cls) for cls in (ModelConfig, PersonalizationConfig, DataConfig, OptimConfig,
+                                                       TrainConfig, LogConfig, Config)}
+
+
+def _section_types() -> dict[str, type]:
+    return {name: hint for name, hint in _HINTS[Config].items()}
+
+
+def _suggest(key: str) -> str:
+    keys = all_keys()
+    leaf_matches = [k for k in keys if k.split(".")[1] == key.split(".")[-1]]
+    close = leaf_matches or difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    if not close:
+        close = difflib.get_close_matches(key.split(".")[-1], [k.split(".")[1] for k in keys], n=1, cutoff=0.5)
+        close = [k for k in keys if close and k.endswith("." + close[0])]
+    return f"; did you mean `{close[0]}`?" if close else "; see configs/v1-finetune.yaml for every key"
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check `value` against the field's type; ints are accepted for floats and YAML scalars for lists."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner)
+    if origin is list:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"`{key}` must be a list, got {value!r}")
+        return [_coerce(key, v, args[0]) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"`{key}` must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"`{key}` must be a whole number, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `5e-3` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"`{key}` must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"`{key}` must be a string, got {value!r}")
+    return value
+
+
+def set_key(cfg: Config, key: str, value: Any) -> None:
+    """Set one dotted key (`optim.learning_rate`), checking that it exists and that the value has its type."""
+    parts = key.split(".")
+    sections = _section_types()
+    if len(parts) != 2 or parts[0] not in sections or parts[1] not in _section_fields(sections[parts[0]]):
+        raise ConfigError(f"unknown config key `{key}`{_suggest(key)}")
+    section_cls = sections[parts[0]]
+    hint = _HINTS[section_cls][parts[1]]
+    setattr(getattr(cfg, parts[0]), parts[1], _coerce(key, value, hint))
+
+
+def from_dict(data: dict[str, Any] | None, *, source: str = "config") -> Config:
+    """A Config from nested dicts (as read from YAML); unknown keys and wrong types are errors."""
+    cfg = Config()
+    if data is None:
+        return cfg
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must be a mapping of sections (model:, data:, ...), got {type(data).__name__}")
+    sections = _section_types()
+    for section, values in data.items():
+        if section not in sections:
+            raise ConfigError(f"{source}: unknown config section `{section}`{_suggest(str(section))}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section `{section}` must be a mapping of keys, got {values!r}")
+        for key, value in values.items():
+            try:
+                set_key(cfg, f"{section}.{key}", value)
+            except ConfigError as e:
+                raise ConfigError(f"{source}: {e}") from None
+    return cfg
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A path as given, or the name of a packaged config (`v1-finetune`, `v2-finetune.yaml`)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    for candidate in (PACKAGED_CONFIGS / p.name, PACKAGED_CONFIGS / f"{p.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    names = ", ".join(sorted(c.stem for c in PACKAGED_CONFIGS.glob("*.yaml")))
+    raise ConfigError(f"config file {path} not found; pass a YAML file or one of the packaged configs: {names}")
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Dataclass defaults, overridden by the YAML file at `path` (a path or a packaged config name)."""
+    if path is None:
+        return Config()
+    p = resolve_config_path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return from_dict(data, source=str(p))
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`key=value` -> (key, value), the value read as YAML (`1e-3`, `true`, `[a, b]`, `null`)."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value (e.g. optim.learning_rate=1e-3), got `{item}`")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def apply_overrides(cfg: Config, items: list[str] | None = None, **named: Any) -> Config:
+    """Apply `--set key=value` items, then named flags given as dotted keys (None means not given)."""
+    for item in items or []:
+        set_key(cfg, *parse_override(item))
+    for key, value in named.items():
+        if value is not None:
+            set_key(cfg, key, value)
+    return cfg
+
+
+def validate(cfg: Config) -> Config:
+    """Impossible values are errors here, before any model loads. Returns cfg."""
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            shown = " | ".join("null" if a is None else a for a in allowed)
+            raise ConfigError(f"`{key}` is {value!r}; it must be one of {shown}")
+    p = cfg.personalization
+    if not p.placeholder_strings:
+        raise ConfigError("`personalization.placeholder_strings` is empty; give at least one placeholder, e.g. '*'")
+    for s in p.placeholder_strings:
+        if not s.strip():
+            raise ConfigError("a placeholder is empty; pass a word such as '*' or '<my-cat>' with --placeholder")
+        if any(c.isspace() for c in s):
+            raise ConfigError(f"placeholder {s!r} contains a space; a placeholder must be one word, e.g. '<my-cat>'")
+    if len(set(p.placeholder_strings)) != len(p.placeholder_strings):
+        raise ConfigError(f"placeholders repeat: {p.placeholder_strings}; each must be different")
+    if len(p.initializer_words) != len(p.placeholder_strings):
+        raise ConfigError(
+            f"{len(p.placeholder_strings)} placeholder(s) {p.placeholder_strings} but {len(p.initializer_words)} "
+            f"init word(s) {p.initializer_words}; give one --init-word per placeholder"
+        )
+    for w in p.initializer_words:
+        if not w.strip():
+            raise ConfigError("an init word is empty; pass a word that describes the concept, e.g. --init-word cat")
+    _positive(cfg, "personalization.num_vectors_per_token", "train.max_steps", "data.resolution", "data.batch_size",
+              "data.repeats", "optim.gradient_accumulation_steps", "log.num_images", "log.sample_steps")
+    _non_negative(cfg, "optim.lr_warmup_steps", "optim.weight_decay", "optim.max_grad_norm", "log.save_every",
+                  "log.image_every", "train.seed")
+    if p.num_vectors_per_token > 75:
+        raise ConfigError("`personalization.num_vectors_per_token` is over 75; a prompt holds at most 75 tokens")
+    if cfg.data.resolution % 8:
+        raise ConfigError(
+            f"`data.resolution` is {cfg.data.resolution}; it must be a multiple of 8 (the VAE downsamples by 8), "
+            "e.g. 512 for SD1.x or 768 for SD2.x"
+        )
+    if not 0.0 <= cfg.data.flip_p <= 1.0:
+        raise ConfigError(f"`data.flip_p` is {cfg.data.flip_p}; a probability must be between 0 and 1")
+    if not cfg.optim.learning_rate > 0:
+        raise ConfigError(f"`optim.learning_rate` is {cfg.optim.learning_rate}; it must be above 0")
+    for b in ("adam_beta1", "adam_beta2"):
+        if not 0.0 <= getattr(cfg.optim, b) < 1.0:
+            raise ConfigError(f"`optim.{b}` is {getattr(cfg.optim, b)}; it must be in [0, 1)")
+    if not cfg.optim.adam_epsilon > 0:
+        raise ConfigError("`optim.adam_epsilon` must be above 0")
+    if cfg.log.guidance_scale < 1:
+        raise ConfigError(f"`log.guidance_scale` is {cfg.log.guidance_scale}; it must be 1 or more")
+    bad = [f for f in cfg.log.formats if f not in FORMATS]
+    if bad:
+        raise ConfigError(f"`log.formats` has {bad}; the training formats are {', '.join(FORMATS)}")
+    if "pt" not in cfg.log.formats:
+        cfg.log.formats = ["pt", *cfg.log.formats]
+    if cfg.log.name is not None and (not cfg.log.name.strip() or "/" in cfg.log.name):
+        raise ConfigError(f"run name {cfg.log.name!r} must be non-empty and contain no '/'")
+    if not cfg.model.source.strip():
+        raise ConfigError("`model.source` is empty; pass --model with a hub id, a diffusers folder or a checkpoint")
+    if cfg.log.report_to == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "--report-to tensorboard needs the tensorboard package: pip install 'textinv[tensorboard]'"
+            ) from None
+    return cfg
+
+
+def _positive(cfg: Config, *keys: str) -> None:
+    for key in keys:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value <= 0:
+            raise ConfigError(f"`{key}` is {value}; it must be 1 or more")
+
+
+def _non_negative(cfg: Config, *keys: str) -> None:
+    for key in keys:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value < 0:
+            raise ConfigError(f"`{key}` is {value}; it must not be negative")
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML, in schema order."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+
+
+DEFAULT_CONFIG = "v1-finetune"
+
+
+def build_config(path: str | Path | None, sets: list[str] | None = None, **named: Any) -> Config:
+    """The config a run uses: the file (default: the packaged v1-finetune.yaml), then --set, then named flags
+    (dotted keys, None = not given), then validation. Nothing here loads a model."""
+    cfg = load_config(path or DEFAULT_CONFIG)
+    return validate(apply_overrides(cfg, sets, **named))
+
+
+def config_for_resume(run_dir: str | Path, *, max_steps: int | None = None) -> Config:
+    """The saved config of the run in `run_dir`, optionally with more steps."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a textinv run folder (no config.yaml); pass logs/<name>_<timestamp>")
+    return validate(apply_overrides(load_config(path), None, **{"train.max_steps": max_steps}))

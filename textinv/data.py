@@ -1,0 +1,126 @@
+"""Training images: read a folder honestly (any size or mode, EXIF rotation applied, non-images skipped with a
+warning), plus the prompt templates and per-image captions that go with them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from textinv.errors import DataError
+
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+# The paper found 3-5 images best; more rarely helps and slows nothing but the first encode.
+MANY_IMAGES = 5
+# Files that are never images and not worth a warning.
+_QUIET = {".txt", ".caption"}
+_HIDDEN = re.compile(r"^(\.|Thumbs\.db$|desktop\.ini$)", re.IGNORECASE)
+
+
+@dataclass
+class TrainImage:
+    """One training image, ready for the VAE: float32 [3, res, res] in [-1, 1]."""
+
+    path: Path
+    pixels: torch.Tensor
+    caption: str | None = None  # from `<stem>.txt` beside the image; `*` or `[name]` mark the placeholder
+
+
+def load_templates(learnable_property: str) -> list[str]:
+    """The prompt templates (`[name]` marks the placeholder) for `object` or `style`."""
+    path = TEMPLATES_DIR / f"{learnable_property}.txt"
+    if not path.is_file():
+        raise DataError(f"no templates for learnable_property {learnable_property!r}; use object or style")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def fill_prompt(template: str, placeholder_text: str) -> str:
+    """Put the placeholder (already expanded to all its vector tokens) where `[name]`, `{}` or a lone `*` stands."""
+    out = template.replace("[name]", placeholder_text).replace("{}", placeholder_text)
+    if out == template:
+        out = re.sub(r"(?<!\S)\*(?!\S)", lambda _: placeholder_text, template)
+    return out
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB: alpha over white, 16/32-bit scaled down rather than clipped, palettes expanded."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if img.mode == "F":
+            top = 1.0 if arr.max() <= 1.0 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr, mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "RGB" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def prepare(img: Image.Image, resolution: int, center_crop: bool) -> torch.Tensor:
+    """EXIF-rotate, RGB, square (centre crop or squash), resize (bicubic, as the paper code) -> [3, r, r] in [-1, 1]."""
+    img = to_rgb(ImageOps.exif_transpose(img))
+    if center_crop:
+        w, h = img.size
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+    img = img.resize((resolution, resolution), Image.Resampling.BICUBIC)
+    arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def load_folder(folder: str | Path, resolution: int, *, center_crop: bool = True) -> tuple[list[TrainImage], list[str]]:
+    """Every image in `folder` (not recursive), sorted by name, and the warnings to show the user."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise DataError(f"image folder {folder} does not exist; pass a folder of 3-5 .png/.jpg images")
+    if not folder.is_dir():
+        raise DataError(f"{folder} is a file, not a folder; put the training images in a folder and pass that")
+    try:
+        entries = sorted(p for p in folder.iterdir() if p.is_file())
+    except OSError as e:
+        raise DataError(f"cannot read image folder {folder}: {e.strerror or e}") from None
+    images: list[TrainImage] = []
+    warnings: list[str] = []
+    skipped: list[str] = []
+    for path in entries:
+        if _HIDDEN.match(path.name) or path.suffix.lower() in _QUIET:
+            continue
+        try:
+            with Image.open(path) as img:
+                img.load()
+                pixels = prepare(img, resolution, center_crop)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            if isinstance(e, PermissionError):
+                skipped.append(f"{path.name} (not readable)")
+            else:
+                skipped.append(path.name)
+            continue
+        images.append(TrainImage(path=path, pixels=pixels, caption=_caption(path)))
+    if skipped:
+        warnings.append(f"skipped {len(skipped)} file(s) in {folder} that are not images: {', '.join(skipped)}")
+    if not images:
+        found = f" (found {len(entries)} file(s), none of them an image)" if entries else " (it is empty)"
+        raise DataError(f"no images in {folder}{found}; pass a folder of 3-5 .png/.jpg images of the concept")
+    if len(images) > MANY_IMAGES:
+        warnings.append(
+            f"{len(images)} images in {folder}; the paper found 3-5 images work best, more rarely help"
+        )
+    return images, warnings
+
+
+def _caption(image_path: Path) -> str | None:
+    for suffix in (".txt", ".caption"):
+        p = image_path.with_suffix(suffix)
+        if p.is_file():
+            text = " ".join(p.read_text(errors="replace").split())
+            return text or None
+    return None

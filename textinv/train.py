@@ -1,0 +1,722 @@
+"""The training loop: only the placeholder rows learn, everything else is frozen and untouched.
+
+Why it is fast: the learned rows are a separate float32 Parameter spliced into the token-embedding lookup (AdamW
+never sees the 49k frozen rows), the VAE encodes each image and its mirror once (latent mean and std are cached;
+a fresh latent is drawn from them each step, as `latent_dist.sample()` would), frozen modules carry no weight
+gradients, attention runs on PyTorch's SDPA kernels, and on a GPU the frozen weights are cast to bf16/fp16 once.
+
+Why it resumes exactly: every random draw (data order, flips, templates, latent samples, noise, timesteps) comes
+from one torch.Generator whose state is checkpointed with the optimizer, the scheduler and the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from textinv import config as config_mod
+from textinv import data as data_mod
+from textinv import runs
+from textinv.config import Config
+from textinv.errors import ConfigError, DataError, ModelError, TextinvError
+
+
+class TrainingInterrupted(TextinvError):
+    """Ctrl-C: a checkpoint was written (or the last one kept) and the run can be resumed."""
+
+    exit_code = 130
+
+    def __init__(self, run_dir: Path, step: int, saved: bool):
+        self.run_dir, self.step, self.saved = run_dir, step, saved
+        what = f"saved a checkpoint at step {step}" if saved else f"kept the checkpoint from step {step}"
+        super().__init__(f"interrupted: {what}; resume with: textinv train --resume {run_dir}")
+
+
+class NonFiniteLoss(TextinvError):
+    """The loss became NaN or inf; the run stopped without overwriting the last good checkpoint."""
+
+
+class Reporter:
+    """What the loop tells the outside world. The library never prints; the CLI subclasses this."""
+
+    def start(self, *, run_dir: Path, step: int, max_steps: int) -> None: ...
+
+    def step(self, step: int, loss: float, lr: float) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+    def end(self) -> None: ...
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    step: int
+    embedding_path: Path  # the final .pt
+    files: list[Path] = field(default_factory=list)  # every final embedding file (all formats)
+    losses: list[float] = field(default_factory=list)  # losses of the steps this call ran
+    prediction_type: str = "epsilon"
+
+
+# --- the placeholder rows --------------------------------------------------------------------------------------
+
+
+class SplicedEmbedding(nn.Module):
+    """The frozen token embedding, with ids >= `first_id` looked up in a separate float32 `learned` table."""
+
+    def __init__(self, base: nn.Embedding, learned: torch.Tensor, first_id: int):
+        super().__init__()
+        self.base = base  # registered first, so `text_encoder.dtype` still reports the frozen weights' dtype
+        self.learned = nn.Parameter(learned.to(torch.float32))
+        self.first_id = first_id
+        self.embedding_dim = base.embedding_dim
+
+    @property
+    def weight(self) -> torch.Tensor:  # some callers read `.weight` (dims, dtype, device)
+        return self.base.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        new = ids >= self.first_id
+        out = self.base(torch.where(new, torch.zeros_like(ids), ids))
+        rows = self.learned[(ids - self.first_id).clamp(min=0)]
+        return torch.where(new.unsqueeze(-1), rows.to(out.dtype), out)
+
+
+def replace_module(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """Put `new` wherever `old` sits inside `root`. (transformers 5's `set_input_embeddings` on CLIPTextModel sets an
+    attribute the forward pass never reads, so the swap is done by identity here.)"""
+    places = [(m, name) for m in root.modules() for name, child in m.named_children() if child is old and m is not new]
+    if not places:
+        raise ModelError("cannot find the token-embedding table in this text encoder")
+    for module, name in places:
+        setattr(module, name, new)
+
+
+def internal_token_names(index: int, n: int) -> list[str]:
+    """The tokenizer words placeholder number `index` trains as. Placeholders are swapped for these in every prompt,
+    because a placeholder such as `*` is already in CLIP's byte vocabulary and cannot be added as a new token."""
+    return [f"<textinv-{index}-{k}>" for k in range(n)]
+
+
+def add_new_tokens(tokenizer, names: list[str], first_id: int) -> list[int]:
+    """Add `names` to the tokenizer and check that each became one new id at or after `first_id`."""
+    tokenizer.add_tokens(names)
+    ids = tokenizer(" ".join(names), add_special_tokens=False).input_ids
+    if len(ids) != len(names) or min(ids) < first_id or len(set(ids)) != len(ids):
+        raise ModelError(f"this tokenizer cannot take new tokens {names} as single words; textinv cannot train it")
+    return ids
+
+
+def init_vectors(tokenizer, table: torch.Tensor, word: str, n: int) -> tuple[torch.Tensor, list[str]]:
+    """Vectors for one placeholder from its init word's token embeddings, spread over `n` vectors in turn."""
+    ids = tokenizer(word, add_special_tokens=False).input_ids
+    if not ids:
+        raise ConfigError(f"init word {word!r} gives no tokens; pass a plain word such as cat")
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    # as AUTOMATIC1111: vector i takes token i*len/n, so 2 tokens over 4 vectors -> a a b b
+    rows = [ids[i * len(ids) // n] for i in range(n)]
+    return table[rows].detach().to(torch.float32).clone(), pieces
+
+
+# --- the pieces the loop needs, each built once -----------------------------------------------------------------
+
+
+class EpochSampler:
+    """Item order: every item `repeats` times per epoch, shuffled by the run's generator; its state checkpoints."""
+
+    def __init__(self, n_items: int, repeats: int, generator: torch.Generator):
+        self.n, self.repeats, self.g = n_items, repeats, generator
+        self.order: list[int] = []
+        self.pos = 0
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        for _ in range(k):
+            if self.pos >= len(self.order):
+                self.order = (torch.randperm(self.n * self.repeats, generator=self.g) % self.n).tolist()
+                self.pos = 0
+            out.append(self.order[self.pos])
+            self.pos += 1
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": list(self.order), "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order, self.pos = list(state["order"]), int(state["pos"])
+
+
+def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
+    """Multiplier of the base rate at step s: linear warmup, then constant / linear to 0 / cosine to 0."""
+
+    def f(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / (warmup + 1)
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (s - warmup) / max(1, total - warmup))
+        return 1.0 - progress if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+def resolve_precision(mixed_precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for the frozen modules, or None for plain float32."""
+    if mixed_precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return None
+    if mixed_precision == "no":
+        return None
+    if mixed_precision == "fp16" and device.type == "cpu":
+        raise ConfigError("mixed_precision fp16 needs a GPU; on the CPU use bf16 or no")
+    return torch.float16 if mixed_precision == "fp16" else torch.bfloat16
+
+
+def _device(name: str) -> torch.device:
+    try:
+        from textinv.models import resolve_device
+    except ImportError:
+        resolve_device = None
+    if resolve_device is not None:
+        return torch.device(resolve_device(name))
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def load_model(source: str, device: torch.device):
+    """A float32 StableDiffusionPipeline from any source textinv.models knows (hub id, folder, file, toy)."""
+    try:
+        from textinv.models import load_pipeline
+    except ImportError:
+        load_pipeline = None
+    if load_pipeline is not None:
+        return load_pipeline(source, device=str(device), dtype=torch.float32)
+    from diffusers import StableDiffusionPipeline
+
+    if not Path(source).is_dir():
+        raise ModelError(f"model {source} not found; pass a diffusers folder with --model")
+    pipe = StableDiffusionPipeline.from_pretrained(source, safety_checker=None, requires_safety_checker=False)
+    return pipe.to(device)
+
+
+@dataclass
+class Item:
+    """One training image: index into the latent cache and its tokenized prompts."""
+
+    image: int
+    prompts: list[str]
+
+
+def expand_placeholders(text: str, expansions: dict[str, str]) -> str:
+    """Replace each placeholder (as a whole word) by all of its vector tokens: `*` -> `* *_1 *_2`."""
+    if not expansions:
+        return text
+    pattern = "|".join(re.escape(p) for p in sorted(expansions, key=len, reverse=True))
+    return re.sub(rf"(?<!\S)({pattern})(?=[\s,.;:!?]|$)", lambda m: expansions[m.group(1)], text)
+
+
+def build_items(cfg: Config, reporter: Reporter) -> tuple[list[data_mod.TrainImage], list[Item]]:
+    """Read the image folders and work out each image's prompts (templates, or its caption)."""
+    p = cfg.personalization
+    paths = cfg.data.paths
+    if not paths:
+        raise DataError("no image folder given; pass one: textinv train ./my_cat --init-word cat")
+    if len(paths) not in (1, len(p.placeholder_strings)):
+        raise ConfigError(
+            f"{len(paths)} image folders for {len(p.placeholder_strings)} placeholders; pass one folder per "
+            "placeholder, in the same order, or one folder with caption files"
+        )
+    templates = data_mod.load_templates(p.learnable_property)
+    images: list[data_mod.TrainImage] = []
+    items: list[Item] = []
+    for j, folder in enumerate(paths):
+        found, warnings = data_mod.load_folder(folder, cfg.data.resolution, center_crop=cfg.data.center_crop)
+        for w in warnings:
+            reporter.message(f"warning: {w}")
+        own = p.placeholder_strings[j] if len(paths) > 1 or len(p.placeholder_strings) == 1 else None
+        for img in found:
+            if img.caption:
+                prompt = data_mod.fill_prompt(img.caption, own or p.placeholder_strings[0])
+                if not any(re.search(rf"(?<!\S){re.escape(s)}(?=[\s,.;:!?]|$)", prompt) for s in p.placeholder_strings):
+                    raise DataError(
+                        f"caption {img.path.with_suffix('.txt').name} does not mention the placeholder; write * or "
+                        f"[name] where it goes, e.g. 'a photo of * on a sofa'"
+                    )
+                prompts = [prompt]
+            elif own is None:
+                raise DataError(
+                    f"{img.path.name} has no caption file, and with {len(p.placeholder_strings)} placeholders in one "
+                    "folder textinv cannot tell which it shows; pass one folder per placeholder"
+                )
+            else:
+                prompts = [data_mod.fill_prompt(t, own) for t in templates]
+            items.append(Item(image=len(images), prompts=prompts))
+            images.append(img)
+    return images, items
+
+
+# --- the run --------------------------------------------------------------------------------------------------
+
+
+class _Distributed:
+    """Data parallel under `accelerate launch` (or torchrun): averaged gradients, rank 0 writes the files."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device: torch.device | None = None
+        if self.world > 1:
+            from accelerate import PartialState
+
+            state = PartialState()
+            self.device = state.device
+            self.rank, self.world = state.process_index, state.num_processes
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def mean_(self, t: torch.Tensor) -> None:
+        if self.world > 1:
+            torch.distributed.all_reduce(t)
+            t /= self.world
+
+    def broadcast(self, obj: Any) -> Any:
+        if self.world == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj: Any) -> list[Any]:
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+
+@contextlib.contextmanager
+def _ctrl_c() -> Iterator[threading.Event]:
+    """The first Ctrl-C asks the loop to stop at the end of the step; a second one interrupts at once."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def compute_loss(unet, text_encoder, noisy, timesteps, ids, target, autocast_dtype, device) -> torch.Tensor:
+    """One forward pass: text encoder (with the spliced rows), UNet, MSE against the target in float32."""
+    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        hidden = text_encoder(ids)[0]
+        pred = unet(noisy, timesteps, hidden).sample
+    return F.mse_loss(pred.float(), target.float())
+
+
+def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path | None = None) -> RunResult:
+    """Train the placeholder embeddings described by `cfg` (already validated); `resume` continues a run folder."""
+    reporter = reporter or Reporter()
+    dist = _Distributed()
+    device = dist.device or _device(cfg.train.device)
+    autocast_dtype = resolve_precision(cfg.train.mixed_precision, device)
+    p = cfg.personalization
+    images, items = build_items(cfg, reporter)
+
+    pipe = load_model(cfg.model.source, device)
+    tokenizer, text_encoder, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
+    for module in (text_encoder, unet, vae):
+        module.requires_grad_(False)
+        module.eval()
+    _check_resolution(cfg.data.resolution, unet, vae)
+    with contextlib.suppress(Exception):  # SDPA is diffusers' default where torch has it; make sure
+        unet.set_default_attn_processor()
+    pipe.set_progress_bar_config(disable=True)
+
+    base = text_encoder.get_input_embeddings()
+    first_id = len(tokenizer)
+    if first_id > base.num_embeddings:
+        raise ModelError(f"tokenizer ({first_id} tokens) is larger than the text encoder's table ({base.num_embeddings})")
+    vectors = []
+    expansions: dict[str, str] = {}
+    for i, (placeholder, word) in enumerate(zip(p.placeholder_strings, p.initializer_words, strict=True)):
+        if placeholder.isalnum() and len(tokenizer(placeholder, add_special_tokens=False).input_ids) == 1:
+            raise ConfigError(f"placeholder {placeholder!r} is a word the model already knows; pick a new one, "
+                              f"e.g. '<{placeholder}>'")
+        names = internal_token_names(i, p.num_vectors_per_token)
+        add_new_tokens(tokenizer, names, first_id)
+        vecs, pieces = init_vectors(tokenizer, base.weight, word, p.num_vectors_per_token)
+        if len(pieces) > 1:
+            used = min(len(pieces), p.num_vectors_per_token)
+            reporter.message(
+                f"init word {word!r} is {len(pieces)} tokens ({' '.join(x.removesuffix('</w>') for x in pieces)}); "
+                f"{used} of them initialise the {p.num_vectors_per_token} vector(s) of {placeholder!r} in turn"
+                + ("" if used == len(pieces) else "; raise num_vectors_per_token to use them all")
+            )
+        vectors.append(vecs)
+        expansions[placeholder] = " ".join(names)
+    # the VAE stays float32: it runs once here (and for image logs), where fp16 VAEs are known to overflow
+    latent_mean, latent_std = _cache_latents(vae, images, device)
+    if autocast_dtype is not None:  # cast the frozen weights once rather than on every op of every step
+        text_encoder.to(autocast_dtype)
+        unet.to(autocast_dtype)
+    spliced = SplicedEmbedding(base, torch.cat(vectors).to(device), first_id)  # float32 whatever the precision
+    replace_module(text_encoder, base, spliced)
+    learned = spliced.learned
+
+    scaling = vae.config.scaling_factor
+    prompt_ids = [
+        tokenizer([expand_placeholders(s, expansions) for s in it.prompts], padding="max_length",
+                  max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids.to(device)
+        for it in items
+    ]
+    from diffusers import DDPMScheduler
+
+    noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    prediction = cfg.model.prediction_type or noise_sched.config.prediction_type
+    if prediction not in ("epsilon", "v_prediction"):
+        raise ModelError(f"the model predicts {prediction!r}; textinv trains epsilon and v_prediction models")
+    alphas = noise_sched.alphas_cumprod.to(device=device, dtype=torch.float32)
+    sqrt_a, sqrt_1ma = alphas.sqrt(), (1 - alphas).sqrt()
+    n_timesteps = noise_sched.config.num_train_timesteps
+
+    o = cfg.optim
+    lr = o.learning_rate * (cfg.data.batch_size * o.gradient_accumulation_steps * dist.world if o.scale_lr else 1)
+    optimizer = torch.optim.AdamW([learned], lr=lr, betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_epsilon,
+                                  weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(o.lr_scheduler, o.lr_warmup_steps, cfg.train.max_steps))
+    scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
+    generator = torch.Generator().manual_seed(cfg.train.seed + dist.rank)
+    sampler = EpochSampler(len(items), cfg.data.repeats, generator)
+
+    step = 0
+    if resume is not None:
+        run_dir = Path(resume)
+        step, state_path = runs.latest_state(run_dir)
+        state = runs.load_state(state_path)
+        learned.data.copy_(state["learned"].to(device))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["rng"][dist.rank])
+        sampler.load_state_dict(state["sampler"][dist.rank])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        if dist.main:
+            runs.truncate_csv(run_dir / "loss.csv", step)
+    else:
+        run_dir = None
+        if dist.main:
+            run_dir = runs.new_run_dir(cfg.log.output_dir, run_name(cfg))
+            runs.write_text(run_dir / "config.yaml", config_mod.dump_config(cfg))
+        run_dir = Path(dist.broadcast(str(run_dir) if run_dir else None))
+    if step >= cfg.train.max_steps:
+        raise ConfigError(f"{run_dir} already finished at step {step}; pass a larger --max-steps to train further")
+
+    name = cfg.log.name or run_name(cfg)
+    logger = _Logger(run_dir, cfg, enabled=dist.main)
+    last_good = step if resume is not None else None
+
+    def embedding_at(s: int):
+        from textinv.embeddings import Embedding, Token
+
+        tokens, n = [], p.num_vectors_per_token
+        rows = learned.detach().float().cpu()
+        for i, placeholder in enumerate(p.placeholder_strings):
+            tokens.append(Token(name=placeholder, vectors=rows[i * n:(i + 1) * n].clone()))
+        return Embedding(tokens=tokens, name=name, step=s, base_model=cfg.model.source,
+                         init_words=dict(zip(p.placeholder_strings, p.initializer_words, strict=True)),
+                         extra={"trained_with": "textinv", "learnable_property": p.learnable_property})
+
+    def checkpoint(s: int) -> None:
+        nonlocal last_good
+        states = dist.gather((generator.get_state(), sampler.state_dict()))
+        if not dist.main:
+            return
+        from textinv.embeddings import save_embedding
+
+        save_embedding(embedding_at(s), run_dir / "embeddings" / f"{name}-{s}.pt", format="pt", force=True)
+        runs.save_state(run_dir, s, {
+            "step": s,
+            "learned": learned.detach().float().cpu(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": [g for g, _ in states],
+            "sampler": [smp for _, smp in states],
+            "scaler": scaler.state_dict() if scaler is not None else None,
+        })
+        last_good = s
+
+    def sample_images(s: int) -> None:
+        if dist.main:
+            _log_images(pipe, run_dir, cfg, s, images, items, latent_mean, scaling, expansions, autocast_dtype,
+                        device)
+            logger.plot()
+
+    reporter.start(run_dir=run_dir, step=step, max_steps=cfg.train.max_steps)
+    losses: list[float] = []
+    batch = cfg.data.batch_size
+    accum = o.gradient_accumulation_steps
+    try:
+        with _ctrl_c() as stop:
+            while step < cfg.train.max_steps:
+                total = torch.zeros((), device=device)
+                for _ in range(accum):
+                    idx = sampler.take(batch)
+                    flips = (torch.rand(batch, generator=generator) < cfg.data.flip_p).long()
+                    img_idx = torch.tensor([items[i].image for i in idx])
+                    mean, std = latent_mean[img_idx, flips], latent_std[img_idx, flips]
+                    latents = (mean + std * torch.randn(mean.shape, generator=generator).to(device)) * scaling
+                    noise = torch.randn(latents.shape, generator=generator).to(device)
+                    t = torch.randint(0, n_timesteps, (batch,), generator=generator).to(device)
+                    choice = [int(torch.randint(0, len(items[i].prompts), (1,), generator=generator)) for i in idx]
+                    ids = torch.stack([prompt_ids[i][c] for i, c in zip(idx, choice, strict=True)])
+                    a, b = sqrt_a[t].view(-1, 1, 1, 1), sqrt_1ma[t].view(-1, 1, 1, 1)
+                    noisy = a * latents + b * noise
+                    target = noise if prediction == "epsilon" else a * noise - b * latents
+                    loss = compute_loss(unet, text_encoder, noisy, t, ids, target, autocast_dtype, device) / accum
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
+                    total += loss.detach()
+                dist.mean_(total)
+                value = float(total)
+                if not math.isfinite(value):
+                    kept = (f"the last good checkpoint is {run_dir / 'embeddings' / f'{name}-{last_good}.pt'}"
+                            if last_good else "no checkpoint was written yet")
+                    raise NonFiniteLoss(
+                        f"loss became {value} at step {step + 1}; stopped, {kept}. Lower optim.learning_rate or "
+                        "use --set train.mixed_precision=no"
+                    )
+                dist.mean_(learned.grad)
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                if o.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_([learned], o.max_grad_norm)
+                current_lr = optimizer.param_groups[0]["lr"]
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                losses.append(value)
+                logger.log(step, value, current_lr)
+                reporter.step(step, value, current_lr)
+                if cfg.log.save_every and step % cfg.log.save_every == 0 and step < cfg.train.max_steps:
+                    checkpoint(step)
+                if cfg.log.image_every and step % cfg.log.image_every == 0:
+                    sample_images(step)
+                if stop.is_set() and step < cfg.train.max_steps:
+                    checkpoint(step)
+                    raise TrainingInterrupted(run_dir, step, saved=True)
+    except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the last checkpoint stands
+        raise TrainingInterrupted(run_dir, last_good or 0, saved=False) from None
+    finally:
+        logger.close()
+        reporter.end()
+
+    checkpoint(step)
+    files = []
+    if dist.main:
+        from textinv.embeddings import save_embedding
+
+        ext = {"pt": ".pt", "bin": ".bin", "safetensors": ".safetensors"}
+        for fmt in cfg.log.formats:
+            files.append(save_embedding(embedding_at(step), run_dir / "embeddings" / f"{name}{ext[fmt]}",
+                                        format=fmt, force=True))
+        if cfg.log.image_every and step % cfg.log.image_every:
+            sample_images(step)
+        logger.plot()
+    replace_module(text_encoder, spliced, base)
+    return RunResult(run_dir=run_dir, step=step, embedding_path=run_dir / "embeddings" / f"{name}.pt", files=files,
+                     losses=losses, prediction_type=prediction)
+
+
+def run_name(cfg: Config) -> str:
+    if cfg.log.name:
+        return cfg.log.name
+    first = Path(cfg.data.paths[0]).resolve().name if cfg.data.paths else "run"
+    return re.sub(r"[^\w.-]+", "_", first) or "run"
+
+
+def _check_resolution(resolution: int, unet, vae) -> None:
+    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    unet_factor = 2 ** (len(unet.config.block_out_channels) - 1)
+    if resolution % (vae_factor * unet_factor):
+        raise ConfigError(
+            f"resolution {resolution} does not fit this model: it must be a multiple of {vae_factor * unet_factor}"
+        )
+
+
+@torch.no_grad()
+def _cache_latents(vae, images: list[data_mod.TrainImage], device: torch.device):
+    """Latent mean and std of every image and its mirror, once: [N, 2, C, h, w] each, float32, on `device`."""
+    means, stds = [], []
+    for img in images:
+        pixels = torch.stack([img.pixels, img.pixels.flip(-1)]).to(device=device, dtype=vae.dtype)
+        dist = vae.encode(pixels).latent_dist
+        means.append(dist.mean.float())
+        stds.append(dist.std.float())
+    return torch.stack(means), torch.stack(stds)
+
+
+class _Logger:
+    """loss.csv (appended each step), loss.png, and TensorBoard scalars."""
+
+    def __init__(self, run_dir: Path, cfg: Config, enabled: bool):
+        self.run_dir, self.enabled = run_dir, enabled
+        self.csv = None
+        self.tb = None
+        if not enabled:
+            return
+        path = run_dir / "loss.csv"
+        new = not path.is_file()
+        self.csv = open(path, "a")  # noqa: SIM115 - closed in close()
+        if new:
+            self.csv.write("step,loss,lr\n")
+        if cfg.log.report_to == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, step: int, loss: float, lr: float) -> None:
+        if self.csv is None:
+            return
+        self.csv.write(f"{step},{loss:.6g},{lr:.6g}\n")
+        self.csv.flush()
+        if self.tb is not None:
+            self.tb.add_scalar("train/loss", loss, step)
+            self.tb.add_scalar("train/lr", lr, step)
+
+    def plot(self) -> None:
+        if self.enabled:
+            plot_losses(self.run_dir / "loss.csv", self.run_dir / "loss.png")
+
+    def close(self) -> None:
+        if self.csv is not None:
+            self.csv.close()
+            self.csv = None
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+
+
+def plot_losses(csv_path: Path, png_path: Path) -> bool:
+    """Loss per step and its running mean; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    steps, losses = [], []
+    for line in csv_path.read_text().splitlines()[1:]:
+        parts = line.split(",")
+        with contextlib.suppress(ValueError, IndexError):
+            steps.append(int(parts[0]))
+            losses.append(float(parts[1]))
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, losses, lw=0.6, alpha=0.5, label="loss")
+    if len(losses) >= 2:
+        k = max(1, len(losses) // 20)
+        smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1]) for i in range(len(losses))]
+        ax.plot(steps, smooth, lw=1.5, label=f"mean of {k}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    with runs.atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return True
+
+
+@torch.no_grad()
+def _log_images(pipe, run_dir, cfg, step, images, items, latent_mean, scaling, expansions, autocast_dtype, device):
+    """The paper code's image log: conditioning, inputs, reconstruction, samples, samples_scaled, and init_word."""
+    from PIL import Image
+
+    k = min(cfg.log.num_images, len(items))
+    res = cfg.data.resolution
+    out = run_dir / "images"
+
+    def save(key: str, pics: list[Image.Image]) -> None:
+        with runs.atomic_path(out / f"{key}_gs-{step:06d}.png") as tmp:
+            _grid(pics).save(tmp, format="PNG")
+
+    save("conditioning", [_text_image(items[i].prompts[0], res) for i in range(k)])
+    save("inputs", [_to_pil(images[items[i].image].pixels) for i in range(k)])
+    vae = pipe.vae
+    z = latent_mean[[items[i].image for i in range(k)], 0].to(vae.dtype)
+    save("reconstruction", [_to_pil(x) for x in vae.decode(z).sample.float().cpu()])
+    p = cfg.personalization
+    placeholder_prompt = expand_placeholders(
+        data_mod.fill_prompt(data_mod.load_templates(p.learnable_property)[0], p.placeholder_strings[0]), expansions)
+    init_prompt = data_mod.fill_prompt(data_mod.load_templates(p.learnable_property)[0], p.initializer_words[0])
+    common = {"num_inference_steps": cfg.log.sample_steps, "height": res, "width": res,
+              "num_images_per_prompt": k}
+    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        for key, prompt, scale in (("samples", placeholder_prompt, 1.0),
+                                   ("samples_scaled", placeholder_prompt, cfg.log.guidance_scale),
+                                   ("init_word", init_prompt, cfg.log.guidance_scale)):
+            g = torch.Generator(device="cpu").manual_seed(cfg.train.seed)
+            pics = pipe(prompt, guidance_scale=scale, generator=g, **common).images
+            save(key, pics)
+
+
+def _to_pil(x: torch.Tensor):
+    from PIL import Image
+
+    arr = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(arr)
+
+
+def _text_image(text: str, size: int):
+    """The prompt drawn as a picture, as the paper code's `conditioning` log does."""
+    import textwrap
+
+    from PIL import Image, ImageDraw
+
+    side = max(size, 128)
+    img = Image.new("RGB", (side, side), "white")
+    draw = ImageDraw.Draw(img)
+    draw.multiline_text((4, 4), "\n".join(textwrap.wrap(text, width=max(10, side // 7))), fill="black")
+    return img.resize((size, size)) if side != size else img
+
+
+def _grid(pics: list) -> Any:
+    from PIL import Image
+
+    w, h = pics[0].size
+    grid = Image.new("RGB", (w * len(pics), h), "white")
+    for i, pic in enumerate(pics):
+        grid.paste(pic.convert("RGB").resize((w, h)), (i * w, 0))
+    return grid
