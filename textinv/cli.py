@@ -308,10 +308,98 @@ def img2img(
 
 @app.command(rich_help_panel="Training")
 def train(
-    data_dir: Annotated[Path, typer.Argument(help="Folder of 3-5 images of the concept.")],
+    data_dirs: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Folder of 3-5 images of the concept (one folder per placeholder).", show_default=False),
+    ] = None,
+    *,
+    init_word: Annotated[
+        list[str] | None,
+        typer.Option("--init-word", "-i", help="A word close to the concept (one per placeholder).",
+                     rich_help_panel="Concept", show_default=False),
+    ] = None,
+    placeholder: Annotated[
+        list[str] | None,
+        typer.Option("--placeholder", "-p", help="The new word to learn [default: *].", rich_help_panel="Concept",
+                     show_default=False),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", "-n", help="Run name [default: the folder's name].",
+                                 rich_help_panel="Output", show_default=False),
+    ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option("--config", "-c", help="YAML config: a file, or v1-finetune (default) / v2-finetune.",
+                     rich_help_panel="Training", show_default=False),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Hub id, diffusers folder, .ckpt/.safetensors file or toy.",
+                                 rich_help_panel="Model", show_default=False),
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Optimizer steps (with --resume: train on to this step).",
+                                 rich_help_panel="Training", show_default=False),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override any config key, e.g. optim.learning_rate=1e-3.",
+                     rich_help_panel="Training", show_default=False),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel="Model",
+                                 show_default=False),
+    ] = None,
+    output_dir: Annotated[
+        str | None, typer.Option("--output-dir", "-o", help="Where run folders go [default: logs].",
+                                 rich_help_panel="Output", show_default=False),
+    ] = None,
+    report_to: Annotated[
+        str | None, typer.Option("--report-to", help="tensorboard: also write TensorBoard events.",
+                                 rich_help_panel="Output", show_default=False),
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", metavar="LOGDIR", help="Continue a run from its last checkpoint.",
+                                  rich_help_panel="Training", show_default=False),
+    ] = None,
 ) -> None:
-    """Learn an embedding from a folder of images. Example: textinv train ./my_cat --init-word cat"""
-    _not_built("train")
+    """Learn an embedding from a folder of images. Example: textinv train ./my_cat --init-word cat
+
+    Writes logs/<name>_<timestamp>/ with config.yaml, embeddings/, images/, loss.csv and loss.png. Ctrl-C saves a
+    checkpoint; `textinv train --resume LOGDIR` continues it. Several GPUs: accelerate launch -m textinv train ...
+    """
+    from textinv import config as cfgmod
+    from textinv.train import TrainingInterrupted
+    from textinv.train import train as run_training
+    from textinv.train_progress import TrainProgress
+
+    with user_errors():
+        if resume is not None:
+            given = {"DIR": data_dirs, "--init-word": init_word, "--placeholder": placeholder, "--name": name,
+                     "--config": config, "--model": model, "--set": set_, "--device": device,
+                     "--output-dir": output_dir, "--report-to": report_to}
+            extra = [flag for flag, value in given.items() if value]
+            if extra:
+                raise cfgmod.ConfigError(
+                    f"--resume continues with the run's saved config; drop {', '.join(extra)} (only --max-steps may change)"
+                )
+            cfg = cfgmod.config_for_resume(resume, max_steps=max_steps)
+        else:
+            if not data_dirs:
+                raise cfgmod.ConfigError("pass a folder of images: textinv train ./my_cat --init-word cat")
+            cfg = cfgmod.build_config(config, set_, **{
+                "data.paths": [str(d) for d in data_dirs],
+                "personalization.initializer_words": init_word or None,
+                "personalization.placeholder_strings": placeholder or None,
+                "log.name": name, "model.source": model, "train.max_steps": max_steps, "train.device": device,
+                "log.output_dir": output_dir, "log.report_to": report_to,
+            })
+        try:
+            result = run_training(cfg, reporter=TrainProgress(err, quiet=_state["quiet"]), resume=resume)
+        except TrainingInterrupted as e:
+            err.print(f"[yellow]{e}[/yellow]", highlight=False)
+            raise typer.Exit(e.exit_code) from None
+    out.print(f"{result.embedding_path}", highlight=False)
+    info(f"trained to step {result.step}; run folder {result.run_dir}")
 
 
 @app.command(rich_help_panel="Training")
