@@ -42,7 +42,7 @@ def fill_prompt(template: str, placeholder_text: str) -> str:
     """Put the placeholder (already expanded to all its vector tokens) where `[name]`, `{}` or a lone `*` stands."""
     out = template.replace("[name]", placeholder_text).replace("{}", placeholder_text)
     if out == template:
-        out = re.sub(r"(?<!\S)\*(?!\S)", lambda _: placeholder_text, template)
+        out = re.sub(r"(?<!\S)\*(?=[\s,.;:!?]|$)", lambda _: placeholder_text, template)
     return out
 
 

@@ -1,0 +1,104 @@
+"""Training images: every mode and orientation, non-images skipped, captions and templates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from textinv.data import MANY_IMAGES, fill_prompt, load_folder, load_templates, prepare, to_rgb
+from textinv.errors import DataError
+
+
+def test_rgba_is_composited_over_white():
+    img = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent red
+    img.putpixel((0, 0), (255, 0, 0, 255))
+    rgb = to_rgb(img)
+    assert rgb.mode == "RGB"
+    assert rgb.getpixel((1, 1)) == (255, 255, 255) and rgb.getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped():
+    arr = np.array([[0, 32768, 65535]], dtype=np.uint16)
+    img = Image.fromarray(arr)
+    assert img.mode.startswith("I")
+    assert [to_rgb(img).getpixel((x, 0)) for x in range(3)] == [(0, 0, 0), (128, 128, 128), (255, 255, 255)]
+
+
+def test_grayscale_and_palette_become_rgb():
+    assert to_rgb(Image.new("L", (2, 2), 77)).getpixel((0, 0)) == (77, 77, 77)
+    pal = Image.new("P", (2, 2))
+    pal.putpalette([10, 20, 30] * 256)
+    assert to_rgb(pal).getpixel((0, 0)) == (10, 20, 30)
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    # a 20x10 landscape whose left half is black, stored with orientation 6 ("rotate 90 CW to display")
+    arr = np.full((10, 20, 3), 255, np.uint8)
+    arr[:, :10] = 0
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(arr).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    with Image.open(tmp_path / "phone.jpg") as img:
+        px = prepare(img, 8, center_crop=False)
+    # displayed upright it is portrait with the black half on top
+    assert px[:, 0].mean() < -0.9 and px[:, -1].mean() > 0.9
+
+
+def test_center_crop_and_resize_give_the_resolution_in_range():
+    arr = np.zeros((30, 90, 3), np.uint8)
+    arr[:, 30:60] = 255  # a white centre square between black side bands
+    px = prepare(Image.fromarray(arr), 16, center_crop=True)
+    assert px.shape == (3, 16, 16) and px.dtype == torch.float32
+    assert px.min() >= -1 and px.max() <= 1
+    assert px.mean() > 0.95  # only the white centre survives the crop
+    squashed = prepare(Image.fromarray(arr), 16, center_crop=False)
+    assert squashed.mean() < 0  # the black bands remain
+
+
+def test_folder_skips_non_images_with_a_warning_and_reads_captions(tmp_path):
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "b.png")
+    Image.new("RGBA", (8, 6), "blue").save(tmp_path / "a.webp")
+    (tmp_path / "a.txt").write_text("a photo of * on a sofa\n")
+    (tmp_path / "notes.md").write_text("hello")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    (tmp_path / ".DS_Store").write_bytes(b"\0\0")
+    (tmp_path / "sub").mkdir()
+    images, warnings = load_folder(tmp_path, 8)
+    assert [i.path.name for i in images] == ["a.webp", "b.png"]
+    assert images[0].caption == "a photo of * on a sofa" and images[1].caption is None
+    assert warnings == [f"skipped 2 file(s) in {tmp_path} that are not images: broken.jpg, notes.md"]
+
+
+def test_many_images_warn(tmp_path):
+    for i in range(MANY_IMAGES + 1):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / f"{i}.png")
+    _, warnings = load_folder(tmp_path, 8)
+    assert warnings == [f"6 images in {tmp_path}; the paper found 3-5 images work best, more rarely help"]
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(DataError, match=r"no images in .* \(it is empty\); pass a folder"):
+        load_folder(tmp_path, 8)
+    (tmp_path / "x.txt").write_text("caption without image")
+    (tmp_path / "y.csv").write_text("1,2")
+    with pytest.raises(DataError, match=r"found 2 file\(s\), none of them an image"):
+        load_folder(tmp_path, 8)
+    with pytest.raises(DataError, match="does not exist"):
+        load_folder(tmp_path / "missing", 8)
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        load_folder(tmp_path / "x.txt", 8)
+
+
+def test_templates_and_prompt_filling():
+    obj, style = load_templates("object"), load_templates("style")
+    assert len(obj) == 27 and len(style) == 19
+    assert obj[0] == "a photo of a [name]" and style[0] == "a painting in the style of [name]"
+    assert all("[name]" in t for t in obj + style)
+    assert fill_prompt("a photo of a [name]", "<cat>") == "a photo of a <cat>"
+    assert fill_prompt("a photo of *, on a sofa", "<cat>") == "a photo of <cat>, on a sofa"
+    assert fill_prompt("* and * again", "x y") == "x y and x y again"
+    assert fill_prompt("a photo of a*b", "<cat>") == "a photo of a*b"  # only a lone *
+    with pytest.raises(DataError, match="use object or style"):
+        load_templates("scene")
