@@ -286,21 +286,208 @@ def _print_concepts(found: list, as_json: bool) -> None:
 
 # --- images: generate, img2img ------------------------------------------------------------------------------
 
+# Options of `generate` and `img2img` (and of each dream> line). Short flags follow InvokeAI's dream.py.
+_ImgModel = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Hub id, diffusers folder, .ckpt/.safetensors file, or toy "
+                 "\\[default: $TEXTINV_MODEL, else stable-diffusion-v1-5/stable-diffusion-v1-5].",
+                 rich_help_panel="Model", show_default=False),
+]
+_ImgModelConfig = Annotated[
+    Path | None,
+    typer.Option("--model-config", help="For a .ckpt/.safetensors: a local diffusers folder of the same family "
+                 "to take its config from (no network needed).", rich_help_panel="Model", show_default=False),
+]
+_ImgEmbedding = Annotated[
+    list[str] | None,
+    typer.Option("--embedding", "-e", help="Embedding file, folder of them, or concept name in ./embeddings "
+                 "(repeatable).", rich_help_panel="Model", show_default=False),
+]
+_ImgToken = Annotated[
+    list[str] | None,
+    typer.Option("--token", help="New placeholder for each --embedding, in order (renames on load).",
+                 rich_help_panel="Model", show_default=False),
+]
+_ImgDevice = Annotated[
+    str | None, typer.Option("--device", help="cpu, cuda, cuda:N or mps \\[default: best available].",
+                             rich_help_panel="Model", show_default=False),
+]
+_ImgDtype = Annotated[
+    str | None, typer.Option("--dtype", help="fp16, bf16 or fp32 \\[default: fp16 on a GPU, fp32 on the CPU].",
+                             rich_help_panel="Model", show_default=False),
+]
+_ImgCount = Annotated[int, typer.Option("-n", "--count", "--iterations", help="Number of images.",
+                                        rich_help_panel="Sampling")]
+_ImgSteps = Annotated[int, typer.Option("--steps", "-s", help="Denoising steps.", rich_help_panel="Sampling")]
+_ImgCfg = Annotated[float, typer.Option("--cfg", "-C", "--cfg-scale", help="Classifier-free guidance scale.",
+                                        rich_help_panel="Sampling")]
+_ImgSeed = Annotated[
+    int | None, typer.Option("--seed", "-S", help="Seed of the first image; image i uses seed+i \\[default: random].",
+                             rich_help_panel="Sampling", show_default=False),
+]
+_ImgWidth = Annotated[int | None, typer.Option("--width", "-W", help="Width in pixels, a multiple of 8 "
+                                               "\\[default: the model's].", rich_help_panel="Sampling",
+                                               show_default=False)]
+_ImgHeight = Annotated[int | None, typer.Option("--height", "-H", help="Height in pixels, a multiple of 8 "
+                                                "\\[default: the model's].", rich_help_panel="Sampling",
+                                                show_default=False)]
+_ImgNegative = Annotated[str, typer.Option("--negative", "--negative-prompt", help="What to steer away from.",
+                                           rich_help_panel="Sampling", show_default=False)]
+_ImgScheduler = Annotated[
+    str | None,
+    typer.Option("--scheduler", "-A", "--sampler", help="ddim, plms, euler, euler_a, heun, dpm_2, dpm_2_a, "
+                 "dpmpp_2m, dpmpp_2m_karras, lms, unipc or ddpm (InvokeAI's k_ names work) \\[default: the model's].",
+                 rich_help_panel="Sampling", show_default=False),
+]
+_ImgStrength = Annotated[float, typer.Option("--strength", "-f", help="img2img: 0 keeps the init image, 1 "
+                                             "replaces it.", rich_help_panel="Sampling")]
+_ImgOut = Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs.", rich_help_panel="Output")]
+_ImgNoGrid = Annotated[bool, typer.Option("--no-grid", help="No contact sheet when -n > 1.",
+                                          rich_help_panel="Output")]
+_ImgJson = Annotated[bool, typer.Option("--json", help="Print one JSON object per image (path, seed, prompt).",
+                                        rich_help_panel="Output")]
+
 
 @app.command(rich_help_panel="Images")
 def generate(
-    prompt: Annotated[str | None, typer.Argument(help="The prompt, e.g. 'a photo of *'.")] = None,
+    prompt: Annotated[str | None, typer.Argument(help="The prompt, e.g. 'a photo of *'. Leave it out on a "
+                                                 "terminal for the dream> prompt.", show_default=False)] = None,
+    *,
+    embedding: _ImgEmbedding = None,
+    token: _ImgToken = None,
+    model: _ImgModel = None,
+    model_config: _ImgModelConfig = None,
+    device: _ImgDevice = None,
+    dtype: _ImgDtype = None,
+    n: _ImgCount = 1,
+    steps: _ImgSteps = 50,
+    cfg: _ImgCfg = 7.5,
+    seed: _ImgSeed = None,
+    width: _ImgWidth = None,
+    height: _ImgHeight = None,
+    negative: _ImgNegative = "",
+    scheduler: _ImgScheduler = None,
+    init_img: Annotated[Path | None, typer.Option("--init-img", "--init_img", "-I", help="Start from this image "
+                                                  "(img2img).", rich_help_panel="Sampling", show_default=False)] = None,
+    strength: _ImgStrength = 0.5,
+    out_dir: _ImgOut = Path("outputs"),
+    no_grid: _ImgNoGrid = False,
+    as_json: _ImgJson = False,
 ) -> None:
-    """Make images from a prompt with embeddings. Example: textinv generate "a photo of *" --embedding my_cat.pt"""
-    _not_built("generate")
+    """Make images from a prompt with embeddings. Example: textinv generate "a photo of *" --embedding my_cat.pt
+
+    With no PROMPT on a terminal it opens a dream> prompt that keeps the model loaded: type a quoted prompt and the same flags ("a photo of *" -s100 -n4 --init_img=x.png --strength=0.5); q or Ctrl-D quits.
+    """
+    from rich.markup import escape
+
+    from textinv import dream, models
+    from textinv import generate as gen
+    from textinv.errors import UsageError
+    from textinv.progress import ImageProgress
+
+    def make(pipe, text: str, o: dict) -> None:  # one prompt: make, save and report its images
+        for warning in models.check_prompt(pipe, f"{text} {o['negative']}"):
+            info(f"[yellow]warning:[/yellow] {escape(warning)}")
+        common = {k: o[k] for k in ("negative", "n", "steps", "cfg", "seed", "width", "height", "scheduler")}
+        with ImageProgress(err, enabled=not _state["quiet"]) as progress:
+            if o["init_img"] is not None:
+                results = gen.img2img(pipe, text, o["init_img"], strength=o["strength"], progress=progress, **common)
+            else:
+                results = gen.txt2img(pipe, text, progress=progress, **common)
+        paths, grid = gen.save_images(results, o["out_dir"], grid=False if o["no_grid"] else None)
+        for r, path in zip(results, paths, strict=True):
+            if o["as_json"]:
+                print_json({"path": str(path), "seed": r.seed, "prompt": text})
+            else:
+                out.print(str(path), markup=False)
+        if grid is not None:
+            info(f"grid: {grid}")
+
+    opts = dict(negative=negative, n=n, steps=steps, cfg=cfg, seed=seed, width=width, height=height,
+                scheduler=scheduler, init_img=init_img, strength=strength, out_dir=out_dir, no_grid=no_grid,
+                as_json=as_json)
+    with user_errors():
+        gen.check_request(n=n, steps=steps, cfg=cfg, strength=strength if init_img else None, width=width,
+                          height=height)
+        if scheduler is not None:
+            gen.scheduler_name(scheduler)
+        if init_img is not None:
+            gen.load_init_image(init_img)
+        if prompt is None and not dream.stdin_is_terminal():
+            raise UsageError('no PROMPT given and stdin is not a terminal; pass one: textinv generate "a photo of *"')
+        embs = models.load_embeddings(embedding or [], tokens=token)
+        info(f"loading model {model or os.environ.get('TEXTINV_MODEL') or models.DEFAULT_MODEL}")
+        pipe = models.load_pipeline(model, model_config=model_config, device=device, dtype=dtype)
+        for note in pipe.textinv.warnings:
+            info(f"[yellow]warning:[/yellow] {escape(note)}")
+        added = models.add_embeddings(pipe, embs)
+        info(f"model {pipe.textinv.name}: {pipe.textinv.family}, on {pipe.device} ({str(pipe.dtype).removeprefix('torch.')})"
+             + (f"; placeholders: {' '.join(added)}" if added else ""))
+        if prompt is not None:
+            make(pipe, prompt, opts)
+            return
+
+    command = typer.main.get_command(app).commands["generate"]  # each dream> line takes this command's flags
+
+    def dream_line(args: list[str]) -> None:
+        try:
+            ctx = command.make_context("dream>", list(args))
+        except typer.Exit:
+            return  # --help
+        except Exception as e:  # the command parser's own usage errors
+            message = e.format_message() if hasattr(e, "format_message") else str(e)
+            err.print(f"[red]error:[/red] {escape(message)}")
+            return
+        # flags typed on the line win; the rest keep what `textinv generate ...` was started with
+        line = {k: v for k, v in ctx.params.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
+        with contextlib.suppress(typer.Exit), user_errors():
+            if not line.get("prompt"):
+                raise UsageError('give a prompt first, e.g. "a photo of *" -s 50 -n 4')
+            changed = [f for f, v in loaded_with.items() if f in line and line[f] != v]
+            if changed:
+                raise UsageError(f"--{changed[0].replace('_', '-')} cannot change inside dream>; quit (q) and restart")
+            if line.get("embedding"):
+                models.add_embeddings(pipe, models.load_embeddings(line["embedding"], tokens=line.get("token")))
+            make(pipe, line["prompt"], {**opts, **{k: v for k, v in line.items() if k in opts}})
+
+    loaded_with = {"model": model, "model_config": model_config, "device": device, "dtype": dtype}
+    info('dream> takes a prompt and flags, e.g. "a photo of *" -s 50 -n 4; q quits')
+    dream.run(dream_line, on_error=lambda m: err.print(f"[red]error:[/red] {escape(m)}"), history=dream.history_file())
 
 
 @app.command(rich_help_panel="Images")
 def img2img(
-    prompt: Annotated[str, typer.Argument(help="The prompt.")],
+    prompt: Annotated[str, typer.Argument(help="The prompt, e.g. 'waterfall and rainbow in the style of *'.")],
+    *,
+    init_img: Annotated[Path, typer.Option("--init-img", "--init_img", "-I", help="The starting image.",
+                                           rich_help_panel="Sampling")],
+    strength: _ImgStrength = 0.5,
+    embedding: _ImgEmbedding = None,
+    token: _ImgToken = None,
+    model: _ImgModel = None,
+    model_config: _ImgModelConfig = None,
+    device: _ImgDevice = None,
+    dtype: _ImgDtype = None,
+    n: _ImgCount = 1,
+    steps: _ImgSteps = 50,
+    cfg: _ImgCfg = 7.5,
+    seed: _ImgSeed = None,
+    width: _ImgWidth = None,
+    height: _ImgHeight = None,
+    negative: _ImgNegative = "",
+    scheduler: _ImgScheduler = None,
+    out_dir: _ImgOut = Path("outputs"),
+    no_grid: _ImgNoGrid = False,
+    as_json: _ImgJson = False,
 ) -> None:
-    """Make images from a prompt and a starting image. Example: textinv img2img "a sketch of *" --init-img x.png"""
-    _not_built("img2img")
+    """Make images from a prompt and a starting image. Example: textinv img2img "a sketch of *" --init-img x.png
+
+    Runs int(steps x strength) denoising steps from the init image, resized to --width/--height if given.
+    """
+    generate(prompt, embedding=embedding, token=token, model=model, model_config=model_config, device=device,
+             dtype=dtype, n=n, steps=steps, cfg=cfg, seed=seed, width=width, height=height, negative=negative,
+             scheduler=scheduler, init_img=init_img, strength=strength, out_dir=out_dir, no_grid=no_grid,
+             as_json=as_json)
 
 
 # --- training: train, demo ------------------------------------------------------------------------------------

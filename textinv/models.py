@@ -62,7 +62,6 @@ class LoadedToken:
     placeholder: str
     token_ids: list[int]
     source: str  # the file it came from
-    embedding_name: str  # the name A1111's `TI hashes` uses
     hash: str  # sha256 of the file, first 12 hex digits, as AUTOMATIC1111 writes it
     vectors: torch.Tensor  # [n, dim] float32 as loaded, for checking a reload
 
@@ -599,7 +598,6 @@ def add_embeddings(pipe, embeddings: list[tuple[Path, Embedding]]) -> list[str]:
                 placeholder=tok.name,
                 token_ids=ids,
                 source=str(path),
-                embedding_name=emb.name or Path(path).stem,
                 hash=file_hash(path),
                 vectors=tok.vectors.clone(),
             )

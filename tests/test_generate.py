@@ -1,0 +1,316 @@
+"""`textinv generate`, `textinv img2img` and the dream> prompt, through the CLI, on a tiny real pipeline saved as a
+diffusers folder and as an original-layout single-file checkpoint."""
+
+from __future__ import annotations
+
+import builtins
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from rich.console import Console
+from typer.testing import CliRunner
+
+from tests.ldm_checkpoint import config_only_copy, ldm_state_dict
+from textinv import dream, models
+from textinv.cli import app
+from textinv.embeddings import Embedding, Token, save_embedding
+from textinv.generate import GenerationParams, a1111_parameters, read_parameters, scheduler_name
+from textinv.progress import ImageProgress
+
+runner = CliRunner()
+DIM = 32
+
+
+@pytest.fixture(scope="module")
+def model_args(tiny_model_dir, tmp_path_factory):
+    """`--model ...` for the tiny model as a diffusers folder and as a .ckpt with a local --model-config."""
+    from diffusers import StableDiffusionPipeline
+
+    folder = tmp_path_factory.mktemp("ckpt")
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir)
+    torch.save({"state_dict": ldm_state_dict(pipe), "global_step": 1}, folder / "model.ckpt")
+    config = config_only_copy(tiny_model_dir, folder / "config")
+    return {
+        "folder": ["--model", str(tiny_model_dir)],
+        "ckpt": ["--model", str(folder / "model.ckpt"), "--model-config", str(config)],
+    }
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """The default --out (./outputs) and ./embeddings resolve inside the test's folder."""
+    monkeypatch.chdir(tmp_path)
+
+
+def _emb(name: str, n: int, seed: int, dim: int = DIM) -> Embedding:
+    g = torch.Generator().manual_seed(seed)
+    return Embedding([Token(name, torch.randn(n, dim, generator=g) * 0.5)], name=name.strip("<>"))
+
+
+@pytest.fixture(scope="module")
+def emb_files(tmp_path_factory) -> dict[str, Path]:
+    """One embedding file per format textinv writes, each with its own placeholder; some multi-vector."""
+    folder = tmp_path_factory.mktemp("embs")
+    spec = {"pt": 2, "bin": 3, "safetensors": 1, "kohya": 2, "png": 1}
+    ext = {"kohya": "safetensors"}
+    return {
+        fmt: save_embedding(_emb(f"<p-{fmt}>", n, seed=i), folder / f"p-{fmt}.{ext.get(fmt, fmt)}", format=fmt)
+        for i, (fmt, n) in enumerate(spec.items())
+    }
+
+
+def _run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _pngs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.png") if not p.name.endswith(".grid.png"))
+
+
+def _pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).copy()
+
+
+# --- generate ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["folder", "ckpt"])
+def test_generate_writes_pngs_with_their_parameters(kind, model_args, emb_files, tmp_path):
+    out = tmp_path / "out"
+    result = _run(
+        "generate", "a photo of <p-bin> in the style of <p-pt>", *model_args[kind],
+        "--embedding", emb_files["bin"], "--embedding", emb_files["pt"],
+        "-n", 3, "-s", 2, "--seed", 11, "-W", 32, "-H", 48, "--negative", "blurry", "--out", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    images = _pngs(out)
+    assert [p.name for p in images] == ["000001.11.png", "000002.12.png", "000003.13.png"]
+    assert result.stdout.split() == [str(p) for p in images]
+    for seed, path in zip((11, 12, 13), images, strict=True):
+        with Image.open(path) as im:
+            assert im.size == (32, 48)
+        params = read_parameters(path)
+        assert params["Prompt"] == "a photo of <p-bin> in the style of <p-pt>"
+        assert params["Negative prompt"] == "blurry"
+        assert (params["Steps"], params["Sampler"], params["CFG scale"]) == ("2", "DDIM", "7.5")
+        assert (params["Seed"], params["Size"]) == (str(seed), "32x48")
+        assert params["Model"] == ("model" if kind == "ckpt" else model_args["folder"][1].split("/")[-1])
+        hashes = {name: models.file_hash(emb_files[fmt]) for name, fmt in (("<p-bin>", "bin"), ("<p-pt>", "pt"))}
+        assert params["TI hashes"] == ", ".join(f"{n}: {h}" for n, h in hashes.items())
+        with Image.open(path) as im:
+            assert im.info["Dream"].startswith(f"'a photo of <p-bin> in the style of <p-pt> [blurry]' -s 2 -S {seed}")
+            meta = json.loads(im.info["sd-metadata"])
+        assert meta["image"]["seed"] == seed and meta["image"]["type"] == "txt2img"
+    grid = out / "000001.11.grid.png"
+    with Image.open(grid) as im:
+        assert im.size == (64, 96)  # 3 images: 2 columns, 2 rows
+    assert np.array_equal(_pixels(grid)[:48, 32:64], _pixels(images[1]))
+
+
+@pytest.mark.parametrize("kind", ["folder", "ckpt"])
+def test_same_seed_gives_the_same_pixels(kind, model_args, emb_files, tmp_path):
+    common = [*model_args[kind], "--embedding", emb_files["bin"], "-s", 2]
+    first = _run("--quiet", "generate", "<p-bin>", *common, "-n", 2, "--seed", 4, "--out", tmp_path / "a")
+    again = _run("--quiet", "generate", "<p-bin>", *common, "-n", 1, "--seed", 5, "--out", tmp_path / "b")
+    assert first.exit_code == 0 and again.exit_code == 0, first.output + again.output
+    (a4, a5), (b5,) = _pngs(tmp_path / "a"), _pngs(tmp_path / "b")
+    assert np.array_equal(_pixels(a5), _pixels(b5))  # any image of a batch can be made again alone
+    assert not np.array_equal(_pixels(a4), _pixels(a5))
+
+
+def test_every_format_and_several_embeddings_in_one_prompt(model_args, emb_files, tmp_path):
+    prompt = " ".join(f"<p-{fmt}>" for fmt in emb_files)
+    args = [a for f in emb_files.values() for a in ("-e", f)]
+    result = _run(
+        "generate", prompt, *model_args["folder"], *args, "-s", 2, "--seed", 1, "--scheduler", "k_euler_a",
+        "--json", "--out", tmp_path,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "not a loaded placeholder" not in result.stderr
+    assert "placeholders: <p-pt> <p-bin> <p-safetensors> <p-kohya> <p-png>" in result.stderr
+    (line,) = result.stdout.splitlines()
+    assert json.loads(line) == {"path": str(tmp_path / "000001.1.png"), "seed": 1, "prompt": prompt}
+    params = read_parameters(tmp_path / "000001.1.png")
+    assert params["Sampler"] == "Euler a"
+    assert params["TI hashes"] == ", ".join(f"<p-{fmt}>: {models.file_hash(f)}" for fmt, f in emb_files.items())
+
+
+def test_token_renames_a_placeholder_and_unknown_ones_warn(model_args, emb_files, tmp_path):
+    result = _run(
+        "generate", "a <mine> next to <nope>", *model_args["folder"], "-e", emb_files["bin"], "--token", "<mine>",
+        "-s", 1, "--out", tmp_path,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "placeholders: <mine>" in result.stderr
+    assert "<nope> is not a loaded placeholder, so it is used as plain text (loaded: <mine>)" in result.stderr
+    assert "<mine> is not" not in result.stderr
+
+
+# --- img2img -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["folder", "ckpt"])
+def test_img2img_starts_from_the_init_image(kind, model_args, emb_files, tmp_path):
+    init = tmp_path / "sketch.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 40, 3), dtype=np.uint8)).save(init)
+    result = _run(
+        "img2img", "waterfall and rainbow in the style of <p-kohya>", "--init_img", init, "--strength", 0.5,
+        *model_args[kind], "-e", emb_files["kohya"], "-s", 4, "-n", 2, "--seed", 9, "--json", "--out", tmp_path / "o",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["seed"] for r in rows] == [9, 10]
+    for row in rows:
+        with Image.open(row["path"]) as im:
+            assert im.size == (40, 24)
+            assert f"-I {init} -f 0.5" in im.info["Dream"]
+        params = read_parameters(row["path"])
+        assert params["Denoising strength"] == "0.5" and params["Size"] == "40x24"
+    assert (tmp_path / "o" / "000001.9.grid.png").is_file()
+
+
+# --- wrong inputs --------------------------------------------------------------------------------------------
+
+WRONG = {
+    "uncached hub model": (["generate", "x", "--model", "nobody/nothing"], "is not in the Hugging Face cache"),
+    "missing checkpoint": (["generate", "x", "--model", "models/ldm/model.ckpt"], "no such file or folder"),
+    "missing embedding": (["generate", "x", "-e", "nothing.pt"], "no such file or folder, and no concept"),
+    "wrong-width embedding": (["generate", "x", "-e", "{sd15}"], "is SD1.x (768-dim) but the model is 32-dim"),
+    "unreadable init image": (["img2img", "x", "--init-img", "{text}"], "not a readable image"),
+    "missing init image": (["img2img", "x", "--init-img", "nope.png"], "--init-img nope.png: no such file"),
+    "strength above 1": (["img2img", "x", "--init-img", "{png}", "--strength", "1.5"], "must be between 0 and 1"),
+    "negative strength": (["img2img", "x", "--init-img", "{png}", "-f", "-0.1"], "must be between 0 and 1"),
+    "zero steps": (["generate", "x", "-s", "0"], "--steps 0: the number of denoising steps must be 1 or more"),
+    "negative steps": (["generate", "x", "--steps", "-3"], "--steps -3: the number of denoising steps"),
+    "zero count": (["generate", "x", "-n", "0"], "-n 0: the number of images must be 1 or more"),
+    "negative count": (["generate", "x", "-n", "-2"], "-n -2: the number of images must be 1 or more"),
+    "odd width": (["generate", "x", "-W", "30"], "--width 30: must be a positive multiple of 8"),
+    "unknown scheduler": (["generate", "x", "--scheduler", "magic"], "unknown scheduler 'magic'"),
+    "no prompt and no terminal": (["generate"], "no PROMPT given and stdin is not a terminal"),
+}
+
+
+@pytest.mark.parametrize("case", WRONG, ids=list(WRONG))
+def test_wrong_input_is_one_clear_line(case, model_args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    save_embedding(_emb("<big>", 1, seed=0, dim=768), tmp_path / "sd15.pt")
+    (tmp_path / "notes.png").write_text("not an image")
+    Image.new("RGB", (32, 32)).save(tmp_path / "ok.png")
+    files = {"{sd15}": "sd15.pt", "{text}": "notes.png", "{png}": "ok.png"}
+    args, expected = WRONG[case]
+    args = [files.get(a, a) for a in args]
+    if "--model" not in args:
+        args += model_args["folder"]
+    result = runner.invoke(app, ["--quiet", *args, "--out", str(tmp_path / "out")])
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert expected in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_usage_errors_exit_2_and_missing_things_exit_1(model_args):
+    assert _run("generate", "x", "-s", "0", *model_args["folder"]).exit_code == 2
+    assert _run("generate", *model_args["folder"]).exit_code == 2
+    assert _run("generate", "x", "--model", "nobody/nothing").exit_code == 1
+
+
+def test_real_sd15_embedding_on_the_tiny_model_names_both_families(real_embeddings, model_args):
+    result = _run("--quiet", "generate", "x", *model_args["folder"], "-e",
+                  real_embeddings / "diffusers_singleinsert_learned_embeds.bin")  # fmt: skip
+    assert result.exit_code == 1
+    assert "is SD1.x (768-dim) but the model is 32-dim (no known family)" in result.stderr
+
+
+# --- the dream> prompt ---------------------------------------------------------------------------------------
+
+
+def test_dream_prompt_keeps_the_model_loaded(model_args, emb_files, tmp_path, monkeypatch):
+    init = tmp_path / "init.png"
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(init)
+    lines = iter([
+        '"a photo of <p-bin>" -s2 -n2 --seed=3',
+        f"a sketch of <p-bin> --steps=2 --init_img={init} --strength=0.5 -S 7",
+        "a photo -s 0",
+        "a photo --model someone/else",
+        '"unbalanced',
+        "q",
+        "never read",
+    ])  # fmt: skip
+    loads = []
+    real_load = models.load_pipeline
+
+    def counting_load(*args, **kwargs):
+        loads.append(args)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(models, "load_pipeline", counting_load)
+    monkeypatch.setattr(dream, "stdin_is_terminal", lambda: True)
+    monkeypatch.setattr(builtins, "input", lambda prompt: next(lines))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    out = tmp_path / "out"
+    result = _run("--quiet", "generate", *model_args["folder"], "-e", emb_files["bin"], "--out", out)
+    assert result.exit_code == 0, result.output
+    assert len(loads) == 1
+    assert [p.name for p in _pngs(out)] == ["000001.3.png", "000002.4.png", "000003.7.png"]
+    assert (out / "000001.3.grid.png").is_file()
+    assert read_parameters(out / "000003.7.png")["Denoising strength"] == "0.5"
+    assert read_parameters(out / "000003.7.png")["Steps"] == "2"
+    assert read_parameters(out / "000001.3.png")["TI hashes"] == f"<p-bin>: {models.file_hash(emb_files['bin'])}"
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 3 and all(e.startswith("error: ") for e in errors)
+    assert "--steps 0" in errors[0] and "--model cannot change inside dream>" in errors[1]
+    assert "cannot read that line" in errors[2]
+    assert next(lines) == "never read"  # q ended the session
+
+
+def test_dream_line_spellings():
+    assert dream.split_line('"a photo of *" -s100 -n4 --init_img=./x.png --strength=0.5') == [
+        "a photo of *", "-s100", "-n4", "--init-img=./x.png", "--strength=0.5",
+    ]  # fmt: skip
+    assert dream.split_line("a cat on a mat --cfg_scale 7 -S 3") == ["a cat on a mat", "--cfg-scale", "7", "-S", "3"]
+    with pytest.raises(ValueError):
+        dream.split_line('"a photo')
+    assert dream.run(lambda args: None, read=lambda prompt: (_ for _ in ()).throw(EOFError)) == 0
+
+
+# --- pieces --------------------------------------------------------------------------------------------------
+
+
+def test_a1111_parameters_layout():
+    p = GenerationParams(
+        prompt="a photo of <cat-toy>", negative="blurry", steps=50, cfg=7.5, seed=42, width=512, height=768,
+        sampler="Euler a", model="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        embeddings=[("cat-toy", "0123456789ab"), ("style", "ba9876543210")],
+    )  # fmt: skip
+    assert a1111_parameters(p) == (
+        "a photo of <cat-toy>\n"
+        "Negative prompt: blurry\n"
+        "Steps: 50, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 512x768, "
+        "Model: stable-diffusion-v1-5/stable-diffusion-v1-5, "
+        'TI hashes: "cat-toy: 0123456789ab, style: ba9876543210", Version: textinv 0.1.0'
+    )
+
+
+def test_scheduler_spellings():
+    assert scheduler_name("k_euler_a") == scheduler_name("Euler a") == scheduler_name("euler-a") == "euler_a"
+    assert scheduler_name("DPM++ 2M Karras") == "dpmpp_2m_karras" and scheduler_name("pndm") == "plms"
+
+
+def test_plain_progress_lines_when_not_a_terminal():
+    buf = io.StringIO()
+    with ImageProgress(Console(file=buf, width=200), live=False) as progress:
+        for image in range(2):
+            for step in range(4):
+                progress(image, 2, step, 3)
+    lines = buf.getvalue().splitlines()
+    assert [line.split(" in ")[0] for line in lines] == ["image 1/2: 3 steps", "image 2/2: 3 steps"]
+    with ImageProgress(Console(file=io.StringIO(), force_terminal=True), live=True) as progress:
+        progress(0, 1, 0, 2)
+        progress(0, 1, 2, 2)

@@ -1,0 +1,463 @@
+"""Make images from prompts (and from a starting image), one seed per image, and save them with their parameters.
+
+Every PNG carries its generation parameters twice: a `parameters` text chunk in AUTOMATIC1111's layout (which
+A1111's "PNG Info", civitai and most metadata readers parse) and InvokeAI 2.x's `Dream` command line plus its
+`sd-metadata` JSON. Images are made one at a time with their own seed, so any single image can be made again
+with `--seed S -n 1`. The library never prints; `progress` is called after each denoising step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import secrets
+import shlex
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from textinv import __version__
+from textinv.errors import ConfigError, DataError, UsageError
+
+# progress(image_index, n_images, step, n_steps): step 0 is "starting this image".
+ProgressFn = Callable[[int, int, int, int], None]
+
+# name -> (diffusers class, extra config, AUTOMATIC1111's sampler name). InvokeAI's k_ names are accepted too.
+SCHEDULERS: dict[str, tuple[str, dict, str]] = {
+    "ddim": ("DDIMScheduler", {}, "DDIM"),
+    "plms": ("PNDMScheduler", {"skip_prk_steps": True}, "PLMS"),
+    "euler": ("EulerDiscreteScheduler", {}, "Euler"),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}, "Euler a"),
+    "heun": ("HeunDiscreteScheduler", {}, "Heun"),
+    "dpm_2": ("KDPM2DiscreteScheduler", {}, "DPM2"),
+    "dpm_2_a": ("KDPM2AncestralDiscreteScheduler", {}, "DPM2 a"),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}, "DPM++ 2M"),
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, "DPM++ 2M Karras"),
+    "lms": ("LMSDiscreteScheduler", {}, "LMS"),
+    "unipc": ("UniPCMultistepScheduler", {}, "UniPC"),
+    "ddpm": ("DDPMScheduler", {}, "DDPM"),
+}
+_ALIASES = {"pndm": "plms", "dpm++": "dpmpp_2m", "dpm++_2m": "dpmpp_2m", "dpm++_2m_karras": "dpmpp_2m_karras"}
+_SAMPLER_OF_CLASS: dict[str, str] = {}
+for _cls, _extra, _name in SCHEDULERS.values():
+    _SAMPLER_OF_CLASS.setdefault(_cls, _name)
+
+
+@dataclass
+class GenerationParams:
+    """Everything needed to make one image again."""
+
+    prompt: str
+    negative: str
+    steps: int
+    cfg: float
+    seed: int
+    width: int
+    height: int
+    sampler: str
+    model: str
+    embeddings: list[tuple[str, str]] = field(default_factory=list)  # (placeholder, file's short hash) in the prompt
+    init_image: str | None = None
+    strength: float | None = None
+
+    @property
+    def kind(self) -> str:
+        return "img2img" if self.init_image is not None else "txt2img"
+
+
+@dataclass
+class GeneratedImage:
+    image: object  # PIL.Image.Image
+    params: GenerationParams
+
+    @property
+    def seed(self) -> int:
+        return self.params.seed
+
+
+# --- validation ------------------------------------------------------------------------------------------------
+
+
+def check_request(
+    *, n: int, steps: int, cfg: float, strength: float | None = None, width=None, height=None
+) -> None:
+    """Raise UsageError for values that cannot work, before any model is loaded."""
+    if n < 1:
+        raise UsageError(f"-n {n}: the number of images must be 1 or more")
+    if steps < 1:
+        raise UsageError(f"--steps {steps}: the number of denoising steps must be 1 or more (50 is typical)")
+    if not math.isfinite(cfg) or cfg < 0:
+        raise UsageError(f"--cfg {cfg}: the guidance scale must be 0 or more (7.5 is typical)")
+    if strength is not None:
+        if not 0.0 <= strength <= 1.0:
+            raise UsageError(
+                f"--strength {strength}: must be between 0 and 1 (0.5 keeps half of the init image)"
+            )
+        if int(steps * strength) < 1:
+            raise UsageError(
+                f"--strength {strength} with --steps {steps} leaves no denoising step; raise --strength or --steps"
+            )
+    for flag, value in (("--width", width), ("--height", height)):
+        if value is not None and (value < 8 or value % 8):
+            raise UsageError(f"{flag} {value}: must be a positive multiple of 8 (e.g. 512)")
+
+
+def scheduler_name(name: str) -> str:
+    """The SCHEDULERS key for a user's spelling: 'Euler a', 'k_euler_a', 'euler-a', 'DPM++ 2M' ..."""
+    key = re.sub(r"[\s-]+", "_", name.strip().lower())
+    key = key.removeprefix("k_")
+    key = _ALIASES.get(key, key)
+    if key not in SCHEDULERS:
+        for k, (_, _, a1111) in SCHEDULERS.items():
+            if a1111.lower() == name.strip().lower():
+                return k
+        raise UsageError(f"unknown scheduler {name!r}; use one of {', '.join(SCHEDULERS)}")
+    return key
+
+
+def set_scheduler(pipe, name: str | None) -> str:
+    """Switch `pipe` to scheduler `name` (None: the model's own) and return its AUTOMATIC1111 name."""
+    import diffusers
+
+    info = getattr(pipe, "textinv", None)
+    base = getattr(info, "base_scheduler", None) if info is not None else None
+    if base is None:
+        base = pipe.scheduler
+        if info is not None:
+            info.base_scheduler = base
+    if name is None:
+        pipe.scheduler = base
+        return _SAMPLER_OF_CLASS.get(type(base).__name__, type(base).__name__.removesuffix("Scheduler"))
+    key = scheduler_name(name)
+    cls_name, extra, a1111 = SCHEDULERS[key]
+    try:
+        pipe.scheduler = getattr(diffusers, cls_name).from_config(base.config, **extra)
+    except ImportError as e:  # LMS needs scipy
+        raise ConfigError(
+            f"--scheduler {name} needs an extra package ({e}); pick another scheduler"
+        ) from None
+    return a1111
+
+
+# --- making images --------------------------------------------------------------------------------------------
+
+
+def load_init_image(path: str | Path):
+    """An RGB image from `path`, or one clear error."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--init-img {path}: no such file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            from PIL import ImageOps
+
+            return ImageOps.exif_transpose(im).convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataError(f"--init-img {path}: not a readable image ({e}); pass a PNG or JPEG") from None
+
+
+def txt2img(
+    pipe,
+    prompt: str,
+    *,
+    negative: str = "",
+    n: int = 1,
+    steps: int = 50,
+    cfg: float = 7.5,
+    seed: int | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    scheduler: str | None = None,
+    progress: ProgressFn | None = None,
+) -> list[GeneratedImage]:
+    """`n` images for `prompt`; image i uses seed `seed + i` (a random seed when None)."""
+    return _generate(
+        pipe, prompt, negative, n, steps, cfg, seed, width, height, scheduler, progress, None, None
+    )
+
+
+def img2img(
+    pipe,
+    prompt: str,
+    init_image: str | Path,
+    *,
+    strength: float = 0.5,
+    negative: str = "",
+    n: int = 1,
+    steps: int = 50,
+    cfg: float = 7.5,
+    seed: int | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    scheduler: str | None = None,
+    progress: ProgressFn | None = None,
+) -> list[GeneratedImage]:
+    """`n` variations of `init_image` towards `prompt`; `strength` 0 keeps it, 1 replaces it. Runs
+    `int(steps * strength)` denoising steps."""
+    check_request(n=n, steps=steps, cfg=cfg, strength=strength, width=width, height=height)
+    image = load_init_image(init_image)
+    return _generate(
+        pipe,
+        prompt,
+        negative,
+        n,
+        steps,
+        cfg,
+        seed,
+        width,
+        height,
+        scheduler,
+        progress,
+        image,
+        strength,
+        init_path=str(init_image),
+    )
+
+
+def _generate(
+    pipe,
+    prompt,
+    negative,
+    n,
+    steps,
+    cfg,
+    seed,
+    width,
+    height,
+    scheduler,
+    progress,
+    init,
+    strength,
+    init_path=None,
+):
+    from textinv.models import as_img2img, as_txt2img
+
+    check_request(n=n, steps=steps, cfg=cfg, strength=strength, width=width, height=height)
+    run = as_img2img(pipe) if init is not None else as_txt2img(pipe)
+    sampler = set_scheduler(run, scheduler)
+    default = run.unet.config.sample_size * run.vae_scale_factor
+    if init is not None:
+        width = width or max(8, init.width // 8 * 8)
+        height = height or max(8, init.height // 8 * 8)
+        init = init.resize((width, height)) if init.size != (width, height) else init
+    width, height = width or default, height or default
+    base_seed = secrets.randbits(32) if seed is None else seed
+    info = getattr(run, "textinv", None)
+    params = GenerationParams(
+        prompt=prompt,
+        negative=negative,
+        steps=steps,
+        cfg=cfg,
+        seed=base_seed,
+        width=width,
+        height=height,
+        sampler=sampler,
+        model=info.name if info is not None else type(run).__name__,
+        embeddings=_embeddings_in(run, prompt, negative),
+        init_image=init_path,
+        strength=strength,
+    )
+    results = []
+    for i in range(n):
+        s = (base_seed + i) % 2**32
+        kwargs = dict(
+            prompt=prompt,
+            negative_prompt=negative or None,
+            num_inference_steps=steps,
+            guidance_scale=cfg,
+            generator=torch.Generator("cpu").manual_seed(s),  # CPU noise: the same image on every device
+            callback_on_step_end=_step_callback(progress, i, n),
+        )
+        if init is not None:
+            kwargs.update(image=init, strength=strength)
+        else:
+            kwargs.update(width=width, height=height)
+        if progress is not None:
+            progress(i, n, 0, int(steps * strength) if init is not None else steps)
+        with torch.inference_mode():
+            image = run(**kwargs).images[0]
+        p = GenerationParams(**{**asdict(params), "seed": s})
+        results.append(GeneratedImage(image=image, params=p))
+    return results
+
+
+def _step_callback(progress: ProgressFn | None, i: int, n: int):
+    def on_step(pipe, step, timestep, tensors):
+        if progress is not None:
+            progress(i, n, step + 1, pipe.num_timesteps)
+        return tensors
+
+    return on_step
+
+
+def _embeddings_in(pipe, *texts: str) -> list[tuple[str, str]]:
+    info = getattr(pipe, "textinv", None)
+    if info is None:
+        return []
+    used = []
+    for placeholder, loaded in info.embeddings.items():
+        if any(placeholder in t for t in texts):
+            used.append((placeholder, loaded.hash))  # the word the prompt uses, as A1111 names them
+    return list(dict.fromkeys(used))
+
+
+# --- metadata and files ---------------------------------------------------------------------------------------
+
+
+def a1111_parameters(p: GenerationParams) -> str:
+    """AUTOMATIC1111's `parameters` text: prompt, `Negative prompt: ...`, then one line of `Key: value` pairs."""
+    lines = [p.prompt]
+    if p.negative:
+        lines.append(f"Negative prompt: {p.negative}")
+    pairs = [
+        ("Steps", p.steps),
+        ("Sampler", p.sampler),
+        ("CFG scale", _num(p.cfg)),
+        ("Seed", p.seed),
+        ("Size", f"{p.width}x{p.height}"),
+        ("Model", p.model),
+    ]
+    if p.strength is not None:
+        pairs.append(("Denoising strength", _num(p.strength)))
+    if p.embeddings:
+        # A1111 quotes a value holding commas or colons, as its `TI hashes: "name: hash, name2: hash2"` does
+        pairs.append(("TI hashes", json.dumps(", ".join(f"{name}: {h}" for name, h in p.embeddings))))
+    pairs.append(("Version", f"textinv {__version__}"))
+    lines.append(", ".join(f"{k}: {v}" for k, v in pairs))
+    return "\n".join(lines)
+
+
+def dream_command(p: GenerationParams) -> str:
+    """InvokeAI 2.x's `Dream` chunk: the dream> command that makes this image again."""
+    prompt = f"{p.prompt} [{p.negative}]" if p.negative else p.prompt
+    parts = [
+        shlex.quote(prompt),
+        f"-s {p.steps}",
+        f"-S {p.seed}",
+        f"-W {p.width}",
+        f"-H {p.height}",
+        f"-C {_num(p.cfg)}",
+        f"-A {_invoke_sampler(p.sampler)}",
+    ]
+    if p.init_image is not None:
+        parts += [f"-I {shlex.quote(p.init_image)}", f"-f {_num(p.strength)}"]
+    return " ".join(parts)
+
+
+def invoke_metadata(p: GenerationParams) -> dict:
+    """InvokeAI 2.x's `sd-metadata` JSON."""
+    image = {
+        "type": p.kind,
+        "prompt": [{"prompt": p.prompt, "weight": 1.0}],
+        "negative_prompt": p.negative,
+        "steps": p.steps,
+        "cfg_scale": p.cfg,
+        "seed": p.seed,
+        "width": p.width,
+        "height": p.height,
+        "sampler": _invoke_sampler(p.sampler),
+        "embeddings": [{"name": n, "hash": h} for n, h in p.embeddings],
+    }
+    if p.init_image is not None:
+        image.update(init_image_path=p.init_image, strength=p.strength)
+    return {
+        "model": "stable diffusion",
+        "model_weights": p.model,
+        "app_id": "textinv",
+        "app_version": __version__,
+        "image": image,
+    }
+
+
+def _invoke_sampler(a1111: str) -> str:
+    for key, (_, _, name) in SCHEDULERS.items():
+        if name == a1111:
+            return key if key in ("ddim", "plms") else f"k_{key}"
+    return a1111.lower()
+
+
+def _num(x: float | None) -> str:
+    return f"{x:g}"
+
+
+def png_info(p: GenerationParams):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", a1111_parameters(p))
+    info.add_text("Dream", dream_command(p))
+    info.add_text("sd-metadata", json.dumps(invoke_metadata(p)))
+    return info
+
+
+def read_parameters(path: str | Path) -> dict[str, str]:
+    """The A1111 `parameters` of a PNG as a dict: 'Prompt', 'Negative prompt', 'Steps', 'Seed', ... (strings)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        text = im.info.get("parameters")
+    if text is None:
+        raise DataError(f"{path}: carries no generation parameters")
+    *head, last = text.split("\n")
+    out: dict[str, str] = {}
+    prompt_lines = []
+    for line in head:
+        if line.startswith("Negative prompt: "):
+            out["Negative prompt"] = line.removeprefix("Negative prompt: ")
+        else:
+            prompt_lines.append(line)
+    out["Prompt"] = "\n".join(prompt_lines)
+    for m in re.finditer(r'\s*([\w \-/]+): ("(?:\\.|[^"])*"|[^,]*)(?:,|$)', last):
+        value = m.group(2)
+        out[m.group(1).strip()] = json.loads(value) if value.startswith('"') else value.strip()
+    return out
+
+
+def next_index(out_dir: Path) -> int:
+    """The number after the highest `NNNNNN.` file name in `out_dir` (InvokeAI's numbering)."""
+    numbers = [int(m.group(1)) for p in out_dir.glob("*.png") if (m := re.match(r"^(\d{6})\.", p.name))]
+    return max(numbers, default=0) + 1
+
+
+def save_images(
+    results: list[GeneratedImage], out_dir: str | Path, *, grid: bool | None = None
+) -> tuple[list[Path], Path | None]:
+    """Write `NNNNNN.SEED.png` per image (and `NNNNNN.SEED.grid.png`, a contact sheet, when there are several)."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"--out {out_dir}: cannot create the folder ({e})") from None
+    start = next_index(out_dir)
+    paths = []
+    for k, r in enumerate(results):
+        path = out_dir / f"{start + k:06d}.{r.seed}.png"
+        r.image.save(path, format="PNG", pnginfo=png_info(r.params))
+        paths.append(path)
+    grid_path = None
+    if (grid if grid is not None else len(results) > 1) and results:
+        first = results[0]
+        grid_path = out_dir / f"{start:06d}.{first.seed}.grid.png"
+        contact_sheet([r.image for r in results]).save(
+            grid_path, format="PNG", pnginfo=png_info(first.params)
+        )
+    return paths, grid_path
+
+
+def contact_sheet(images: list, *, columns: int | None = None):
+    """The images in a grid, as square as their count allows, row by row."""
+    from PIL import Image
+
+    columns = columns or math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    w, h = images[0].size
+    sheet = Image.new("RGB", (columns * w, rows * h), (0, 0, 0))
+    for i, im in enumerate(images):
+        sheet.paste(im, ((i % columns) * w, (i // columns) * h))
+    return sheet
