@@ -136,9 +136,9 @@ def set_scheduler(pipe, name: str | None) -> str:
     try:
         pipe.scheduler = getattr(diffusers, cls_name).from_config(base.config, **extra)
     except ImportError as e:  # LMS needs scipy
-        raise ConfigError(
-            f"--scheduler {name} needs an extra package ({e}); pick another scheduler"
-        ) from None
+        found = re.search(r"requires the (\w+) library", str(e))
+        package = found.group(1) if found else "a package that is not installed"
+        raise ConfigError(f"--scheduler {name} needs {package} (pip install {package}); pick another one") from None
     return a1111
 
 
