@@ -40,7 +40,7 @@ def toy_shape() -> PipelineShape:
         unet_channels=(32, 64, 64),
         unet_layers_per_block=1,
         unet_head_dim=8,
-        vae_channels=(32, 64),
+        vae_channels=(16, 32),  # (32, 64) measured 7x slower per step on 2 busy cores
         latent_channels=4,
         norm_groups=8,
         resolution=world.SIZE,
@@ -51,16 +51,16 @@ def toy_shape() -> PipelineShape:
 class BuildConfig:
     seed: int = 0
     images: int = 9600  # rendered pictures, 400 per pair; the VAE sees all pairs, the UNet all but the held-out one
-    vae_steps: int = 1200
+    vae_steps: int = 1000
     vae_batch: int = 64
     vae_lr: float = 2e-3
     kl_weight: float = 1e-6  # SD's VAE uses a tiny KL term too: the latents stay close to the pixels
-    unet_steps: int = 2400
+    unet_steps: int = 2000
     unet_batch: int = 64
     unet_lr: float = 1e-3
     warmup: int = 100
     uncond_prob: float = 0.1  # empty captions this often, so classifier-free guidance works
-    threads: int = 2
+    threads: int = 1  # measured: on 2 busy cores one thread ran 1.7-4x faster than two; and one is reproducible
     shape: dict = field(default_factory=lambda: asdict(toy_shape()))
 
 

@@ -22,6 +22,9 @@ GRID = 6
 MIN_SATURATION = 0.3
 MIN_DISTANCE = 0.15
 MIN_PIXELS = 8  # fewer foreground pixels than this: nothing was drawn
+MAX_COVER = 0.6  # the largest shape covers 45% of the picture; more than this is noise, not a shape on a background
+MIN_COHERENCE = 0.6  # mean resultant length of the foreground's hues: 1 for one colour, ~0 for a rainbow of noise
+MAX_DISTANCE = 2.0  # squared distance to the nearest average silhouette; rendered pictures reach 0.7
 
 
 @dataclass(frozen=True)
@@ -52,13 +55,17 @@ def foreground(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
     return rgb, (saturation > MIN_SATURATION) & (distance > MIN_DISTANCE)
 
 
-def colour_of(rgb: np.ndarray, mask: np.ndarray) -> str:
-    """The world colour nearest in hue to the foreground's circular mean hue, weighted by saturation."""
+def colour_of(rgb: np.ndarray, mask: np.ndarray) -> str | None:
+    """The world colour nearest in hue to the foreground's circular mean hue, weighted by saturation; None when
+    the hues scatter (no one colour)."""
     px = rgb[mask]
     hsv = np.array([colorsys.rgb_to_hsv(*p) for p in px])
     angle = hsv[:, 0] * 2 * np.pi
     w = hsv[:, 1]
-    mean = (np.arctan2((w * np.sin(angle)).sum(), (w * np.cos(angle)).sum()) / (2 * np.pi)) % 1.0
+    sin, cos = (w * np.sin(angle)).sum(), (w * np.cos(angle)).sum()
+    if np.hypot(sin, cos) / max(w.sum(), 1e-6) < MIN_COHERENCE:
+        return None
+    mean = (np.arctan2(sin, cos) / (2 * np.pi)) % 1.0
     return min(_HUES, key=lambda name: min(abs(_HUES[name] - mean), 1 - abs(_HUES[name] - mean)))
 
 
@@ -82,14 +89,16 @@ def _centroids() -> dict[str, np.ndarray]:
 
 
 def judge(image: Image.Image) -> Verdict:
-    """The colour and shape drawn in `image`; None for each when no shape stands out from the background."""
+    """The colour and shape drawn in `image`; None for each when no one colour or no known shape stands out from
+    a light background."""
     rgb, mask = foreground(image)
-    if mask.sum() < MIN_PIXELS:
+    if mask.sum() < MIN_PIXELS or mask.mean() > MAX_COVER:
         return Verdict(None, None)
     features = silhouette(mask)
     centroids = _centroids()
-    shape = min(centroids, key=lambda s: float(((centroids[s] - features) ** 2).sum()))
-    return Verdict(colour_of(rgb, mask), shape)
+    distances = {s: float(((c - features) ** 2).sum()) for s, c in centroids.items()}
+    shape = min(distances, key=distances.__getitem__)
+    return Verdict(colour_of(rgb, mask), shape if distances[shape] <= MAX_DISTANCE else None)
 
 
 def accuracy(images: list[Image.Image], colour: str, shape: str) -> float:

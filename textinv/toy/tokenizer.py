@@ -46,9 +46,37 @@ def write_clip_tokenizer(words: list[str], folder: str | Path) -> CLIPTokenizer:
                 merges.append(f"{pair[0]} {pair[1]}")
             pieces = [pieces[0] + pieces[1]] + pieces[2:]
             vocab.setdefault(pieces[0], len(vocab))
+        # An earlier word's merge can win over this chain ("red" merges r+e, which splits "green" into g|re|e|n):
+        # add merges, each last in rank, until BPE as the tokenizer runs it gives the whole word.
+        pieces = _bpe(list(encoded[:-1]) + [encoded[-1] + END], merges)
+        while len(pieces) > 1:
+            merges.append(f"{pieces[0]} {pieces[1]}")
+            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
+            pieces = _bpe(pieces, merges)
     for special in ("<|startoftext|>", "<|endoftext|>"):
         vocab.setdefault(special, len(vocab))
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77}))
     return CLIPTokenizer.from_pretrained(str(folder))
+
+
+def _bpe(pieces: list[str], merges: list[str]) -> list[str]:
+    """Apply `merges` to `pieces` the way CLIP's tokenizer does: always the best-ranked adjacent pair first."""
+    ranks = {tuple(m.split(" ")): i for i, m in enumerate(merges)}
+    while len(pieces) > 1:
+        pairs = [(ranks.get((a, b), len(ranks)), a, b) for a, b in zip(pieces, pieces[1:], strict=False)]
+        rank, a, b = min(pairs)
+        if rank == len(ranks):
+            break
+        merged: list[str] = []
+        i = 0
+        while i < len(pieces):
+            if i + 1 < len(pieces) and pieces[i] == a and pieces[i + 1] == b:
+                merged.append(a + b)
+                i += 2
+            else:
+                merged.append(pieces[i])
+                i += 1
+        pieces = merged
+    return pieces
