@@ -314,3 +314,16 @@ def test_plain_progress_lines_when_not_a_terminal():
     with ImageProgress(Console(file=io.StringIO(), force_terminal=True), live=True) as progress:
         progress(0, 1, 0, 2)
         progress(0, 1, 2, 2)
+
+
+def test_scheduler_that_needs_scipy_says_so(model_args, tmp_path):
+    pytest.importorskip("diffusers")
+    try:
+        import scipy  # noqa: F401
+
+        pytest.skip("scipy is installed, so lms works")
+    except ImportError:
+        pass
+    result = _run("--quiet", "generate", "x", *model_args["folder"], "-A", "lms", "-s", 1)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: --scheduler lms needs scipy (pip install scipy); pick another one"

@@ -279,3 +279,39 @@ def test_embedding_sources_files_folders_and_concept_names(tmp_path, monkeypatch
     assert [e.tokens[0].name for _, e in loaded] == ["<a>", "<b>"]
     with pytest.raises(ConfigError, match="--token was given 1 times for 2 embedding files"):
         models.load_embeddings([folder], tokens=["<a>"])
+
+
+def test_sdxl_embedding_fills_both_encoders(tmp_path):
+    """SDXL: clip_l vectors go to the first text encoder and clip_g vectors to the second, under the same ids."""
+    from types import SimpleNamespace
+
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from textinv.toy.tokenizer import write_clip_tokenizer
+
+    def encoder(cls, dim, tok):
+        config = CLIPTextConfig(vocab_size=len(tok), hidden_size=dim, intermediate_size=dim * 2, num_hidden_layers=1,
+                                num_attention_heads=2, projection_dim=dim, max_position_embeddings=77,
+                                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
+        return cls(config)
+
+    words = ["a", "photo", "of"]
+    tok, tok_2 = write_clip_tokenizer(words, tmp_path / "t1"), write_clip_tokenizer(words, tmp_path / "t2")
+    pipe = SimpleNamespace(
+        tokenizer=tok, tokenizer_2=tok_2,
+        text_encoder=encoder(CLIPTextModel, 32, tok), text_encoder_2=encoder(CLIPTextModelWithProjection, 48, tok_2),
+        textinv=models.ModelInfo(name="xl", source="xl", kind="folder", family="unknown (dims 32+48)"),
+    )  # fmt: skip
+    xl = Embedding([Token("<xl>", torch.randn(2, 32), torch.randn(2, 48))])
+    (tmp_path / "xl.safetensors").write_bytes(b"stands in for the file; only its hash is read")
+    assert models.add_embeddings(pipe, [(tmp_path / "xl.safetensors", xl)]) == ["<xl>"]
+    ids = pipe.textinv.embeddings["<xl>"].token_ids
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[ids], xl.tokens[0].vectors)
+    assert torch.equal(pipe.text_encoder_2.get_input_embeddings().weight[ids], xl.tokens[0].vectors_2)
+    with pytest.raises(ModelError, match=r"embedding <l> is 32-dim \(no known family\) but the model is 32\+48-dim"):
+        models.add_embeddings(pipe, [(tmp_path / "l.pt", _emb("<l>", 1, seed=1))])
+
+
+def test_load_pipeline_can_return_the_img2img_pipeline(tiny_model_dir):
+    pipe = models.load_pipeline(tiny_model_dir, device="cpu", img2img=True)
+    assert type(pipe).__name__ == "StableDiffusionImg2ImgPipeline" and pipe.textinv.kind == "folder"

@@ -629,7 +629,10 @@ def _add_tokens(tokenizer, text_encoder, names: list[str], vectors: torch.Tensor
     # A placeholder already in the vocabulary (the paper's `*` is one of CLIP's byte tokens) keeps its id: its
     # row is replaced, as the paper code and InvokeAI did.
     if max(ids) >= text_encoder.get_input_embeddings().weight.shape[0]:
-        text_encoder.resize_token_embeddings(len(tokenizer))
+        try:  # the new rows are overwritten below, so skip transformers' mean/covariance initialisation
+            text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        except TypeError:  # transformers < 4.46
+            text_encoder.resize_token_embeddings(len(tokenizer))
     weight = text_encoder.get_input_embeddings().weight
     with torch.no_grad():
         weight[ids] = vectors.to(device=weight.device, dtype=weight.dtype)
