@@ -14,7 +14,7 @@ import re
 import secrets
 import shlex
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -41,9 +41,8 @@ SCHEDULERS: dict[str, tuple[str, dict, str]] = {
     "ddpm": ("DDPMScheduler", {}, "DDPM"),
 }
 _ALIASES = {"pndm": "plms", "dpm++": "dpmpp_2m", "dpm++_2m": "dpmpp_2m", "dpm++_2m_karras": "dpmpp_2m_karras"}
-_SAMPLER_OF_CLASS: dict[str, str] = {}
-for _cls, _extra, _name in SCHEDULERS.values():
-    _SAMPLER_OF_CLASS.setdefault(_cls, _name)
+# a diffusers class -> its A1111 name (the first entry wins: DPMSolverMultistepScheduler is "DPM++ 2M")
+_SAMPLER_OF_CLASS = {cls: name for cls, _, name in reversed(list(SCHEDULERS.values()))}
 
 
 @dataclass
@@ -59,7 +58,8 @@ class GenerationParams:
     height: int
     sampler: str
     model: str
-    embeddings: list[tuple[str, str]] = field(default_factory=list)  # (placeholder, file's short hash) in the prompt
+    # (placeholder, short hash of its file) for each embedding the prompt uses
+    embeddings: list[tuple[str, str]] = field(default_factory=list)
     init_image: str | None = None
     strength: float | None = None
 
@@ -138,7 +138,9 @@ def set_scheduler(pipe, name: str | None) -> str:
     except ImportError as e:  # LMS needs scipy
         found = re.search(r"requires the (\w+) library", str(e))
         package = found.group(1) if found else "a package that is not installed"
-        raise ConfigError(f"--scheduler {name} needs {package} (pip install {package}); pick another one") from None
+        raise ConfigError(
+            f"--scheduler {name} needs {package} (pip install {package}); pick another one"
+        ) from None
     return a1111
 
 
@@ -147,7 +149,7 @@ def set_scheduler(pipe, name: str | None) -> str:
 
 def load_init_image(path: str | Path):
     """An RGB image from `path`, or one clear error."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
@@ -155,9 +157,7 @@ def load_init_image(path: str | Path):
     try:
         with Image.open(path) as im:
             im.load()
-            from PIL import ImageOps
-
-            return ImageOps.exif_transpose(im).convert("RGB")
+            return ImageOps.exif_transpose(im).convert("RGB")  # phone photos are stored sideways plus a tag
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DataError(f"--init-img {path}: not a readable image ({e}); pass a PNG or JPEG") from None
 
@@ -177,9 +177,13 @@ def txt2img(
     progress: ProgressFn | None = None,
 ) -> list[GeneratedImage]:
     """`n` images for `prompt`; image i uses seed `seed + i` (a random seed when None)."""
-    return _generate(
-        pipe, prompt, negative, n, steps, cfg, seed, width, height, scheduler, progress, None, None
-    )
+    from textinv.models import as_txt2img
+
+    check_request(n=n, steps=steps, cfg=cfg, width=width, height=height)
+    run = as_txt2img(pipe)
+    default = run.unet.config.sample_size * run.vae_scale_factor
+    params = _params(run, prompt, negative, steps, cfg, seed, width or default, height or default, scheduler)
+    return _make(run, params, n, progress)
 
 
 def img2img(
@@ -199,90 +203,61 @@ def img2img(
     progress: ProgressFn | None = None,
 ) -> list[GeneratedImage]:
     """`n` variations of `init_image` towards `prompt`; `strength` 0 keeps it, 1 replaces it. Runs
-    `int(steps * strength)` denoising steps."""
+    `int(steps * strength)` denoising steps; the output has the init image's size unless width/height say."""
+    from textinv.models import as_img2img
+
     check_request(n=n, steps=steps, cfg=cfg, strength=strength, width=width, height=height)
     image = load_init_image(init_image)
-    return _generate(
-        pipe,
-        prompt,
-        negative,
-        n,
-        steps,
-        cfg,
-        seed,
-        width,
-        height,
-        scheduler,
-        progress,
-        image,
-        strength,
-        init_path=str(init_image),
-    )
+    width = width or max(8, image.width // 8 * 8)
+    height = height or max(8, image.height // 8 * 8)
+    if image.size != (width, height):
+        image = image.resize((width, height))
+    run = as_img2img(pipe)
+    params = _params(run, prompt, negative, steps, cfg, seed, width, height, scheduler)
+    params = replace(params, init_image=str(init_image), strength=strength)
+    return _make(run, params, n, progress, image)
 
 
-def _generate(
-    pipe,
-    prompt,
-    negative,
-    n,
-    steps,
-    cfg,
-    seed,
-    width,
-    height,
-    scheduler,
-    progress,
-    init,
-    strength,
-    init_path=None,
-):
-    from textinv.models import as_img2img, as_txt2img
-
-    check_request(n=n, steps=steps, cfg=cfg, strength=strength, width=width, height=height)
-    run = as_img2img(pipe) if init is not None else as_txt2img(pipe)
-    sampler = set_scheduler(run, scheduler)
-    default = run.unet.config.sample_size * run.vae_scale_factor
-    if init is not None:
-        width = width or max(8, init.width // 8 * 8)
-        height = height or max(8, init.height // 8 * 8)
-        init = init.resize((width, height)) if init.size != (width, height) else init
-    width, height = width or default, height or default
-    base_seed = secrets.randbits(32) if seed is None else seed
+def _params(run, prompt, negative, steps, cfg, seed, width, height, scheduler) -> GenerationParams:
+    """The parameters of the first image (its seed is the base seed); sets the scheduler on `run`."""
     info = getattr(run, "textinv", None)
-    params = GenerationParams(
+    return GenerationParams(
         prompt=prompt,
         negative=negative,
         steps=steps,
         cfg=cfg,
-        seed=base_seed,
+        seed=secrets.randbits(32) if seed is None else seed,
         width=width,
         height=height,
-        sampler=sampler,
+        sampler=set_scheduler(run, scheduler),
         model=info.name if info is not None else type(run).__name__,
         embeddings=_embeddings_in(run, prompt, negative),
-        init_image=init_path,
-        strength=strength,
     )
+
+
+def _make(
+    run, first: GenerationParams, n: int, progress: ProgressFn | None, init=None
+) -> list[GeneratedImage]:
+    """One image at a time, each from its own seed, so any one of them can be made again alone."""
     results = []
     for i in range(n):
-        s = (base_seed + i) % 2**32
+        p = replace(first, seed=(first.seed + i) % 2**32)
         kwargs = dict(
-            prompt=prompt,
-            negative_prompt=negative or None,
-            num_inference_steps=steps,
-            guidance_scale=cfg,
-            generator=torch.Generator("cpu").manual_seed(s),  # CPU noise: the same image on every device
+            prompt=p.prompt,
+            negative_prompt=p.negative or None,
+            num_inference_steps=p.steps,
+            guidance_scale=p.cfg,
+            generator=torch.Generator("cpu").manual_seed(p.seed),  # CPU noise: the same image on every device
             callback_on_step_end=_step_callback(progress, i, n),
         )
         if init is not None:
-            kwargs.update(image=init, strength=strength)
+            kwargs.update(image=init, strength=p.strength)
         else:
-            kwargs.update(width=width, height=height)
+            kwargs.update(width=p.width, height=p.height)
         if progress is not None:
-            progress(i, n, 0, int(steps * strength) if init is not None else steps)
+            progress(i, n, 0, int(p.steps * p.strength) if init is not None else p.steps)
         with torch.inference_mode():
             image = run(**kwargs).images[0]
-        p = GenerationParams(**{**asdict(params), "seed": s})
         results.append(GeneratedImage(image=image, params=p))
     return results
 

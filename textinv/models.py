@@ -641,7 +641,8 @@ def _add_tokens(tokenizer, text_encoder, names: list[str], vectors: torch.Tensor
 
 def check_prompt(pipe, prompt: str) -> list[str]:
     """Warnings for words that look like placeholders (`<foo>`, `*`) but name no loaded embedding."""
-    loaded = set(pipe.textinv.embeddings)
+    info = getattr(pipe, "textinv", None)
+    loaded = set(info.embeddings) if info is not None else set()
     unknown = dict.fromkeys(
         m.group(0) for m in _PLACEHOLDER_LIKE.finditer(prompt) if m.group(0) not in loaded
     )
