@@ -104,7 +104,8 @@ def test_generate_writes_pngs_with_their_parameters(kind, model_args, emb_files,
         hashes = {name: models.file_hash(emb_files[fmt]) for name, fmt in (("<p-bin>", "bin"), ("<p-pt>", "pt"))}
         assert params["TI hashes"] == ", ".join(f"{n}: {h}" for n, h in hashes.items())
         with Image.open(path) as im:
-            assert im.info["Dream"].startswith(f"'a photo of <p-bin> in the style of <p-pt> [blurry]' -s 2 -S {seed}")
+            dream_line = f'"a photo of <p-bin> in the style of <p-pt> [blurry]" -s 2 -S {seed} -W 32 -H 48 -C 7.5 -A ddim'
+            assert im.info["Dream"] == dream_line
             meta = json.loads(im.info["sd-metadata"])
         assert meta["image"]["seed"] == seed and meta["image"]["type"] == "txt2img"
     grid = out / "000001.11.grid.png"
@@ -169,7 +170,7 @@ def test_img2img_starts_from_the_init_image(kind, model_args, emb_files, tmp_pat
     for row in rows:
         with Image.open(row["path"]) as im:
             assert im.size == (40, 24)
-            assert f"-I {init} -f 0.5" in im.info["Dream"]
+            assert im.info["Dream"].endswith(f'-A ddim -I "{init}" -f 0.5')
         params = read_parameters(row["path"])
         assert params["Denoising strength"] == "0.5" and params["Size"] == "40x24"
     assert (tmp_path / "o" / "000001.9.grid.png").is_file()
@@ -296,6 +297,19 @@ def test_a1111_parameters_layout():
         "Model: stable-diffusion-v1-5/stable-diffusion-v1-5, "
         'TI hashes: "cat-toy: 0123456789ab, style: ba9876543210", Version: textinv 0.1.0'
     )
+
+
+def test_dream_chunk_reads_back_with_shlex():
+    import shlex
+
+    from textinv.generate import dream_command
+
+    p = GenerationParams(prompt='a "quoted" photo of *', negative="", steps=5, cfg=7.5, seed=1, width=64, height=64,
+                         sampler="PLMS", model="m", init_image="my sketch.png", strength=0.25)  # fmt: skip
+    assert shlex.split(dream_command(p)) == [
+        'a "quoted" photo of *', "-s", "5", "-S", "1", "-W", "64", "-H", "64", "-C", "7.5", "-A", "plms",
+        "-I", "my sketch.png", "-f", "0.25",
+    ]  # fmt: skip
 
 
 def test_scheduler_spellings():

@@ -12,7 +12,6 @@ import json
 import math
 import re
 import secrets
-import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -312,7 +311,7 @@ def dream_command(p: GenerationParams) -> str:
     """InvokeAI 2.x's `Dream` chunk: the dream> command that makes this image again."""
     prompt = f"{p.prompt} [{p.negative}]" if p.negative else p.prompt
     parts = [
-        shlex.quote(prompt),
+        _double_quoted(prompt),
         f"-s {p.steps}",
         f"-S {p.seed}",
         f"-W {p.width}",
@@ -321,8 +320,13 @@ def dream_command(p: GenerationParams) -> str:
         f"-A {_invoke_sampler(p.sampler)}",
     ]
     if p.init_image is not None:
-        parts += [f"-I {shlex.quote(p.init_image)}", f"-f {_num(p.strength)}"]
+        parts += [f"-I {_double_quoted(p.init_image)}", f"-f {_num(p.strength)}"]
     return " ".join(parts)
+
+
+def _double_quoted(text: str) -> str:
+    """InvokeAI writes `"a photo of *" -s 50 ...`; its readers (and shlex) take backslash-escaped quotes."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def invoke_metadata(p: GenerationParams) -> dict:
