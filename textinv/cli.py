@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from textinv import __version__
 from textinv.errors import NotBuiltError, TextinvError
@@ -59,7 +60,7 @@ def user_errors() -> Iterator[None]:
     except TextinvError as e:
         if _state["debug"]:
             raise
-        err.print(f"[red]error:[/red] {e}", markup=True)
+        err.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         if _state["debug"]:
@@ -105,7 +106,7 @@ def inspect(
             failed += 1
             if as_json:
                 print_json({"path": str(path), "error": str(e)})
-            err.print(f"[red]error:[/red] {e}")
+            err.print(f"[red]error:[/red] {escape(str(e))}")
             continue
         if as_json:
             print_json(desc)
@@ -378,8 +379,6 @@ def generate(
 
     With no PROMPT on a terminal it opens a dream> prompt that keeps the model loaded: type a quoted prompt and the same flags ("a photo of *" -s100 -n4 --init_img=x.png --strength=0.5); q or Ctrl-D quits.
     """
-    from rich.markup import escape
-
     from textinv import dream, models
     from textinv import generate as gen
     from textinv.errors import UsageError
