@@ -1,6 +1,8 @@
 """textinv: textual inversion for Stable Diffusion.
 
-Everything the CLI does is a plain function here; heavy modules (torch, diffusers) load on first use so that
+Everything the CLI does is a plain function: `load_embedding`, `save_embedding`, `merge_embeddings`,
+`load_pipeline`, `add_embeddings`, `txt2img`, `img2img`, `fetch_concept`, `build_config` are re-exported here, and
+training is `textinv.train.train(config)`. Heavy modules (torch, diffusers) load on first use, so that
 `textinv --help` stays fast.
 """
 
@@ -19,6 +21,17 @@ _API = {
     "merge_embeddings": "embeddings",
     "detect_format": "embeddings",
     "describe_embedding": "embeddings",
+    "load_pipeline": "models",
+    "add_embeddings": "models",
+    "load_embeddings": "models",
+    "txt2img": "generate",
+    "img2img": "generate",
+    "save_images": "generate",
+    "Config": "config",
+    "build_config": "config",
+    "load_config": "config",
+    "fetch_concept": "concepts",
+    "search_concepts": "concepts",
 }
 
 __all__ = ["__version__", *_API]
