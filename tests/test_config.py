@@ -35,6 +35,8 @@ def test_overrides_set_then_named_flags():
     assert cfg.personalization.placeholder_strings == ["<cat>"]
     c.set_key(cfg, "optim.learning_rate", "5e-3")  # YAML 1.1 reads 5e-3 as a string
     assert cfg.optim.learning_rate == 0.005
+    c.apply_overrides(cfg, ["train.mixed_precision=no"])  # ... and `no` as false
+    assert cfg.train.mixed_precision == "no"
 
 
 @pytest.mark.parametrize(

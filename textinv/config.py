@@ -204,7 +204,9 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                 pass
         raise ConfigError(f"`{key}` must be a number, got {value!r}")
     if hint is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if isinstance(value, bool):  # YAML 1.1 reads `no` (mixed_precision: no) as false
+            return ("yes" if value else "no") if key == "train.mixed_precision" else str(value).lower()
+        if isinstance(value, (str, int, float)):
             return str(value)
         raise ConfigError(f"`{key}` must be a string, got {value!r}")
     return value

@@ -421,6 +421,9 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
         run_dir = Path(resume)
         step, state_path = runs.latest_state(run_dir)
         state = runs.load_state(state_path)
+        if len(state["rng"]) != dist.world:
+            raise ConfigError(f"{run_dir} was trained by {len(state['rng'])} process(es); resume it with as many "
+                              f"(this is {dist.world})")
         learned.data.copy_(state["learned"].to(device))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
