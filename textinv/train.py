@@ -38,8 +38,11 @@ class TrainingInterrupted(TextinvError):
 
     exit_code = 130
 
-    def __init__(self, run_dir: Path, step: int, saved: bool):
+    def __init__(self, run_dir: Path, step: int | None, saved: bool):
         self.run_dir, self.step, self.saved = run_dir, step, saved
+        if step is None:
+            super().__init__(f"interrupted before the first checkpoint; nothing to resume in {run_dir}, start again")
+            return
         what = f"saved a checkpoint at step {step}" if saved else f"kept the checkpoint from step {step}"
         super().__init__(f"interrupted: {what}; resume with: textinv train --resume {run_dir}")
 
@@ -271,6 +274,44 @@ def build_items(cfg: Config, reporter: Reporter) -> tuple[list[data_mod.TrainIma
     return images, items
 
 
+@dataclass
+class Batches:
+    """Draws a training micro-batch: items in epoch order, a flip each, a latent sampled from the cached
+    distribution, noise, timesteps and a prompt each; every draw from the run's one generator."""
+
+    items: list[Item]
+    prompt_ids: list[torch.Tensor]  # per item: [n_prompts, 77] on device
+    latent_mean: torch.Tensor  # [n_images, 2 (flip), C, h, w] on device
+    latent_std: torch.Tensor
+    scaling: float
+    alphas_cumprod: torch.Tensor
+    prediction: str
+    flip_p: float
+    sampler: EpochSampler
+    generator: torch.Generator
+    device: torch.device
+
+    def __post_init__(self) -> None:
+        a = self.alphas_cumprod.to(device=self.device, dtype=torch.float32)
+        self.sqrt_a, self.sqrt_1ma = a.sqrt(), (1 - a).sqrt()
+
+    def draw(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(noisy latents, timesteps, prompt ids, target): target is the noise, or v for v-prediction models."""
+        g, dev = self.generator, self.device
+        idx = self.sampler.take(batch)
+        flips = (torch.rand(batch, generator=g) < self.flip_p).long()
+        img = torch.tensor([self.items[i].image for i in idx])
+        mean, std = self.latent_mean[img, flips], self.latent_std[img, flips]
+        latents = (mean + std * torch.randn(mean.shape, generator=g).to(dev)) * self.scaling
+        noise = torch.randn(latents.shape, generator=g).to(dev)
+        t = torch.randint(0, len(self.sqrt_a), (batch,), generator=g).to(dev)
+        choice = [int(torch.randint(0, len(self.items[i].prompts), (1,), generator=g)) for i in idx]
+        ids = torch.stack([self.prompt_ids[i][c] for i, c in zip(idx, choice, strict=True)])
+        a, b = self.sqrt_a[t].view(-1, 1, 1, 1), self.sqrt_1ma[t].view(-1, 1, 1, 1)
+        target = noise if self.prediction == "epsilon" else a * noise - b * latents
+        return a * latents + b * noise, t, ids, target
+
+
 # --- the run --------------------------------------------------------------------------------------------------
 
 
@@ -363,34 +404,16 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
     first_id = len(tokenizer)
     if first_id > base.num_embeddings:
         raise ModelError(f"tokenizer ({first_id} tokens) is larger than the text encoder's table ({base.num_embeddings})")
-    vectors = []
-    expansions: dict[str, str] = {}
-    for i, (placeholder, word) in enumerate(zip(p.placeholder_strings, p.initializer_words, strict=True)):
-        if placeholder.isalnum() and len(tokenizer(placeholder, add_special_tokens=False).input_ids) == 1:
-            raise ConfigError(f"placeholder {placeholder!r} is a word the model already knows; pick a new one, "
-                              f"e.g. '<{placeholder}>'")
-        names = internal_token_names(i, p.num_vectors_per_token)
-        add_new_tokens(tokenizer, names, first_id)
-        vecs, pieces = init_vectors(tokenizer, base.weight, word, p.num_vectors_per_token)
-        if len(pieces) > 1:
-            used = min(len(pieces), p.num_vectors_per_token)
-            reporter.message(
-                f"init word {word!r} is {len(pieces)} tokens ({' '.join(x.removesuffix('</w>') for x in pieces)}); "
-                f"{used} of them initialise the {p.num_vectors_per_token} vector(s) of {placeholder!r} in turn"
-                + ("" if used == len(pieces) else "; raise num_vectors_per_token to use them all")
-            )
-        vectors.append(vecs)
-        expansions[placeholder] = " ".join(names)
+    vectors, expansions = add_placeholders(tokenizer, base.weight, p, first_id, reporter)
     # the VAE stays float32: it runs once here (and for image logs), where fp16 VAEs are known to overflow
     latent_mean, latent_std = _cache_latents(vae, images, device)
     if autocast_dtype is not None:  # cast the frozen weights once rather than on every op of every step
         text_encoder.to(autocast_dtype)
         unet.to(autocast_dtype)
-    spliced = SplicedEmbedding(base, torch.cat(vectors).to(device), first_id)  # float32 whatever the precision
+    spliced = SplicedEmbedding(base, vectors.to(device), first_id)  # float32 whatever the precision
     replace_module(text_encoder, base, spliced)
     learned = spliced.learned
 
-    scaling = vae.config.scaling_factor
     prompt_ids = [
         tokenizer([expand_placeholders(s, expansions) for s in it.prompts], padding="max_length",
                   max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids.to(device)
@@ -402,10 +425,6 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
     prediction = cfg.model.prediction_type or noise_sched.config.prediction_type
     if prediction not in ("epsilon", "v_prediction"):
         raise ModelError(f"the model predicts {prediction!r}; textinv trains epsilon and v_prediction models")
-    alphas = noise_sched.alphas_cumprod.to(device=device, dtype=torch.float32)
-    sqrt_a, sqrt_1ma = alphas.sqrt(), (1 - alphas).sqrt()
-    n_timesteps = noise_sched.config.num_train_timesteps
-
     o = cfg.optim
     lr = o.learning_rate * (cfg.data.batch_size * o.gradient_accumulation_steps * dist.world if o.scale_lr else 1)
     optimizer = torch.optim.AdamW([learned], lr=lr, betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_epsilon,
@@ -415,6 +434,10 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
     scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
     generator = torch.Generator().manual_seed(cfg.train.seed + dist.rank)
     sampler = EpochSampler(len(items), cfg.data.repeats, generator)
+    batches = Batches(items=items, prompt_ids=prompt_ids, latent_mean=latent_mean, latent_std=latent_std,
+                      scaling=vae.config.scaling_factor, alphas_cumprod=noise_sched.alphas_cumprod,
+                      prediction=prediction, flip_p=cfg.data.flip_p, sampler=sampler, generator=generator,
+                      device=device)
 
     step = 0
     if resume is not None:
@@ -442,7 +465,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
     if step >= cfg.train.max_steps:
         raise ConfigError(f"{run_dir} already finished at step {step}; pass a larger --max-steps to train further")
 
-    name = cfg.log.name or run_name(cfg)
+    name = run_name(cfg)
     logger = _Logger(run_dir, cfg, enabled=dist.main)
     last_good = step if resume is not None else None
 
@@ -478,8 +501,8 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
 
     def sample_images(s: int) -> None:
         if dist.main:
-            _log_images(pipe, run_dir, cfg, s, images, items, latent_mean, scaling, expansions, autocast_dtype,
-                        device)
+            _log_images(pipe, run_dir, cfg, s, images, items, latent_mean, vae.config.scaling_factor, expansions,
+                        autocast_dtype, device)
             logger.plot()
 
     reporter.start(run_dir=run_dir, step=step, max_steps=cfg.train.max_steps)
@@ -491,18 +514,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
             while step < cfg.train.max_steps:
                 total = torch.zeros((), device=device)
                 for _ in range(accum):
-                    idx = sampler.take(batch)
-                    flips = (torch.rand(batch, generator=generator) < cfg.data.flip_p).long()
-                    img_idx = torch.tensor([items[i].image for i in idx])
-                    mean, std = latent_mean[img_idx, flips], latent_std[img_idx, flips]
-                    latents = (mean + std * torch.randn(mean.shape, generator=generator).to(device)) * scaling
-                    noise = torch.randn(latents.shape, generator=generator).to(device)
-                    t = torch.randint(0, n_timesteps, (batch,), generator=generator).to(device)
-                    choice = [int(torch.randint(0, len(items[i].prompts), (1,), generator=generator)) for i in idx]
-                    ids = torch.stack([prompt_ids[i][c] for i, c in zip(idx, choice, strict=True)])
-                    a, b = sqrt_a[t].view(-1, 1, 1, 1), sqrt_1ma[t].view(-1, 1, 1, 1)
-                    noisy = a * latents + b * noise
-                    target = noise if prediction == "epsilon" else a * noise - b * latents
+                    noisy, t, ids, target = batches.draw(batch)
                     loss = compute_loss(unet, text_encoder, noisy, t, ids, target, autocast_dtype, device) / accum
                     (scaler.scale(loss) if scaler is not None else loss).backward()
                     total += loss.detach()
@@ -510,24 +522,13 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
                 value = float(total)
                 if not math.isfinite(value):
                     kept = (f"the last good checkpoint is {run_dir / 'embeddings' / f'{name}-{last_good}.pt'}"
-                            if last_good else "no checkpoint was written yet")
+                            if last_good is not None else "no checkpoint was written yet")
                     raise NonFiniteLoss(
                         f"loss became {value} at step {step + 1}; stopped, {kept}. Lower optim.learning_rate or "
                         "use --set train.mixed_precision=no"
                     )
                 dist.mean_(learned.grad)
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                if o.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_([learned], o.max_grad_norm)
-                current_lr = optimizer.param_groups[0]["lr"]
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                current_lr = _update(optimizer, scheduler, scaler, learned, o.max_grad_norm)
                 step += 1
                 losses.append(value)
                 logger.log(step, value, current_lr)
@@ -540,7 +541,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
                     checkpoint(step)
                     raise TrainingInterrupted(run_dir, step, saved=True)
     except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the last checkpoint stands
-        raise TrainingInterrupted(run_dir, last_good or 0, saved=False) from None
+        raise TrainingInterrupted(run_dir, last_good, saved=False) from None
     finally:
         logger.close()
         reporter.end()
@@ -560,6 +561,47 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
     replace_module(text_encoder, spliced, base)
     return RunResult(run_dir=run_dir, step=step, embedding_path=run_dir / "embeddings" / f"{name}.pt", files=files,
                      losses=losses, prediction_type=prediction)
+
+
+def _update(optimizer, scheduler, scaler, learned: torch.Tensor, max_grad_norm: float) -> float:
+    """One optimizer step on the (already averaged) gradient; returns the learning rate it used."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_([learned], max_grad_norm)
+    lr = optimizer.param_groups[0]["lr"]
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return lr
+
+
+def add_placeholders(tokenizer, table: torch.Tensor, p, first_id: int, reporter: Reporter):
+    """Add each placeholder's tokens to the tokenizer. Returns the initial vectors [n_total, dim] and, for each
+    placeholder, the token text that stands for it in prompts."""
+    vectors = []
+    expansions: dict[str, str] = {}
+    for i, (placeholder, word) in enumerate(zip(p.placeholder_strings, p.initializer_words, strict=True)):
+        if placeholder.isalnum() and len(tokenizer(placeholder, add_special_tokens=False).input_ids) == 1:
+            raise ConfigError(f"placeholder {placeholder!r} is a word the model already knows; pick a new one, "
+                              f"e.g. '<{placeholder}>'")
+        names = internal_token_names(i, p.num_vectors_per_token)
+        add_new_tokens(tokenizer, names, first_id)
+        vecs, pieces = init_vectors(tokenizer, table, word, p.num_vectors_per_token)
+        if len(pieces) > 1:
+            used = min(len(pieces), p.num_vectors_per_token)
+            reporter.message(
+                f"init word {word!r} is {len(pieces)} tokens ({' '.join(x.removesuffix('</w>') for x in pieces)}); "
+                f"{used} of them initialise the {p.num_vectors_per_token} vector(s) of {placeholder!r} in turn"
+                + ("" if used == len(pieces) else "; raise num_vectors_per_token to use them all")
+            )
+        vectors.append(vecs)
+        expansions[placeholder] = " ".join(names)
+    return torch.cat(vectors), expansions
 
 
 def run_name(cfg: Config) -> str:
