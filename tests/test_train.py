@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -77,6 +78,9 @@ def test_cli_run_writes_every_file(tmp_path, tiny_model_dir, images):
     (run_dir,) = (tmp_path / "logs").iterdir()
     assert run_dir.name.startswith("my_cat_")
     assert Path(result.stdout.strip()) == run_dir / "embeddings" / "my_cat.pt"
+    # not a terminal: plain progress lines on stderr, the last one at the final step
+    assert f"training in {run_dir} from step 0 to 6" in result.stderr
+    assert re.search(r"^step 6/6 loss \d\.\d{4} lr 0\.01 [\d.]+ it/s eta 00:00:00$", result.stderr, re.M)
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["train"]["max_steps"] == 6 and saved["data"]["paths"] == [str(images)]
     assert saved["personalization"]["initializer_words"] == ["cat"]

@@ -319,15 +319,20 @@ class _Distributed:
     """Data parallel under `accelerate launch` (or torchrun): averaged gradients, rank 0 writes the files."""
 
     def __init__(self) -> None:
+        # `accelerate launch` (multi-GPU) and torchrun both set these; init the process group from them directly, so
+        # that CPU processes (gloo) work too, which accelerate's PartialState treats as one process.
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.device: torch.device | None = None
         if self.world > 1:
-            from accelerate import PartialState
+            import torch.distributed as td
 
-            state = PartialState()
-            self.device = state.device
-            self.rank, self.world = state.process_index, state.num_processes
+            if not td.is_initialized():
+                td.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            self.rank, self.world = td.get_rank(), td.get_world_size()
+            if torch.cuda.is_available():
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(self.device)
 
     @property
     def main(self) -> bool:
@@ -383,8 +388,8 @@ def compute_loss(unet, text_encoder, noisy, timesteps, ids, target, autocast_dty
 
 def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path | None = None) -> RunResult:
     """Train the placeholder embeddings described by `cfg` (already validated); `resume` continues a run folder."""
-    reporter = reporter or Reporter()
     dist = _Distributed()
+    reporter = (reporter or Reporter()) if dist.main else Reporter()  # one process reports
     device = dist.device or _device(cfg.train.device)
     autocast_dtype = resolve_precision(cfg.train.mixed_precision, device)
     p = cfg.personalization
