@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import signal
@@ -107,6 +108,13 @@ def test_cli_run_writes_every_file(tmp_path, tiny_model_dir, images):
     pipe.load_textual_inversion(str(run_dir / "embeddings" / "my_cat.pt"), token="<my-cat>")
     (tid,) = pipe.tokenizer("<my-cat>", add_special_tokens=False).input_ids
     assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[tid].detach(), emb.tokens[0].vectors[0])
+
+    gen = runner.invoke(app, ["generate", "a photo of *", "--embedding", str(run_dir / "embeddings" / "my_cat.pt"),
+                              "--model", str(tiny_model_dir), "-s", "2", "-S", "0", "-o", str(tmp_path / "out"),
+                              "--json"])
+    assert gen.exit_code == 0, gen.output
+    assert "placeholders: *" in gen.stderr
+    assert Path(json.loads(gen.stdout.splitlines()[-1])["path"]).is_file()
 
 
 def test_only_placeholder_rows_change(tmp_path, tiny_model_dir, images, monkeypatch):
