@@ -496,7 +496,8 @@ def img2img(
 def train(
     data_dirs: Annotated[
         list[Path] | None,
-        typer.Argument(help="Folder of 3-5 images of the concept (one folder per placeholder).", show_default=False),
+        typer.Argument(help="Folder of 3-5 images of the concept (one folder per placeholder).", show_default=False,
+                       metavar="DIR"),
     ] = None,
     *,
     init_word: Annotated[
@@ -506,11 +507,11 @@ def train(
     ] = None,
     placeholder: Annotated[
         list[str] | None,
-        typer.Option("--placeholder", "-p", help="The new word to learn [default: *].", rich_help_panel="Concept",
+        typer.Option("--placeholder", "-p", help="The new word to learn \\[default: *].", rich_help_panel="Concept",
                      show_default=False),
     ] = None,
     name: Annotated[
-        str | None, typer.Option("--name", "-n", help="Run name [default: the folder's name].",
+        str | None, typer.Option("--name", "-n", help="Run name \\[default: the folder's name].",
                                  rich_help_panel="Output", show_default=False),
     ] = None,
     config: Annotated[
@@ -536,7 +537,7 @@ def train(
                                  show_default=False),
     ] = None,
     output_dir: Annotated[
-        str | None, typer.Option("--output-dir", "-o", help="Where run folders go [default: logs].",
+        str | None, typer.Option("--output-dir", "-o", help="Where run folders go \\[default: logs].",
                                  rich_help_panel="Output", show_default=False),
     ] = None,
     report_to: Annotated[
@@ -550,8 +551,7 @@ def train(
 ) -> None:
     """Learn an embedding from a folder of images. Example: textinv train ./my_cat --init-word cat
 
-    Writes logs/<name>_<timestamp>/ with config.yaml, embeddings/, images/, loss.csv and loss.png. Ctrl-C saves a
-    checkpoint; `textinv train --resume LOGDIR` continues it. Several GPUs: accelerate launch -m textinv train ...
+    Writes logs/<name>_<timestamp>/ with config.yaml, embeddings/, images/, loss.csv and loss.png. Ctrl-C saves a checkpoint; `textinv train --resume LOGDIR` continues it. Several GPUs: accelerate launch -m textinv train ...
     """
     from textinv import config as cfgmod
     from textinv.train import TrainingInterrupted
