@@ -381,3 +381,31 @@ def test_data_and_resume_errors(tmp_path, tiny_model_dir):
     assert result.exit_code == 1 and "drop DIR" in result.stderr
     result = runner.invoke(app, ["train", "-i", "cat"])
     assert result.exit_code == 1 and "pass a folder of images" in result.stderr
+
+
+def test_captions_replace_templates_and_must_name_the_placeholder(tmp_path):
+    folder = make_images(tmp_path / "pics", 2)
+    (folder / "img0.txt").write_text("a photo of [name] on a sofa\n")
+    cfg = cfgmod.build_config(None, ["data.resolution=32"], **{"data.paths": [str(folder)],
+                                                               "personalization.placeholder_strings": ["<c>"]})
+    messages = []
+
+    class R(trainmod.Reporter):
+        def message(self, text):
+            messages.append(text)
+
+    images, items = trainmod.build_items(cfg, R())
+    assert [it.prompts for it in items][0] == ["a photo of <c> on a sofa"]
+    assert len(items[1].prompts) == 27 and items[1].prompts[0] == "a photo of a <c>"
+    assert trainmod.expand_placeholders("a photo of <c>, big", {"<c>": "<t-0> <t-1>"}) == "a photo of <t-0> <t-1>, big"
+    assert messages == []
+
+    (folder / "img1.txt").write_text("a photo of a sofa")
+    with pytest.raises(trainmod.DataError, match="caption img1.txt does not mention the placeholder"):
+        trainmod.build_items(cfg, R())
+    two = cfgmod.build_config(None, ["data.resolution=32"], **{
+        "data.paths": [str(folder)], "personalization.placeholder_strings": ["<a>", "<b>"],
+        "personalization.initializer_words": ["cat", "dog"]})
+    (folder / "img1.txt").unlink()
+    with pytest.raises(trainmod.DataError, match="img1.png has no caption file, and with 2 placeholders in one folder"):
+        trainmod.build_items(two, R())
