@@ -6,6 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+
+# The test models are tiny: one thread is faster than two fighting over a shared 2-core machine.
+torch.set_num_threads(1)
 
 REAL_EMBEDDINGS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real-embeddings"
 

@@ -22,7 +22,6 @@ from textinv.cli import app
 from textinv.embeddings import load_embedding
 
 # Two CPU threads fighting other processes make the tiny model ~100x slower; one thread is plenty for it.
-torch.set_num_threads(1)
 
 runner = CliRunner()
 IMAGE_KEYS = ("conditioning", "inputs", "reconstruction", "samples", "samples_scaled", "init_word")
