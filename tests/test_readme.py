@@ -15,16 +15,25 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 runner = CliRunner()
 
 
+def _code_lines() -> list[str]:
+    """The lines inside the README's fenced code blocks."""
+    lines, inside = [], False
+    for line in README.read_text().splitlines():
+        if line.startswith("```"):
+            inside = not inside
+        elif inside:
+            lines.append(line)
+    return lines
+
+
 def _readme_commands() -> list[list[str]]:
-    blocks = re.findall(r"```(?:bash|sh|console)?\n(.*?)```", README.read_text(), flags=re.S)
     commands = []
-    for block in blocks:
-        for line in block.splitlines():
-            line = line.split(" #")[0].strip().removeprefix("$ ")
-            for part in re.split(r"\s*(?:&&|\|)\s*", line):
-                if part.startswith("textinv ") or part.startswith("accelerate launch -m textinv "):
-                    words = shlex.split(part.replace("accelerate launch -m ", ""))
-                    commands.append(words[1:])
+    for line in _code_lines():
+        line = line.split(" #")[0].strip().removeprefix("$ ")
+        for part in re.split(r"\s*(?:&&|\|)\s*", line):
+            if part.startswith("textinv ") or part.startswith("accelerate launch -m textinv "):
+                words = shlex.split(part.replace("accelerate launch -m ", ""))
+                commands.append(words[1:])
     return commands
 
 
