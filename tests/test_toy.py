@@ -113,3 +113,26 @@ def test_shipped_model_is_small_and_loads_with_diffusers():
         "a photo of a red circle", num_inference_steps=20, generator=torch.Generator().manual_seed(0), num_images_per_prompt=2
     ).images
     assert images[0].size == (32, 32)
+
+
+def test_side_by_side_lays_out_three_titled_columns():
+    from textinv.toy.demo import CELL, side_by_side
+
+    red = [Image.new("RGB", (32, 32), "red")] * 4
+    picture = side_by_side([red, red, red], ["a", "b", "c"])
+    assert picture.height > 2 * CELL and picture.width > 6 * CELL
+    assert picture.getpixel((picture.width // 2, picture.height // 2)) in ((255, 0, 0), (255, 255, 255))
+
+
+@shipped
+def test_demo_command_writes_the_picture_and_prints_its_path(tmp_path):
+    from typer.testing import CliRunner
+
+    from textinv.cli import app
+
+    result = CliRunner().invoke(app, ["demo", "--steps", "2", "--output", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    picture = tmp_path / "demo" / "demo.png"
+    assert result.stdout.strip().endswith(str(picture))
+    assert len(list((tmp_path / "demo" / "inputs").glob("*.png"))) == 4
+    assert Image.open(picture).size[0] > 3 * 2 * 96

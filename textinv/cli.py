@@ -589,9 +589,33 @@ def train(
 
 
 @app.command(rich_help_panel="Training")
-def demo() -> None:
+def demo(
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for the pictures, the training run and demo.png.")
+    ] = Path("textinv-demo"),
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="Training steps (default: the packaged configs/toy.yaml's).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the training pictures and the samples.")] = 0,
+) -> None:
     """Train and sample on the small shipped model, on the CPU, in a few minutes. Example: textinv demo"""
-    _not_built("demo")
+    from textinv.toy.demo import run_demo
+    from textinv.train_progress import TrainProgress
+
+    quiet = _state["quiet"]
+    with user_errors():
+        result = run_demo(
+            output,
+            max_steps=steps,
+            seed=seed,
+            reporter=TrainProgress(err, quiet=quiet),
+            status=info,  # sampling takes a second or two: a status line, no bar
+        )
+    info(
+        f"the judge sees the concept in {result.learned_match:.0%} of '{result.learned_prompt}' and "
+        f"{result.init_match:.0%} of '{result.init_prompt}' ({result.seconds:.0f} s in all)"
+    )
+    out.print(str(result.picture))
 
 
 def main() -> None:

@@ -24,7 +24,10 @@ MIN_DISTANCE = 0.15
 MIN_PIXELS = 8  # fewer foreground pixels than this: nothing was drawn
 MAX_COVER = 0.6  # the largest shape covers 45% of the picture; more than this is noise, not a shape on a background
 MIN_COHERENCE = 0.6  # mean resultant length of the foreground's hues: 1 for one colour, ~0 for a rainbow of noise
-MAX_DISTANCE = 2.0  # squared distance to the nearest average silhouette; rendered pictures reach 0.7
+# A silhouette is a shape when it is near that shape's average (rendered pictures reach 0.7; a generated triangle
+# with a clipped corner 3.3) and clearly nearer to it than to any other (the next is at least twice as far).
+MAX_DISTANCE = 4.0
+MARGIN = 0.5
 
 
 @dataclass(frozen=True)
@@ -97,8 +100,9 @@ def judge(image: Image.Image) -> Verdict:
     features = silhouette(mask)
     centroids = _centroids()
     distances = {s: float(((c - features) ** 2).sum()) for s, c in centroids.items()}
-    shape = min(distances, key=distances.__getitem__)
-    return Verdict(colour_of(rgb, mask), shape if distances[shape] <= MAX_DISTANCE else None)
+    first, second = sorted(distances, key=distances.__getitem__)[:2]
+    known = distances[first] <= MAX_DISTANCE and distances[first] <= MARGIN * distances[second]
+    return Verdict(colour_of(rgb, mask), first if known else None)
 
 
 def accuracy(images: list[Image.Image], colour: str, shape: str) -> float:
