@@ -23,7 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from textinv.embeddings import WRITE_FORMATS, Embedding, atomic_write, load_embedding, save_embedding
+from textinv.atomic import atomic_write
+from textinv.embeddings import WRITE_FORMATS, Embedding, load_embedding, save_embedding
 from textinv.errors import ConceptError, EmbeddingFormatError, OutputExistsError
 
 SD_CONCEPTS = "sd-concepts-library"

@@ -11,9 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
 import struct
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from textinv.atomic import atomic_write
 from textinv.errors import EmbeddingFormatError, OutputExistsError, TextinvError
 from textinv.safe_pickle import ParameterDictState, load_torch_file
 
@@ -385,20 +384,6 @@ def save_embedding(emb: Embedding, path: str | Path, *, format: str | None = Non
     path.parent.mkdir(parents=True, exist_ok=True)
     _WRITERS[fmt](emb, path)
     return path
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp) on a temp file beside `path`, then rename it over `path`: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _meta(emb: Embedding) -> dict:

@@ -29,6 +29,7 @@ from torch import nn
 from textinv import config as config_mod
 from textinv import data as data_mod
 from textinv import runs
+from textinv.atomic import atomic_path
 from textinv.config import Config
 from textinv.errors import ConfigError, DataError, ModelError, TextinvError
 
@@ -703,7 +704,7 @@ def plot_losses(csv_path: Path, png_path: Path) -> bool:
     ax.set_ylabel("loss")
     ax.legend()
     fig.tight_layout()
-    with runs.atomic_path(png_path) as tmp:
+    with atomic_path(png_path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return True
@@ -719,7 +720,7 @@ def _log_images(pipe, run_dir, cfg, step, images, items, latent_mean, scaling, e
     out = run_dir / "images"
 
     def save(key: str, pics: list[Image.Image]) -> None:
-        with runs.atomic_path(out / f"{key}_gs-{step:06d}.png") as tmp:
+        with atomic_path(out / f"{key}_gs-{step:06d}.png") as tmp:
             _grid(pics).save(tmp, format="PNG")
 
     save("conditioning", [_text_image(items[i].prompts[0], res) for i in range(k)])
