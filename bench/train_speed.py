@@ -190,10 +190,11 @@ def parts(a: argparse.Namespace) -> dict[str, float]:
     """Seconds per step, split: what textinv's step does, and what the diffusers example does on top of it."""
     import torch
 
-    from textinv.train import SplicedEmbedding, add_new_tokens, load_model, replace_module
+    from textinv.models import load_pipeline, resolve_device
+    from textinv.train import SplicedEmbedding, add_new_tokens, replace_module
 
-    device = torch.device(a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    pipe = load_model(a.model, device)
+    device = resolve_device(a.device)
+    pipe = load_pipeline(a.model, device=device, dtype=torch.float32)
     tok, te, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
     for m in (te, unet, vae):
         m.requires_grad_(False)

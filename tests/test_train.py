@@ -122,7 +122,7 @@ def test_only_placeholder_rows_change(tmp_path, tiny_model_dir, images, monkeypa
     pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir)
     before = {f"{name}.{k}": v.clone() for name in ("text_encoder", "unet", "vae")
               for k, v in getattr(pipe, name).state_dict().items()}
-    monkeypatch.setattr(trainmod, "load_model", lambda source, device: pipe)
+    monkeypatch.setattr(trainmod.models, "load_pipeline", lambda *args, **kwargs: pipe)
     cfg = library_config(tmp_path, tiny_model_dir, images, "log.image_every=0", "optim.learning_rate=0.05")
     result = trainmod.train(cfg)
     after = {f"{name}.{k}": v for name in ("text_encoder", "unet", "vae")

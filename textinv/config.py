@@ -64,7 +64,7 @@ PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 
 @dataclass
 class ModelConfig:
-    source: str = "runwayml/stable-diffusion-v1-5"  # hub id, diffusers folder, single file, or `toy`
+    source: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # hub id, diffusers folder, single file, or `toy`
     prediction_type: str | None = None  # None: whatever the model's scheduler says
 
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from textinv import config as config_mod
 from textinv import data as data_mod
-from textinv import runs
+from textinv import models, runs
 from textinv.atomic import atomic_path
 from textinv.config import Config
 from textinv.errors import ConfigError, DataError, ModelError, TextinvError
@@ -187,36 +187,6 @@ def resolve_precision(mixed_precision: str, device: torch.device) -> torch.dtype
     if mixed_precision == "fp16" and device.type == "cpu":
         raise ConfigError("mixed_precision fp16 needs a GPU; on the CPU use bf16 or no")
     return torch.float16 if mixed_precision == "fp16" else torch.bfloat16
-
-
-def _device(name: str) -> torch.device:
-    try:
-        from textinv.models import resolve_device
-    except ImportError:
-        resolve_device = None
-    if resolve_device is not None:
-        return torch.device(resolve_device(name))
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    return torch.device(name)
-
-
-def load_model(source: str, device: torch.device):
-    """A float32 StableDiffusionPipeline from any source textinv.models knows (hub id, folder, file, toy)."""
-    try:
-        from textinv.models import load_pipeline
-    except ImportError:
-        load_pipeline = None
-    if load_pipeline is not None:
-        return load_pipeline(source, device=str(device), dtype=torch.float32)
-    from diffusers import StableDiffusionPipeline
-
-    if not Path(source).is_dir():
-        raise ModelError(f"model {source} not found; pass a diffusers folder with --model")
-    pipe = StableDiffusionPipeline.from_pretrained(source, safety_checker=None, requires_safety_checker=False)
-    return pipe.to(device)
 
 
 @dataclass
@@ -391,12 +361,12 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
     """Train the placeholder embeddings described by `cfg` (already validated); `resume` continues a run folder."""
     dist = _Distributed()
     reporter = (reporter or Reporter()) if dist.main else Reporter()  # one process reports
-    device = dist.device or _device(cfg.train.device)
+    device = dist.device or models.resolve_device(cfg.train.device)
     autocast_dtype = resolve_precision(cfg.train.mixed_precision, device)
     p = cfg.personalization
     images, items = build_items(cfg, reporter)
 
-    pipe = load_model(cfg.model.source, device)
+    pipe = models.load_pipeline(cfg.model.source, device=device, dtype=torch.float32)
     tokenizer, text_encoder, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
     for module in (text_encoder, unet, vae):
         module.requires_grad_(False)
