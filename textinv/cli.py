@@ -554,9 +554,9 @@ def train(
     Writes logs/<name>_<timestamp>/ with config.yaml, embeddings/, images/, loss.csv and loss.png. Ctrl-C saves a checkpoint; `textinv train --resume LOGDIR` continues it. Several GPUs: accelerate launch -m textinv train ...
     """
     from textinv import config as cfgmod
+    from textinv.progress import TrainProgress
     from textinv.train import TrainingInterrupted
     from textinv.train import train as run_training
-    from textinv.train_progress import TrainProgress
 
     with user_errors():
         if resume is not None:
@@ -599,8 +599,8 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed for the training pictures and the samples.")] = 0,
 ) -> None:
     """Train and sample on the small shipped model, on the CPU, in a few minutes. Example: textinv demo"""
+    from textinv.progress import TrainProgress
     from textinv.toy.demo import run_demo
-    from textinv.train_progress import TrainProgress
 
     quiet = _state["quiet"]
     with user_errors():

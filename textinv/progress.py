@@ -8,9 +8,19 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from textinv.train import Reporter
 
 
 def is_interactive() -> bool:
@@ -69,3 +79,70 @@ class ImageProgress:
             self._bar.update(self._steps, completed=step, total=steps)
             if step == steps:
                 self._bar.update(self._images, completed=image + 1)
+
+
+# --- training: step/max_steps, loss, it/s, ETA ----------------------------------------------------------------
+
+SMOOTHING = 0.9  # loss shown is an exponential moving average; raw values are in loss.csv
+
+
+class TrainProgress(Reporter):
+    """step/max_steps, smoothed loss, it/s and ETA; `quiet` shows nothing but warnings."""
+
+    def __init__(self, console: Console, *, quiet: bool = False, plain: bool | None = None, every_s: float = 10.0):
+        self.console, self.quiet = console, quiet
+        self.plain = (not console.is_terminal) if plain is None else plain
+        self.every_s = every_s
+        self.smooth: float | None = None
+        self.bar: Progress | None = None
+        self.task = None
+        self.t0 = self.last_print = 0.0
+        self.first_step = 0
+        self.max_steps = 0
+
+    def start(self, *, run_dir: Path, step: int, max_steps: int) -> None:
+        self.first_step, self.max_steps = step, max_steps
+        self.t0 = self.last_print = time.perf_counter()
+        if not self.quiet:
+            verb = "resuming" if step else "training"
+            self.console.print(f"{verb} in {run_dir} from step {step} to {max_steps}", highlight=False)
+        if self.quiet or self.plain:
+            return
+        self.bar = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[rate]} it/s"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.bar.start()
+        self.task = self.bar.add_task("train", total=max_steps, completed=step, loss="-", rate="-")
+
+    def step(self, step: int, loss: float, lr: float) -> None:
+        self.smooth = loss if self.smooth is None else SMOOTHING * self.smooth + (1 - SMOOTHING) * loss
+        now = time.perf_counter()
+        rate = (step - self.first_step) / max(now - self.t0, 1e-9)
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, loss=f"{self.smooth:.4f}", rate=f"{rate:.2f}")
+        elif not self.quiet and (now - self.last_print >= self.every_s or step == self.max_steps):
+            self.last_print = now
+            eta = (self.max_steps - step) / rate if rate > 0 else 0.0
+            self.console.print(
+                f"step {step}/{self.max_steps} loss {self.smooth:.4f} lr {lr:.3g} {rate:.2f} it/s "
+                f"eta {time.strftime('%H:%M:%S', time.gmtime(eta))}",
+                highlight=False,
+            )
+
+    def message(self, text: str) -> None:
+        if self.quiet and not text.startswith("warning"):
+            return
+        style = "yellow" if text.startswith("warning") else None
+        self.console.print(text, style=style, highlight=False, markup=False)
+
+    def end(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
