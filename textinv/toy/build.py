@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,6 +28,7 @@ from diffusers import DDPMScheduler
 
 from textinv.toy import world
 from textinv.toy.pipeline import PipelineShape, build_pipeline
+from textinv.toy.tokenizer import write_clip_tokenizer
 
 MODEL_DIR = Path(__file__).parent / "model"
 
@@ -63,6 +66,15 @@ class BuildConfig:
     uncond_prob: float = 0.1  # empty captions this often, so classifier-free guidance works
     threads: int = 1  # measured: on 2 busy cores one thread ran 1.7-4x faster than two; and one is reproducible
     shape: dict = field(default_factory=lambda: asdict(toy_shape()))
+
+
+def save_slow_tokenizer_files(folder: Path) -> None:
+    """Add vocab.json and merges.txt: transformers 5 saves only tokenizer.json, and the slow CLIPTokenizer of
+    transformers 4.x (which pyproject allows) reads these two."""
+    with tempfile.TemporaryDirectory() as tmp:
+        write_clip_tokenizer(world.vocabulary(), tmp)
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copy(Path(tmp) / name, Path(folder) / name)
 
 
 def freeze_posterior(vae, std: float = 0.01) -> None:
@@ -197,6 +209,7 @@ def build(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out_dir, safe_serialization=True)
+    save_slow_tokenizer_files(out_dir / "tokenizer")
     size = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
     report = {
         "config": asdict(cfg),
