@@ -32,9 +32,11 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/learning.py
 
 toy-model: install
 	$(BIN)/python -m textinv.toy.build
+	$(BIN)/python -m textinv.toy.evaluate
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info
