@@ -136,3 +136,9 @@ def test_demo_command_writes_the_picture_and_prints_its_path(tmp_path):
     assert result.stdout.strip().endswith(str(picture))
     assert len(list((tmp_path / "demo" / "inputs").glob("*.png"))) == 4
     assert Image.open(picture).size[0] > 3 * 2 * 96
+
+
+def test_the_shipped_toy_model_is_recognised_by_family():
+    from textinv.models import load_pipeline
+
+    assert load_pipeline("toy", device="cpu").textinv.family == "textinv toy"

@@ -23,7 +23,7 @@ from textinv.atomic import atomic_write
 from textinv.errors import EmbeddingFormatError, OutputExistsError, TextinvError
 from textinv.safe_pickle import ParameterDictState, load_torch_file
 
-FAMILIES = {768: "SD1.x", 1024: "SD2.x"}
+FAMILIES = {768: "SD1.x", 1024: "SD2.x", 64: "textinv toy"}  # 64: the small model textinv ships (--model toy)
 MAX_FILE_BYTES = 64 * 2**20  # the largest real embedding seen is 1.4 MiB; a 64 MiB one is not an embedding
 MAX_VECTORS = 1024  # per token; A1111 allows 75
 A1111_STAR_ID = 265  # CLIP's id for "*", which AUTOMATIC1111 writes for every embedding
