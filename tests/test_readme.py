@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -55,3 +56,22 @@ def test_readme_command_exists_with_its_options(words):
         if word.startswith("-") and not re.fullmatch(r"-\d.*", word):
             option = word.split("=")[0]
             assert option in help_text.output, f"`textinv {command}` has no option {option}"
+
+
+@pytest.mark.slow
+def test_quick_start_runs_as_written(tmp_path):
+    """Every line of the README's quick start, in a fresh folder, as a new user would type it."""
+    import os
+    import subprocess
+    import sys
+
+    text = README.read_text()
+    section = text[text.index("## Quick start") :]
+    block = section[section.index("```bash\n") + len("```bash\n") : section.index("\n```", section.index("```bash"))]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for line in block.splitlines():
+        proc = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, f"{line}\n{proc.stderr[-2000:]}"
+    assert (tmp_path / "textinv-demo" / "demo.png").is_file()
+    assert len(list((tmp_path / "outputs").glob("*.png"))) >= 10
+    assert json.loads(proc.stdout)["tokens"][0]["name"] == "<purple-triangle>"
