@@ -405,3 +405,9 @@ def test_multi_vector_safetensors_loads_as_tok_tok_1_in_diffusers(tiny_pipe, tmp
     for i, name in enumerate(["<multi>", "<multi>_1", "<multi>_2"]):
         assert torch.equal(_row(tiny_pipe, name), emb.tokens[0].vectors[i])
     assert tiny_pipe.maybe_convert_prompt("a <multi>", tiny_pipe.tokenizer) == "a <multi> <multi>_1 <multi>_2"
+
+
+def test_pt_zip_record_prefix_is_archive_not_the_temp_name(tmp_path):
+    out = save_embedding(_emb(), tmp_path / "cat.pt")
+    with zipfile.ZipFile(out) as z:
+        assert {n.split("/")[0] for n in z.namelist()} == {"archive"}

@@ -37,3 +37,15 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
 
 def write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def torch_save(obj: object, path: str | Path) -> None:
+    """torch.save, atomically. Saved through a file object so that the zip's record prefix is torch's usual
+    'archive' rather than the temporary file's name."""
+    import torch
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    atomic_write(path, write)

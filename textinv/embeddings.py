@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from textinv.atomic import atomic_write
+from textinv.atomic import atomic_write, torch_save
 from textinv.errors import EmbeddingFormatError, OutputExistsError, TextinvError
 from textinv.safe_pickle import ParameterDictState, load_torch_file
 
@@ -441,7 +441,7 @@ def _write_pt(emb: Embedding, path: Path) -> None:
             "sd_checkpoint": emb.base_model_hash,
             "sd_checkpoint_name": emb.base_model,
         }
-    atomic_write(path, lambda tmp: torch.save(data, tmp))
+    torch_save(data, path)
 
 
 def _clip_id(placeholder: str) -> int:
@@ -461,7 +461,7 @@ def _write_bin(emb: Embedding, path: Path) -> None:
     else:
         # one vector as 1-D [dim]: the layout every reader takes (InvokeAI misreads a 2-D one-row tensor)
         data = {t.name: (t.vectors[0].clone() if t.num_vectors == 1 else t.vectors.clone()) for t in emb.tokens}
-    atomic_write(path, lambda tmp: torch.save(data, tmp))
+    torch_save(data, path)
 
 
 def _write_safetensors(emb: Embedding, path: Path) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from textinv.atomic import atomic_path, write_text
+from textinv.atomic import torch_save, write_text
 from textinv.errors import ConfigError
 
 STATE_POINTER = "state.json"
@@ -44,8 +44,7 @@ def new_run_dir(output_dir: str | Path, name: str) -> Path:
 def save_state(run_dir: Path, step: int, state: dict[str, Any]) -> Path:
     """Write state-<step>.pt atomically, then point state.json at it, then drop older states."""
     path = run_dir / "state" / f"state-{step:06d}.pt"
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    torch_save(state, path)
     write_text(run_dir / STATE_POINTER, json.dumps({"step": step, "state": f"state/{path.name}"}) + "\n")
     states = sorted((run_dir / "state").glob("state-*.pt"))
     for old in states[:-KEEP_STATES]:
