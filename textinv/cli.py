@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from textinv import __version__
-from textinv.errors import NotBuiltError, TextinvError
+from textinv.errors import TextinvError
 
 app = typer.Typer(
     name="textinv",
@@ -77,11 +77,6 @@ def info(message: str) -> None:
 
 def print_json(obj: object) -> None:
     out.print(json.dumps(obj), markup=False, highlight=False, soft_wrap=True)
-
-
-def _not_built(command: str) -> None:
-    with user_errors():
-        raise NotBuiltError(f"`textinv {command}` is not built yet; see the README for what works today")
 
 
 # --- embeddings: inspect, convert, merge -------------------------------------------------------------------

@@ -35,12 +35,6 @@ class OutputExistsError(TextinvError):
     """An output path that already exists (pass --force to overwrite)."""
 
 
-class NotBuiltError(TextinvError):
-    """A subcommand that is listed but not built yet."""
-
-    exit_code = 2
-
-
 class UsageError(TextinvError):
     """A command line that cannot work as given (a missing PROMPT with no terminal to ask on, ...)."""
 
