@@ -366,15 +366,8 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
     p = cfg.personalization
     images, items = build_items(cfg, reporter)
 
-    pipe = models.load_pipeline(cfg.model.source, device=device, dtype=torch.float32)
+    pipe = _load_frozen(cfg, device)
     tokenizer, text_encoder, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
-    for module in (text_encoder, unet, vae):
-        module.requires_grad_(False)
-        module.eval()
-    _check_resolution(cfg.data.resolution, unet, vae)
-    with contextlib.suppress(Exception):  # SDPA is diffusers' default where torch has it; make sure
-        unet.set_default_attn_processor()
-    pipe.set_progress_bar_config(disable=True)
 
     base = text_encoder.get_input_embeddings()
     first_id = len(tokenizer)
@@ -418,20 +411,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
     step = 0
     if resume is not None:
         run_dir = Path(resume)
-        step, state_path = runs.latest_state(run_dir)
-        state = runs.load_state(state_path)
-        if len(state["rng"]) != dist.world:
-            raise ConfigError(f"{run_dir} was trained by {len(state['rng'])} process(es); resume it with as many "
-                              f"(this is {dist.world})")
-        learned.data.copy_(state["learned"].to(device))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["rng"][dist.rank])
-        sampler.load_state_dict(state["sampler"][dist.rank])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if dist.main:
-            runs.truncate_csv(run_dir / "loss.csv", step)
+        step = _restore(run_dir, dist, learned, optimizer, scheduler, scaler, generator, sampler)
     else:
         run_dir = None
         if dist.main:
@@ -537,6 +517,38 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
     replace_module(text_encoder, spliced, base)
     return RunResult(run_dir=run_dir, step=step, embedding_path=run_dir / "embeddings" / f"{name}.pt", files=files,
                      losses=losses, prediction_type=prediction)
+
+
+def _load_frozen(cfg: Config, device: torch.device):
+    """The float32 pipeline with every module frozen (no weight gradients) and SDPA attention."""
+    pipe = models.load_pipeline(cfg.model.source, device=device, dtype=torch.float32)
+    for module in (pipe.text_encoder, pipe.unet, pipe.vae):
+        module.requires_grad_(False)
+        module.eval()
+    _check_resolution(cfg.data.resolution, pipe.unet, pipe.vae)
+    with contextlib.suppress(Exception):  # SDPA is diffusers' default where torch has it; make sure
+        pipe.unet.set_default_attn_processor()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _restore(run_dir: Path, dist, learned, optimizer, scheduler, scaler, generator, sampler) -> int:
+    """Load the run's latest state into the training objects; returns its step."""
+    step, state_path = runs.latest_state(run_dir)
+    state = runs.load_state(state_path)
+    if len(state["rng"]) != dist.world:
+        raise ConfigError(f"{run_dir} was trained by {len(state['rng'])} process(es); resume it with as many "
+                          f"(this is {dist.world})")
+    learned.data.copy_(state["learned"].to(learned.device))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["rng"][dist.rank])
+    sampler.load_state_dict(state["sampler"][dist.rank])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    if dist.main:
+        runs.truncate_csv(run_dir / "loss.csv", step)
+    return step
 
 
 def _update(optimizer, scheduler, scaler, learned: torch.Tensor, max_grad_norm: float) -> float:
