@@ -92,12 +92,13 @@ def worker_textinv(a: argparse.Namespace) -> dict:
     import torch
 
     from textinv import config as cfgmod
-    from textinv.train import Reporter, train
+    from textinv.reporting import Reporter
+    from textinv.train import train
 
     stamps: list[float] = []
 
     class Stamp(Reporter):
-        def step(self, step, loss, lr):
+        def advance(self, task, done, **values):
             if a.device.startswith("cuda"):
                 torch.cuda.synchronize()
             stamps.append(time.perf_counter())

@@ -20,6 +20,7 @@ from textinv import config as cfgmod
 from textinv import train as trainmod
 from textinv.cli import app
 from textinv.embeddings import load_embedding
+from textinv.reporting import Reporter
 
 # Two CPU threads fighting other processes make the tiny model ~100x slower; one thread is plenty for it.
 
@@ -389,7 +390,7 @@ def test_captions_replace_templates_and_must_name_the_placeholder(tmp_path):
                                                                "personalization.placeholder_strings": ["<c>"]})
     messages = []
 
-    class R(trainmod.Reporter):
+    class R(Reporter):
         def message(self, text):
             messages.append(text)
 

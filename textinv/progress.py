@@ -1,14 +1,13 @@
 """Progress reporting for the CLI: a rich bar on a terminal, plain lines when output goes to a file or a pipe.
 
-The library reports through plain callbacks (e.g. `generate.ProgressFn`); this module turns them into output.
-It is, with cli.py, the only place that knows rich.
+The library reports through `textinv.reporting.Reporter`; this module turns those calls into output. It is,
+with cli.py, the only place that knows rich.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 from rich.console import Console
 from rich.progress import (
@@ -20,7 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from textinv.train import Reporter
+from textinv.reporting import Reporter
 
 
 def is_interactive() -> bool:
@@ -100,12 +99,13 @@ class TrainProgress(Reporter):
         self.first_step = 0
         self.max_steps = 0
 
-    def start(self, *, run_dir: Path, step: int, max_steps: int) -> None:
-        self.first_step, self.max_steps = step, max_steps
+    def start(self, task: str, total: int, *, done: int = 0, note: str = "") -> None:
+        if task != "train":
+            return
+        self.first_step, self.max_steps = done, total
         self.t0 = self.last_print = time.perf_counter()
-        if not self.quiet:
-            verb = "resuming" if step else "training"
-            self.console.print(f"{verb} in {run_dir} from step {step} to {max_steps}", highlight=False)
+        if not self.quiet and note:
+            self.console.print(note, highlight=False, markup=False)
         if self.quiet or self.plain:
             return
         self.bar = Progress(
@@ -119,9 +119,12 @@ class TrainProgress(Reporter):
             transient=False,
         )
         self.bar.start()
-        self.task = self.bar.add_task("train", total=max_steps, completed=step, loss="-", rate="-")
+        self.task = self.bar.add_task("train", total=total, completed=done, loss="-", rate="-")
 
-    def step(self, step: int, loss: float, lr: float) -> None:
+    def advance(self, task: str, done: int, **values: float) -> None:
+        if task != "train":
+            return
+        step, loss, lr = done, values["loss"], values.get("lr", 0.0)
         self.smooth = loss if self.smooth is None else SMOOTHING * self.smooth + (1 - SMOOTHING) * loss
         now = time.perf_counter()
         rate = (step - self.first_step) / max(now - self.t0, 1e-9)
@@ -142,7 +145,7 @@ class TrainProgress(Reporter):
         style = "yellow" if text.startswith("warning") else None
         self.console.print(text, style=style, highlight=False, markup=False)
 
-    def end(self) -> None:
-        if self.bar is not None:
+    def finish(self, task: str) -> None:
+        if task == "train" and self.bar is not None:
             self.bar.stop()
             self.bar = None

@@ -32,6 +32,7 @@ from textinv import models, runs
 from textinv.atomic import atomic_path
 from textinv.config import Config
 from textinv.errors import ConfigError, DataError, ModelError, TextinvError
+from textinv.reporting import Reporter
 
 
 class TrainingInterrupted(TextinvError):
@@ -50,18 +51,6 @@ class TrainingInterrupted(TextinvError):
 
 class NonFiniteLoss(TextinvError):
     """The loss became NaN or inf; the run stopped without overwriting the last good checkpoint."""
-
-
-class Reporter:
-    """What the loop tells the outside world. The library never prints; the CLI subclasses this."""
-
-    def start(self, *, run_dir: Path, step: int, max_steps: int) -> None: ...
-
-    def step(self, step: int, loss: float, lr: float) -> None: ...
-
-    def message(self, text: str) -> None: ...
-
-    def end(self) -> None: ...
 
 
 @dataclass
@@ -461,7 +450,9 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
                         autocast_dtype, device)
             logger.plot()
 
-    reporter.start(run_dir=run_dir, step=step, max_steps=cfg.train.max_steps)
+    verb = "resuming" if step else "training"
+    reporter.start("train", cfg.train.max_steps, done=step,
+                   note=f"{verb} in {run_dir} from step {step} to {cfg.train.max_steps}")
     losses: list[float] = []
     batch = cfg.data.batch_size
     accum = o.gradient_accumulation_steps
@@ -488,7 +479,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
                 step += 1
                 losses.append(value)
                 logger.log(step, value, current_lr)
-                reporter.step(step, value, current_lr)
+                reporter.advance("train", step, loss=value, lr=current_lr)
                 if cfg.log.save_every and step % cfg.log.save_every == 0 and step < cfg.train.max_steps:
                     checkpoint(step)
                 if cfg.log.image_every and step % cfg.log.image_every == 0:
@@ -500,7 +491,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
         raise TrainingInterrupted(run_dir, last_good, saved=False) from None
     finally:
         logger.close()
-        reporter.end()
+        reporter.finish("train")
 
     checkpoint(step)
     files = []

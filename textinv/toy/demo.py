@@ -53,7 +53,7 @@ def run_demo(
     """Teach the toy model `concept` from 4 rendered pictures and write the side-by-side picture into `out_dir`.
 
     Args:
-        reporter: a `textinv.train.Reporter` for the training steps.
+        reporter: a `textinv.reporting.Reporter` for the training steps.
         image_progress: `progress(image, images, step, steps)` while sampling, as `generate.txt2img` takes it.
         status: one line per stage.
     """

@@ -1,0 +1,31 @@
+"""How long-running library calls tell the outside world what they are doing.
+
+The library never prints. `train`, `generate`, `demo`, `fetch` and `eval` take a `Reporter` and call it; the
+CLI passes one that draws (`textinv.progress`), a script passes nothing (silence) or its own subclass.
+
+A job is a set of named, counted tasks: training has `"train"` (steps), generation has `"images"` and
+`"steps"` (denoising steps of the current image), a download has `"download"` (bytes). Free text goes through
+`message`; lines that start with ``warning:`` are shown even when the user asked for quiet output.
+"""
+
+from __future__ import annotations
+
+
+class Reporter:
+    """The protocol, with every method a no-op: subclass and override what you want to see."""
+
+    def start(self, task: str, total: int, *, done: int = 0, note: str = "") -> None:
+        """A counted task begins (or restarts, e.g. the steps of the next image) at `done` of `total`.
+        `note` is one line saying what it is, e.g. "training in logs/cat from step 0 to 3000"."""
+
+    def advance(self, task: str, done: int, **values: float) -> None:
+        """`done` of the task's total are finished; `values` are figures worth showing (loss, lr)."""
+
+    def finish(self, task: str) -> None:
+        """The task ended, normally or not."""
+
+    def message(self, text: str) -> None:
+        """One line for the user."""
+
+
+SILENT = Reporter()
