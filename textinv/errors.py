@@ -39,3 +39,10 @@ class UsageError(TextinvError):
     """A command line that cannot work as given (a missing PROMPT with no terminal to ask on, ...)."""
 
     exit_code = 2
+
+
+def first_line(e: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (or its type's name), for quoting a library's error in ours."""
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."
