@@ -75,6 +75,22 @@ def info(message: str) -> None:
         err.print(message)
 
 
+def _quiet_libraries() -> None:
+    """diffusers and transformers print loading bars and notices; the CLI reports progress itself. Set here, in
+    the commands that load a model, so that the library never changes another library's global logging."""
+    import warnings
+
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    # diffusers 0.42 renamed torch_dtype to dtype; torch_dtype works in every version we support (>= 0.30)
+    warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
+
+
 def print_json(obj: object) -> None:
     out.print(json.dumps(obj), markup=False, highlight=False, soft_wrap=True)
 
@@ -225,7 +241,7 @@ def fetch(
         str | None, typer.Option("--search", "-s", metavar="WORD", help="List concepts whose name has WORD.")
     ] = None,
     limit: Annotated[int, typer.Option(min=1, help="With --search: at most this many results.")] = 20,
-    out_dir: Annotated[Path, typer.Option("--out", help="The embeddings folder to save into.")] = Path("embeddings"),
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="The embeddings folder to save into.")] = Path("embeddings"),
     to: Annotated[FetchFormat | None, typer.Option(help="Save in this format (default: as on the hub).")] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Fetch again even if already there.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -242,9 +258,11 @@ def fetch(
         if search is not None:
             found = concepts.search_concepts(search, limit)
         else:
-            progress = not _state["quiet"] and not as_json and err.is_terminal
+            from textinv.progress import DownloadProgress
+
+            reporter = DownloadProgress(err, enabled=not _state["quiet"] and not as_json)
             fmt = to.value if to else None
-            res = concepts.fetch_concept(concept, out_dir=out_dir, to=fmt, force=force, progress=progress)
+            res = concepts.fetch_concept(concept, out_dir=out_dir, to=fmt, force=force, reporter=reporter)
     if search is not None:
         _print_concepts(found, as_json)
         return
@@ -411,6 +429,7 @@ def generate(
             raise UsageError('no PROMPT given and stdin is not a terminal; pass one: textinv generate "a photo of *"')
         embs = models.load_embeddings(embedding or [], tokens=token)
         info(f"loading model {model or os.environ.get('TEXTINV_MODEL') or models.DEFAULT_MODEL}")
+        _quiet_libraries()
         pipe = models.load_pipeline(model, model_config=model_config, device=device, dtype=dtype)
         for note in pipe.textinv.warnings:
             info(f"[yellow]warning:[/yellow] {escape(note)}")
@@ -518,6 +537,7 @@ def train(
         str | None, typer.Option("--model", "-m", help="Hub id, diffusers folder, .ckpt/.safetensors file or toy.",
                                  rich_help_panel="Model", show_default=False),
     ] = None,
+    model_config: _ImgModelConfig = None,
     max_steps: Annotated[
         int | None, typer.Option("--max-steps", help="Optimizer steps (with --resume: train on to this step).",
                                  rich_help_panel="Training", show_default=False),
@@ -531,10 +551,11 @@ def train(
         str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel="Model",
                                  show_default=False),
     ] = None,
-    output_dir: Annotated[
-        str | None, typer.Option("--output-dir", "-o", help="Where run folders go \\[default: logs].",
+    out_dir: Annotated[
+        str | None, typer.Option("--out", "-o", help="Where run folders go \\[default: logs].",
                                  rich_help_panel="Output", show_default=False),
     ] = None,
+    output_dir: Annotated[str | None, typer.Option("--output-dir", hidden=True)] = None,  # the old spelling
     report_to: Annotated[
         str | None, typer.Option("--report-to", help="tensorboard: also write TensorBoard events.",
                                  rich_help_panel="Output", show_default=False),
@@ -549,6 +570,7 @@ def train(
     Writes logs/<name>_<timestamp>/ with config.yaml, embeddings/, images/, loss.csv and loss.png. Ctrl-C saves a checkpoint; `textinv train --resume LOGDIR` continues it. Several GPUs: accelerate launch -m textinv train ...
     """
     from textinv import config as cfgmod
+    from textinv.errors import UsageError
     from textinv.progress import TrainProgress
     from textinv.train import TrainingInterrupted
     from textinv.train import train as run_training
@@ -556,24 +578,33 @@ def train(
     with user_errors():
         if resume is not None:
             given = {"DIR": data_dirs, "--init-word": init_word, "--placeholder": placeholder, "--name": name,
-                     "--config": config, "--model": model, "--set": set_, "--device": device,
-                     "--output-dir": output_dir, "--report-to": report_to}
+                     "--config": config, "--model": model, "--model-config": model_config, "--set": set_,
+                     "--device": device, "--out": out_dir or output_dir, "--report-to": report_to}
             extra = [flag for flag, value in given.items() if value]
             if extra:
                 raise cfgmod.ConfigError(
                     f"--resume continues with the run's saved config; drop {', '.join(extra)} (only --max-steps may change)"
                 )
             cfg = cfgmod.config_for_resume(resume, max_steps=max_steps)
+            cfgmod.check_run_folders(cfg, resume)
         else:
             if not data_dirs:
-                raise cfgmod.ConfigError("pass a folder of images: textinv train ./my_cat --init-word cat")
-            cfg = cfgmod.build_config(config, set_, **{
+                raise UsageError("pass a folder of images: textinv train ./my_cat --init-word cat")
+            missing = [d for d in data_dirs if not d.is_dir()]
+            if missing:
+                raise UsageError(f"{missing[0]}: no such folder; pass a folder of 3-5 images of the concept")
+            notes: list[str] = []
+            cfg = cfgmod.build_config(config, set_, notes=notes, **{
                 "data.paths": [str(d) for d in data_dirs],
                 "personalization.initializer_words": init_word or None,
                 "personalization.placeholder_strings": placeholder or None,
                 "log.name": name, "model.source": model, "train.max_steps": max_steps, "train.device": device,
-                "log.output_dir": output_dir, "log.report_to": report_to,
+                "log.output_dir": out_dir or output_dir, "log.report_to": report_to,
+                "model.config": str(model_config) if model_config else None,
             })
+            for note in notes:
+                info(f"[yellow]note:[/yellow] {escape(note)}")
+        _quiet_libraries()
         try:
             result = run_training(cfg, reporter=TrainProgress(err, quiet=_state["quiet"]), resume=resume)
         except TrainingInterrupted as e:
@@ -585,9 +616,10 @@ def train(
 
 @app.command(rich_help_panel="Training")
 def demo(
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Folder for the pictures, the training run and demo.png.")
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for the pictures, the training run and demo.png.")
     ] = Path("textinv-demo"),
+    output: Annotated[Path | None, typer.Option("--output", hidden=True)] = None,  # the old spelling
     steps: Annotated[
         int | None, typer.Option("--steps", help="Training steps (default: the packaged configs/toy.yaml's).")
     ] = None,
@@ -598,9 +630,10 @@ def demo(
     from textinv.toy.demo import run_demo
 
     quiet = _state["quiet"]
+    _quiet_libraries()
     with user_errors():
         result = run_demo(
-            output,
+            output or out_dir,
             max_steps=steps,
             seed=seed,
             reporter=TrainProgress(err, quiet=quiet),

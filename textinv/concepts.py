@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import json
 import logging
 import os
@@ -23,9 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from textinv import hub
 from textinv.atomic import atomic_write
 from textinv.embeddings import WRITE_FORMATS, Embedding, load_embedding, save_embedding
-from textinv.errors import ConceptError, EmbeddingFormatError, OutputExistsError
+from textinv.errors import ConceptError, EmbeddingFormatError, OutputExistsError, first_line
+from textinv.reporting import SILENT, Reporter
 
 SD_CONCEPTS = "sd-concepts-library"
 # What diffusers writes now, then what the 2022 sd-concepts notebooks wrote (anchors-detailed.md F4/F5).
@@ -174,24 +177,14 @@ class _Hub:
     cache_dir: str
     offline: bool
     token: str | None  # explicit token; None lets huggingface_hub find HF_TOKEN or the saved login
-    progress: bool
+    reporter: Reporter
 
     @classmethod
-    def from_env(cls, token: str | None, progress: bool) -> _Hub:
+    def from_env(cls, token: str | None, reporter: Reporter = SILENT) -> _Hub:
         from huggingface_hub import constants
 
-        env = os.environ
-        endpoint = (env.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-        cache = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
-        if not cache and env.get("HF_HOME"):
-            cache = os.path.join(os.path.expanduser(env["HF_HOME"]), "hub")
-        offline_env = env.get("HF_HUB_OFFLINE")
-        offline = (
-            offline_env.strip().upper() in ("1", "ON", "YES", "TRUE")
-            if offline_env is not None
-            else constants.HF_HUB_OFFLINE
-        )
-        return cls(endpoint, str(cache or constants.HF_HUB_CACHE), offline, token, progress)
+        endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+        return cls(endpoint, hub.cache_dir(), hub.offline(), token, reporter)
 
     def has_token(self) -> bool:
         from huggingface_hub import get_token
@@ -215,7 +208,7 @@ class _Hub:
                 token=self.token,
                 local_files_only=self.offline,
                 force_download=force and not self.offline,
-                tqdm_class=None if self.progress else _silent_tqdm(),
+                tqdm_class=_reporting_tqdm(self.reporter, filename),
             )
         )
 
@@ -243,28 +236,40 @@ class _Hub:
 
 
 @contextlib.contextmanager
-def _hub_logging(progress: bool) -> Iterator[None]:
-    """huggingface_hub logs each retry as a warning; every failure becomes one ConceptError line, so keep its
-    warnings for interactive runs (progress shown) only."""
+def _hub_logging() -> Iterator[None]:
+    """huggingface_hub logs each retry as a warning; every failure becomes one ConceptError line instead."""
     logger = logging.getLogger("huggingface_hub")
     level = logger.level
-    if not progress:
-        logger.setLevel(logging.ERROR)
+    logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
         logger.setLevel(level)
 
 
-def _silent_tqdm():
+def _reporting_tqdm(reporter: Reporter, filename: str):
+    """A tqdm class for huggingface_hub's downloads that draws nothing and tells `reporter` instead, as task
+    "download" counted in bytes."""
     from tqdm import tqdm
 
-    class _Silent(tqdm):
+    class _Reporting(tqdm):
         def __init__(self, *args, **kwargs):
-            kwargs["disable"] = True
+            kwargs["disable"] = False
+            kwargs["file"] = io.StringIO()  # tqdm's own drawing goes nowhere
             super().__init__(*args, **kwargs)
+            reporter.start("download", int(self.total or 0), note=f"downloading {filename}")
 
-    return _Silent
+        def update(self, n=1):
+            out = super().update(n)
+            reporter.advance("download", int(self.n))
+            return out
+
+        def close(self):
+            if not self.disable:
+                reporter.finish("download")
+            super().close()
+
+    return _Reporting
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
@@ -345,7 +350,7 @@ def _hub_error(e: BaseException, repo_id: str, hub: _Hub, what: str = "") -> Con
             f"the hub refused access to {repo_id} ({status}): set HF_TOKEN to a token that can read it"
         )
     if isinstance(e, HfHubHTTPError):
-        return ConceptError(f"the hub answered {status}{where} for {repo_id}: {_first_line(e)}")
+        return ConceptError(f"the hub answered {status}{where} for {repo_id}: {first_line(e, 200)}")
     if isinstance(e, _network_errors()) and what:
         return ConceptError(
             f"the connection to {hub.endpoint} dropped while downloading {what}; nothing was saved; "
@@ -361,12 +366,7 @@ def _hub_error(e: BaseException, repo_id: str, hub: _Hub, what: str = "") -> Con
             f"the download of {what or repo_id} was cut short (the size does not match); nothing was saved; "
             "fetch again"
         )
-    return ConceptError(f"could not fetch {repo_id}{where}: {type(e).__name__}: {_first_line(e)}")
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [line for line in str(e).splitlines() if line.strip()]
-    return lines[0][:200] if lines else type(e).__name__
+    return ConceptError(f"could not fetch {repo_id}{where}: {type(e).__name__}: {first_line(e, 200)}")
 
 
 def _hub_exceptions() -> tuple[type[BaseException], ...]:
@@ -408,7 +408,7 @@ def fetch_concept(
     to: str | None = None,
     force: bool = False,
     token: str | None = None,
-    progress: bool = False,
+    reporter: Reporter = SILENT,
 ) -> FetchResult:
     """Download a concept from the hub, check it with the safe reader, and save it into `out_dir`.
 
@@ -417,13 +417,13 @@ def fetch_concept(
         to: 'pt' | 'bin' | 'safetensors' to convert on the way; default keeps the repo's format.
         force: fetch and overwrite even when the folder already holds this revision.
         token: a hub token; default is HF_TOKEN or the saved `hf auth login`.
-        progress: let huggingface_hub draw download bars on stderr.
+        reporter: told of each download's progress (task "download", in bytes).
     """
     ref = parse_concept_name(name_or_repo)
     if to is not None and to not in FETCH_FORMATS:
         raise ConceptError(f"cannot save a concept as {to!r}; use --to {'|'.join(FETCH_FORMATS)}")
-    with _hub_logging(progress):
-        return _fetch(ref, Path(out_dir), to, force, _Hub.from_env(token, progress))
+    with _hub_logging():
+        return _fetch(ref, Path(out_dir), to, force, _Hub.from_env(token, reporter))
 
 
 def _fetch(ref: ConceptRef, out_dir: Path, to: str | None, force: bool, hub: _Hub) -> FetchResult:
@@ -583,13 +583,13 @@ def search_concepts(
     """Concepts of `author` whose name contains `word`, most downloaded first, with their token and type."""
     if limit < 1:
         raise ConceptError(f"--limit must be at least 1, not {limit}")
-    hub = _Hub.from_env(token, progress=False)
+    hub = _Hub.from_env(token)
     if hub.offline:
         raise ConceptError("searching needs the hub, and HF_HUB_OFFLINE is set; unset it to search")
     from huggingface_hub.errors import OfflineModeIsEnabled
 
     try:
-        with _hub_logging(False):
+        with _hub_logging():
             models = list(hub.api().list_models(author=author, search=word, sort="downloads", limit=limit))
     except OfflineModeIsEnabled:
         raise ConceptError("searching needs the hub, and HF_HUB_OFFLINE is set; unset it to search") from None
@@ -608,7 +608,7 @@ def search_concepts(
         )
 
     # The hub's listing has no token or type; each is a small file of its own, so read them side by side.
-    with _hub_logging(False), ThreadPoolExecutor(max_workers=min(8, max(1, len(models)))) as pool:
+    with _hub_logging(), ThreadPoolExecutor(max_workers=min(8, max(1, len(models)))) as pool:
         return list(pool.map(describe, models))
 
 

@@ -3,11 +3,16 @@
 Flow: `load_config(path)` (dataclass defaults <- YAML) -> `apply_overrides(cfg, ["optim.learning_rate=1e-3"])`
 (<- `--set` <- named flags) -> `validate(cfg)` (before any model loads) -> `save_config(cfg, run_dir / "config.yaml")`.
 
+A YAML file may start from another with `base: FILE` (a path beside it or a packaged config name) and list only
+what differs. A file in the paper code's own OmegaConf layout (`model.params.personalization_config...`) is
+translated by `textinv.paper_config`; the keys it has no use for come back as a note.
+
 The schema (every key, its default and what it does; `configs/v1-finetune.yaml` shows them all with comments):
 
     model:
       source            hub id, diffusers folder, single-file checkpoint, or `toy`
       prediction_type   null (read the model's scheduler) | epsilon | v_prediction
+      config            for a single-file checkpoint: a local diffusers folder of its family (its configs)
     personalization:    (names follow the original paper code's config)
       placeholder_strings    words to learn, one per concept: ["*"]
       initializer_words      one init word per placeholder; a multi-token word is spread over the vectors
@@ -49,6 +54,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -58,6 +64,7 @@ from typing import Any
 import yaml
 
 from textinv.errors import ConfigError
+from textinv.paper_config import from_paper_layout, is_paper_layout
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 
@@ -66,6 +73,7 @@ PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 class ModelConfig:
     source: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # hub id, diffusers folder, single file, or `toy`
     prediction_type: str | None = None  # None: whatever the model's scheduler says
+    config: str | None = None  # for a .ckpt/.safetensors: a local diffusers folder whose configs describe it
 
 
 @dataclass
@@ -159,12 +167,23 @@ def _section_types() -> dict[str, type]:
     return {name: hint for name, hint in _HINTS[Config].items()}
 
 
+# Keys users bring from other trainers that textinv has no equivalent for, with what to do instead.
+_ABSENT = {
+    "optimizer": "textinv trains with AdamW only; its settings are optim.adam_beta1, adam_beta2, adam_epsilon, "
+                 "weight_decay",
+    "lr": "the learning rate is `optim.learning_rate`",
+}
+
+
 def _suggest(key: str) -> str:
+    leaf = key.split(".")[-1]
+    if leaf in _ABSENT:
+        return f"; {_ABSENT[leaf]}"
     keys = all_keys()
-    leaf_matches = [k for k in keys if k.split(".")[1] == key.split(".")[-1]]
-    close = leaf_matches or difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    leaf_matches = [k for k in keys if k.split(".")[1] == leaf]
+    close = leaf_matches or difflib.get_close_matches(key, keys, n=1, cutoff=0.75)
     if not close:
-        close = difflib.get_close_matches(key.split(".")[-1], [k.split(".")[1] for k in keys], n=1, cutoff=0.5)
+        close = difflib.get_close_matches(leaf, [k.split(".")[1] for k in keys], n=1, cutoff=0.75)
         close = [k for k in keys if close and k.endswith("." + close[0])]
     return f"; did you mean `{close[0]}`?" if close else "; see configs/v1-finetune.yaml for every key"
 
@@ -258,16 +277,56 @@ def resolve_config_path(path: str | Path) -> Path:
     raise ConfigError(f"config file {path} not found; pass a YAML file or one of the packaged configs: {names}")
 
 
-def load_config(path: str | Path | None = None) -> Config:
-    """Dataclass defaults, overridden by the YAML file at `path` (a path or a packaged config name)."""
+MAX_CONFIG_BYTES = 1 << 20  # a config is a page of text; anything bigger is the wrong file
+
+
+def load_config(path: str | Path | None = None, *, notes: list[str] | None = None) -> Config:
+    """Dataclass defaults, overridden by the YAML file at `path` (a path or a packaged config name).
+
+    Notes for the user (keys of a paper-layout config that have no meaning here) are appended to `notes`."""
     if path is None:
         return Config()
     p = resolve_config_path(path)
+    data = _read_yaml(p, seen=())
+    if is_paper_layout(data):
+        data, ignored = from_paper_layout(data)
+        if ignored and notes is not None:
+            notes.append(f"{p} is in the paper code's layout; keys with no meaning here were ignored: "
+                         + ", ".join(ignored))
+    return from_dict(data, source=str(p))
+
+
+def _read_yaml(p: Path, seen: tuple[Path, ...]) -> Any:
+    """The YAML at `p`, with its `base:` file (and that file's base ...) merged under it."""
     try:
-        data = yaml.safe_load(p.read_text())
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{p} is {p.stat().st_size >> 20} MiB; a config is a small YAML text file")
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p} is not a text file; pass a YAML config such as configs/v1-finetune.yaml") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
-    return from_dict(data, source=str(p))
+    except OSError as e:
+        raise ConfigError(f"cannot read config {p}: {e.strerror or e}") from None
+    if not isinstance(data, dict) or "base" not in data:
+        return data
+    base = data.pop("base")
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{p}: `base` must name a config file, e.g. base: v1-finetune.yaml")
+    beside = p.parent / base
+    base_path = beside if beside.is_file() else resolve_config_path(base)
+    if base_path.resolve() in seen:
+        raise ConfigError(f"{p}: `base: {base}` leads back to itself")
+    return _merged(_read_yaml(base_path, (*seen, p.resolve())), data)
+
+
+def _merged(base: Any, over: dict) -> dict:
+    if not isinstance(base, dict):
+        return over
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -292,8 +351,19 @@ def apply_overrides(cfg: Config, items: list[str] | None = None, **named: Any) -
     return cfg
 
 
+MAX_SEED = 2**32 - 1  # the paper code's seed_everything (Lightning) takes 32-bit seeds; so does numpy
+MAX_LEARNING_RATE = 1.0  # the paper's rate is 5e-3; above 1 the vectors leave the embedding space in a step
+MAX_BATCH_AT_512 = 64  # images per micro-batch at 512 px; larger batches go through gradient accumulation
+
+
+def max_batch_size(resolution: int) -> int:
+    """The largest micro-batch worth trying: 64 at 512 px and below, fewer as the pixels per image grow."""
+    return max(1, min(MAX_BATCH_AT_512, int(MAX_BATCH_AT_512 * (512 / resolution) ** 2)))
+
+
 def validate(cfg: Config) -> Config:
     """Impossible values are errors here, before any model loads. Returns cfg."""
+    _finite(cfg)
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
@@ -331,8 +401,19 @@ def validate(cfg: Config) -> Config:
         )
     if not 0.0 <= cfg.data.flip_p <= 1.0:
         raise ConfigError(f"`data.flip_p` is {cfg.data.flip_p}; a probability must be between 0 and 1")
-    if not cfg.optim.learning_rate > 0:
-        raise ConfigError(f"`optim.learning_rate` is {cfg.optim.learning_rate}; it must be above 0")
+    if not 0 < cfg.optim.learning_rate <= MAX_LEARNING_RATE:
+        raise ConfigError(
+            f"`optim.learning_rate` is {cfg.optim.learning_rate}; it must be above 0 and at most "
+            f"{MAX_LEARNING_RATE:g} (the paper uses 5e-3)"
+        )
+    if cfg.train.seed > MAX_SEED:
+        raise ConfigError(f"`train.seed` is {cfg.train.seed}; it must be at most {MAX_SEED} (a 32-bit seed)")
+    most = max_batch_size(cfg.data.resolution)
+    if cfg.data.batch_size > most:
+        raise ConfigError(
+            f"`data.batch_size` is {cfg.data.batch_size}; at {cfg.data.resolution} px at most {most} images fit in "
+            "one micro-batch: use optim.gradient_accumulation_steps for a larger effective batch"
+        )
     for b in ("adam_beta1", "adam_beta2"):
         if not 0.0 <= getattr(cfg.optim, b) < 1.0:
             raise ConfigError(f"`optim.{b}` is {getattr(cfg.optim, b)}; it must be in [0, 1)")
@@ -357,6 +438,15 @@ def validate(cfg: Config) -> Config:
                 "--report-to tensorboard needs the tensorboard package: pip install 'textinv[tensorboard]'"
             ) from None
     return cfg
+
+
+def _finite(cfg: Config) -> None:
+    """NaN or infinity in any number is an error (YAML reads .nan and .inf; every comparison with NaN is false)."""
+    for section in dataclasses.fields(cfg):
+        for f in dataclasses.fields(getattr(cfg, section.name)):
+            value = getattr(getattr(cfg, section.name), f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"`{section.name}.{f.name}` is {value}; it must be a finite number")
 
 
 def _positive(cfg: Config, *keys: str) -> None:
@@ -387,11 +477,21 @@ def dump_config(cfg: Config) -> str:
 DEFAULT_CONFIG = "v1-finetune"
 
 
-def build_config(path: str | Path | None, sets: list[str] | None = None, **named: Any) -> Config:
+def build_config(
+    path: str | Path | None, sets: list[str] | None = None, *, notes: list[str] | None = None, **named: Any
+) -> Config:
     """The config a run uses: the file (default: the packaged v1-finetune.yaml), then --set, then named flags
-    (dotted keys, None = not given), then validation. Nothing here loads a model."""
-    cfg = load_config(path or DEFAULT_CONFIG)
-    return validate(apply_overrides(cfg, sets, **named))
+    (dotted keys, None = not given), then validation. Local paths become absolute, so that the saved config
+    works from any folder. Nothing here loads a model."""
+    cfg = load_config(path or DEFAULT_CONFIG, notes=notes)
+    cfg = validate(apply_overrides(cfg, sets, **named))
+    cfg.data.paths = [str(Path(d).expanduser().absolute()) for d in cfg.data.paths]
+    if cfg.model.config:
+        cfg.model.config = str(Path(cfg.model.config).expanduser().absolute())
+    source = Path(cfg.model.source).expanduser()
+    if cfg.model.source != "toy" and source.exists():
+        cfg.model.source = str(source.absolute())
+    return cfg
 
 
 def config_for_resume(run_dir: str | Path, *, max_steps: int | None = None) -> Config:
@@ -400,3 +500,13 @@ def config_for_resume(run_dir: str | Path, *, max_steps: int | None = None) -> C
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a textinv run folder (no config.yaml); pass logs/<name>_<timestamp>")
     return validate(apply_overrides(load_config(path), None, **{"train.max_steps": max_steps}))
+
+
+def check_run_folders(cfg: Config, run_dir: str | Path) -> None:
+    """Before resuming: every image folder the run was started with is still where its config says."""
+    for folder in cfg.data.paths:
+        if not Path(folder).is_dir():
+            hint = ("; it was saved as a relative path (by an older textinv): resume from the folder the run "
+                    "started in" if not Path(folder).is_absolute() else "; was it moved? Put it back")
+            raise ConfigError(f"the run's image folder {folder} does not exist{hint}, or edit data.paths in "
+                              f"{Path(run_dir) / 'config.yaml'}")

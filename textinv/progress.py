@@ -12,11 +12,13 @@ import time
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 
 from textinv.reporting import Reporter
@@ -147,5 +149,33 @@ class TrainProgress(Reporter):
 
     def finish(self, task: str) -> None:
         if task == "train" and self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+class DownloadProgress(Reporter):
+    """A byte-counting bar for each file of task "download" (`fetch`); nothing when not on a terminal."""
+
+    def __init__(self, console: Console, *, enabled: bool = True):
+        self.console, self.enabled = console, enabled and console.is_terminal
+        self.bar: Progress | None = None
+        self.task = None
+
+    def start(self, task: str, total: int, *, done: int = 0, note: str = "") -> None:
+        if task != "download" or not self.enabled:
+            return
+        self.bar = Progress(
+            TextColumn(note or "download"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            console=self.console, transient=True,
+        )
+        self.bar.start()
+        self.task = self.bar.add_task("download", total=total or None, completed=done)
+
+    def advance(self, task: str, done: int, **values: float) -> None:
+        if task == "download" and self.bar is not None:
+            self.bar.update(self.task, completed=done)
+
+    def finish(self, task: str) -> None:
+        if task == "download" and self.bar is not None:
             self.bar.stop()
             self.bar = None

@@ -1,0 +1,180 @@
+"""Embeddings for a loaded pipeline: find the files `--embedding` names, add their placeholders to the
+tokenizer(s) and text encoder(s), and warn about prompt words that look like placeholders but are not loaded."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from textinv.concepts import find_local
+from textinv.embeddings import Embedding, family_for, load_embedding
+from textinv.errors import ConfigError, EmbeddingFormatError, ModelError
+
+if TYPE_CHECKING:
+    from textinv.models import ModelInfo
+
+EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors", ".png")
+# Words a user means as placeholders: `<cat-toy>` (sd-concepts) or a bare `*` (the paper code).
+_PLACEHOLDER_LIKE = re.compile(r"<[^<>\s]+>|(?<!\S)\*(?!\S)")
+
+
+@dataclass
+class LoadedToken:
+    placeholder: str
+    token_ids: list[int]
+    source: str  # the file it came from
+    hash: str  # sha256 of the file, first 12 hex digits, as AUTOMATIC1111 writes it
+    vectors: torch.Tensor  # [n, dim] float32 as loaded, for checking a reload
+
+
+def find_embedding_files(spec: str | Path, *, folder: Path = Path("embeddings")) -> list[Path]:
+    """`--embedding` as given: a file, a folder of embedding files, a concept folder, or a concept name."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        if (path / "learned_embeds.bin").is_file() or (path / "learned_embeds.safetensors").is_file():
+            return [path]  # an sd-concepts-library folder
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in EMBEDDING_SUFFIXES)
+        concept_dirs = sorted(p for p in path.iterdir() if p.is_dir() and any(p.glob("learned_embeds.*")))
+        if not files and not concept_dirs:
+            raise EmbeddingFormatError(
+                f"{path}: a folder with no embedding files (.pt, .bin, .safetensors, .png)"
+            )
+        return files + concept_dirs
+    found = find_local(str(spec), folder)
+    if found is not None:
+        return [found]
+    raise EmbeddingFormatError(
+        f"--embedding {spec}: no such file or folder, and no concept {spec!r} in {folder}/; "
+        f"fetch it with `textinv fetch {spec}` or give the path of an embedding file"
+    )
+
+
+def load_embeddings(
+    specs: list[str | Path], *, tokens: list[str] | None = None
+) -> list[tuple[Path, Embedding]]:
+    """Read every `--embedding`, renaming placeholders to `tokens` (one per embedding file) when given."""
+    files = [f for spec in specs for f in find_embedding_files(spec)]
+    loaded = [(f, load_embedding(f)) for f in files]
+    if tokens:
+        if len(tokens) != len(loaded):
+            raise ConfigError(
+                f"--token was given {len(tokens)} times for {len(loaded)} embedding files; give one --token per file"
+            )
+        for (f, emb), new in zip(loaded, tokens, strict=True):
+            if len(emb.tokens) != 1:
+                names = ", ".join(t.name for t in emb.tokens)
+                raise ConfigError(
+                    f"--token {new}: {f.name} holds {len(emb.tokens)} placeholders ({names}), not one"
+                )
+            emb.tokens[0].name = new
+    return loaded
+
+
+def add_embeddings(pipe, embeddings: list[tuple[Path, Embedding]]) -> list[str]:
+    """Add each placeholder to the tokenizer(s) and text encoder(s); returns the placeholders now usable.
+
+    A placeholder with n vectors becomes tokens `name`, `name_1` ... `name_{n-1}` (diffusers' convention), and
+    diffusers' pipelines expand `name` in a prompt to all of them. Loading the same file again is a no-op.
+    """
+    info: ModelInfo = pipe.textinv
+    te, te2 = pipe.text_encoder, getattr(pipe, "text_encoder_2", None)
+    dim = te.get_input_embeddings().weight.shape[1]
+    dim_2 = te2.get_input_embeddings().weight.shape[1] if te2 is not None else None
+    added: list[str] = []
+    for path, emb in embeddings:
+        for tok in emb.tokens:
+            _check_fits(path, emb, tok, dim, dim_2, info.family)
+            prior = info.embeddings.get(tok.name)
+            if prior is not None:
+                if prior.vectors.shape == tok.vectors.shape and torch.equal(prior.vectors, tok.vectors):
+                    continue
+                raise ModelError(
+                    f"placeholder {tok.name} is in both {Path(prior.source).name} and {path.name}; "
+                    "rename one with --token NEW (one --token per --embedding)"
+                )
+            names = [tok.name] + [f"{tok.name}_{i}" for i in range(1, tok.num_vectors)]
+            ids = _add_tokens(pipe.tokenizer, te, names, tok.vectors)
+            if te2 is not None:
+                ids_2 = _add_tokens(pipe.tokenizer_2, te2, names, tok.vectors_2)
+                if ids_2 != ids:  # both tokenizers share CLIP's vocabulary in every SDXL checkpoint
+                    raise ModelError(
+                        f"{tok.name}: the two SDXL tokenizers gave different ids; the model is inconsistent"
+                    )
+            info.embeddings[tok.name] = LoadedToken(
+                placeholder=tok.name,
+                token_ids=ids,
+                source=str(path),
+                hash=file_hash(path),
+                vectors=tok.vectors.clone(),
+            )
+            added.append(tok.name)
+    return added
+
+
+def _check_fits(path: Path, emb: Embedding, tok, dim: int, dim_2: int | None, model_family: str) -> None:
+    tok_dim_2 = tok.vectors_2.shape[1] if tok.vectors_2 is not None else None
+    if tok.dim == dim and tok_dim_2 == dim_2:
+        return
+    emb_family = family_for(tok.dim, tok_dim_2)
+    raise ModelError(
+        f"{Path(path).name}: embedding {tok.name} is {_label(emb_family, tok.dim, tok_dim_2)} but the model is "
+        f"{_label(model_family, dim, dim_2)}; use an embedding trained for "
+        f"{'this model' if model_family.startswith('unknown') else model_family}, or a model of the embedding's "
+        "family with --model"
+    )
+
+
+def _label(family: str, dim: int, dim_2: int | None) -> str:
+    dims = f"{dim}+{dim_2}-dim" if dim_2 else f"{dim}-dim"
+    return f"{dims} (no known family)" if family.startswith("unknown") else f"{family} ({dims})"
+
+
+def _add_tokens(tokenizer, text_encoder, names: list[str], vectors: torch.Tensor) -> list[int]:
+    tokenizer.add_tokens(names)
+    ids = tokenizer.convert_tokens_to_ids(names)
+    # A placeholder already in the vocabulary (the paper's `*` is one of CLIP's byte tokens) keeps its id: its
+    # row is replaced, as the paper code and InvokeAI did.
+    if max(ids) >= text_encoder.get_input_embeddings().weight.shape[0]:
+        try:  # the new rows are overwritten below, so skip transformers' mean/covariance initialisation
+            text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        except TypeError:  # transformers < 4.46
+            text_encoder.resize_token_embeddings(len(tokenizer))
+    weight = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        weight[ids] = vectors.to(device=weight.device, dtype=weight.dtype)
+    return ids
+
+
+def check_prompt(pipe, prompt: str) -> list[str]:
+    """Warnings for words that look like placeholders (`<foo>`, `*`) but name no loaded embedding."""
+    info = getattr(pipe, "textinv", None)
+    loaded = set(info.embeddings) if info is not None else set()
+    unknown = dict.fromkeys(
+        m.group(0) for m in _PLACEHOLDER_LIKE.finditer(prompt) if m.group(0) not in loaded
+    )
+    hint = (
+        f"loaded: {', '.join(sorted(loaded))}"
+        if loaded
+        else "no embedding is loaded; add one with --embedding"
+    )
+    return [f"{word} is not a loaded placeholder, so it is used as plain text ({hint})" for word in unknown]
+
+
+def file_hash(path: str | Path) -> str:
+    """sha256 of a file (first 12 hex digits, AUTOMATIC1111's embedding short hash); for a folder, its files."""
+    import hashlib
+
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:12]
