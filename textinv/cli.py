@@ -67,6 +67,12 @@ def user_errors() -> Iterator[None]:
             raise
         err.print("[red]interrupted[/red]")
         raise typer.Exit(130) from None
+    except OSError as e:  # one the library did not expect: still one line, naming the file
+        if _state["debug"]:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        err.print(f"[red]error:[/red] {escape(where + (e.strerror or str(e)))}")
+        raise typer.Exit(1) from None
 
 
 def info(message: str) -> None:

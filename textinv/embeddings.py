@@ -381,8 +381,7 @@ def save_embedding(emb: Embedding, path: str | Path, *, format: str | None = Non
         raise OutputExistsError(f"{path} already exists; pass --force to overwrite it")
     if not emb.tokens:
         raise EmbeddingFormatError("nothing to write: the embedding has no tokens")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _WRITERS[fmt](emb, path)
+    _WRITERS[fmt](emb, path)  # atomic: creates the folder, and reports OS errors as one line
     return path
 
 

@@ -46,3 +46,8 @@ def first_line(e: BaseException, limit: int | None = None) -> str:
     text = str(e).strip()
     line = text.splitlines()[0] if text else type(e).__name__
     return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."
+
+
+class WriteError(TextinvError, OSError):
+    """An output that the operating system would not let us write (disk full, read-only, not a folder).
+    Still an OSError, for callers that catch those."""
