@@ -411,7 +411,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
         raise ConfigError(f"{run_dir} already finished at step {step}; pass a larger --max-steps to train further")
 
     name = run_name(cfg)
-    base = models.base_model_of(pipe.textinv)
+    base_model = models.base_model_of(pipe.textinv)
     logger = _Logger(run_dir, cfg, enabled=dist.main)
     last_good = step if resume is not None else None
 
@@ -422,11 +422,11 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
         rows = learned.detach().float().cpu()
         for i, placeholder in enumerate(p.placeholder_strings):
             tokens.append(Token(name=placeholder, vectors=rows[i * n:(i + 1) * n].clone()))
-        return Embedding(tokens=tokens, name=name, step=s, base_model=base["base_model"],
-                         base_model_hash=base["base_model_hash"],
+        return Embedding(tokens=tokens, name=name, step=s, base_model=base_model["base_model"],
+                         base_model_hash=base_model["base_model_hash"],
                          init_words=dict(zip(p.placeholder_strings, p.initializer_words, strict=True)),
                          extra={"trained_with": "textinv", "learnable_property": p.learnable_property,
-                                **base["extra"]})
+                                **base_model["extra"]})
 
     def checkpoint(s: int) -> None:
         nonlocal last_good
