@@ -763,3 +763,35 @@ def test_unpicklable_marker_is_a_real_exploit(tmp_path):
     data = _torch_bytes({"<evil>": _RunsCode(tmp_path / "PWNED")})
     with pytest.raises(pickle.UnpicklingError):
         torch.load(io.BytesIO(data), weights_only=True)
+
+
+def test_search_without_a_network_fails_at_once_in_one_line(hub, monkeypatch):
+    _dead_endpoint(monkeypatch)
+    result = fetch("--search", "cat")
+    assert result.exit_code == 1
+    assert "cannot reach the hub" in result.stderr and "Retrying" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_fetch_reports_the_download_through_a_reporter(concepts, tmp_path):
+    from textinv.concepts import fetch_concept
+    from textinv.reporting import Reporter
+
+    calls: list[tuple] = []
+
+    class Recorder(Reporter):
+        def start(self, task, total, *, done=0, note=""):
+            calls.append(("start", task, total))
+
+        def advance(self, task, done, **values):
+            calls.append(("advance", task, done))
+
+        def finish(self, task):
+            calls.append(("finish", task))
+
+    fetch_concept("birb-style", out_dir=tmp_path / "emb", reporter=Recorder())
+    starts = [c for c in calls if c[0] == "start"]
+    assert starts and all(c[1] == "download" for c in starts)
+    total = starts[0][2]  # the embedding file, in bytes, counted up to its size
+    assert total > 1000 and ("advance", "download", total) in calls
+    assert calls[-1] == ("finish", "download")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -129,3 +131,109 @@ def test_packaged_config_names_and_missing_files():
     assert c.resolve_config_path("v2-finetune").name == "v2-finetune.yaml"
     with pytest.raises(ConfigError, match="one of the packaged configs: .*v1-finetune, v2-finetune"):
         c.resolve_config_path("nope")
+
+
+# --- base: and the top-level configs/ ------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_v2_is_v1_with_five_keys_changed():
+    v1, v2 = c.to_dict(c.load_config("v1-finetune")), c.to_dict(c.load_config("v2-finetune"))
+    changed = {f"{s}.{k}" for s in v1 for k in v1[s] if v1[s][k] != v2[s][k]}
+    assert changed == {"model.source", "model.prediction_type", "data.resolution", "data.batch_size",
+                       "optim.gradient_accumulation_steps"}
+    assert v2["model"]["prediction_type"] == "v_prediction" and v2["data"]["resolution"] == 768
+
+
+def test_base_is_found_beside_the_file_then_among_the_packaged_ones(tmp_path):
+    (tmp_path / "mine.yaml").write_text("base: v1-finetune\ntrain:\n  max_steps: 10\n")
+    (tmp_path / "child.yaml").write_text("base: mine.yaml\noptim:\n  learning_rate: 1.0e-3\n")
+    cfg = c.load_config(tmp_path / "child.yaml")
+    assert (cfg.train.max_steps, cfg.optim.learning_rate, cfg.data.batch_size) == (10, 1e-3, 2)
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="leads back to itself"):
+        c.load_config(tmp_path / "loop.yaml")
+
+
+def test_top_level_configs_folder_is_a_link_git_keeps(monkeypatch):
+    import subprocess
+
+    assert (REPO / "configs" / "v1-finetune.yaml").read_text() == (c.PACKAGED_CONFIGS / "v1-finetune.yaml").read_text()
+    res = subprocess.run(["git", "-C", str(REPO), "ls-files", "-s", "configs"], capture_output=True, text=True)
+    if res.returncode != 0 or not res.stdout:
+        pytest.skip("not a git checkout")
+    assert res.stdout.startswith("120000 ")  # a symbolic link, with a relative target a fresh clone resolves
+    monkeypatch.chdir(REPO)
+    assert c.load_config("configs/v1-finetune.yaml").train.max_steps == 5000
+    assert c.load_config("configs/v2-finetune.yaml").data.resolution == 768
+
+
+def test_train_with_configs_v1_finetune_from_the_repo_root(monkeypatch, tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from tests.test_train import make_images
+    from textinv.cli import app
+
+    images = make_images(tmp_path / "cat")
+    monkeypatch.chdir(REPO)
+    res = CliRunner().invoke(app, [
+        "train", str(images), "--config", "configs/v1-finetune.yaml", "--model", str(tiny_model_dir),
+        "--init-word", "cat", "--max-steps", "1", "--out", str(tmp_path / "logs"),
+        "--set", "data.resolution=32", "--set", "log.image_every=0", "--set", "log.save_every=0"])
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "logs").iterdir())) == 1
+
+
+# --- bounds checked before anything loads ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        (f"train.seed={2**70}", "at most 4294967295"),
+        ("optim.weight_decay=.nan", "`optim.weight_decay` is nan; it must be a finite number"),
+        ("optim.adam_epsilon=.inf", "must be a finite number"),
+        ("optim.learning_rate=1e38", "at most 1 (the paper uses 5e-3)"),
+        ("data.batch_size=10000", "at 512 px at most 64 images fit in one micro-batch"),
+    ],
+)
+def test_bounds(item, message):
+    with pytest.raises(ConfigError) as e:
+        c.validate(c.apply_overrides(c.Config(), [item]))
+    assert message in str(e.value)
+
+
+def test_batch_bound_shrinks_with_the_resolution():
+    assert [c.max_batch_size(r) for r in (32, 512, 768, 1024)] == [64, 64, 28, 16]
+
+
+def test_a_binary_or_huge_file_as_config_is_one_line(tmp_path):
+    binary = tmp_path / "model.ckpt"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ConfigError, match="is not a text file"):
+        c.load_config(binary)
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("# x\n" * (c.MAX_CONFIG_BYTES // 4 + 1))
+    with pytest.raises(ConfigError, match="a config is a small YAML text file"):
+        c.load_config(huge)
+
+
+def test_keys_from_other_trainers_get_a_useful_hint():
+    with pytest.raises(ConfigError) as e:
+        c.apply_overrides(c.Config(), ["optim.optimizer=sgd"])
+    assert "AdamW only" in str(e.value) and "scale_lr" not in str(e.value)
+
+
+def test_build_config_stores_absolute_paths(tmp_path, monkeypatch):
+    (tmp_path / "cat").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = c.build_config(None, None, **{"data.paths": ["cat"], "model.config": "cfgdir"})
+    assert cfg.data.paths == [str(tmp_path / "cat")] and cfg.model.config == str(tmp_path / "cfgdir")
+    assert cfg.model.source == c.ModelConfig().source  # a hub id stays as it is
+
+
+def test_resume_says_when_the_image_folder_moved(tmp_path):
+    cfg = c.build_config(None, None, **{"data.paths": [str(tmp_path / "gone")]})
+    with pytest.raises(ConfigError, match=r"gone does not exist; was it moved\? Put it back, or edit data.paths"):
+        c.check_run_folders(cfg, tmp_path)

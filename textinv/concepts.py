@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -235,9 +236,27 @@ class _Hub:
         return Path(folder) if pick_embedding_file(names) else None
 
 
+def _check_reachable(hub: _Hub) -> None:
+    """Fail in a second when the hub's host cannot be reached at all: huggingface_hub's listing retries a
+    connection error five times with back-off (23 s) first. Skipped behind a proxy, which only it knows how to use."""
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return
+    url = urlparse(hub.endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
+    except OSError as e:
+        raise ConceptError(
+            f"cannot reach the hub at {hub.endpoint} ({e.strerror or type(e).__name__}); check your connection"
+        ) from None
+
+
 @contextlib.contextmanager
 def _hub_logging() -> Iterator[None]:
     """huggingface_hub logs each retry as a warning; every failure becomes one ConceptError line instead."""
+    import huggingface_hub.hf_api  # noqa: F401  (configures its loggers on import: set our level after that)
+
     logger = logging.getLogger("huggingface_hub")
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -588,6 +607,7 @@ def search_concepts(
         raise ConceptError("searching needs the hub, and HF_HUB_OFFLINE is set; unset it to search")
     from huggingface_hub.errors import OfflineModeIsEnabled
 
+    _check_reachable(hub)
     try:
         with _hub_logging():
             models = list(hub.api().list_models(author=author, search=word, sort="downloads", limit=limit))
