@@ -166,3 +166,60 @@ def test_merge_of_different_families_is_refused(real_embeddings, tmp_path):
          "-o", str(tmp_path / "m.pt")],
     )
     assert result.exit_code == 1 and "different widths" in result.stderr
+
+
+# --- train's flags and usage errors ---------------------------------------------------------------------------
+
+
+def test_the_output_folder_is_out_everywhere_and_old_spellings_still_work():
+    import re
+
+    for command in ("train", "generate", "img2img", "fetch", "demo"):
+        res = runner.invoke(app, [command, "--help"], terminal_width=200)
+        text = re.sub(r"\x1b\[[0-9;]*m", "", res.output)
+        assert re.search(r"--out\b", text) and "-o" in text, command
+        assert "--output-dir" not in text and "--output " not in text, command
+
+
+def test_train_without_a_folder_or_with_a_missing_one_is_a_usage_error(tmp_path):
+    res = runner.invoke(app, ["train", "--init-word", "cat"])
+    assert res.exit_code == 2 and "pass a folder of images" in res.output
+    res = runner.invoke(app, ["train", str(tmp_path / "nope"), "--init-word", "cat"])
+    assert res.exit_code == 2 and "nope: no such folder" in res.output
+
+
+def _images(folder):
+    from tests.test_train import make_images
+
+    return make_images(folder)
+
+
+def test_an_extreme_learning_rate_is_one_line_and_writes_nothing(tmp_path):
+    images = _images(tmp_path / "cat")
+    res = runner.invoke(app, ["train", str(images), "--init-word", "cat", "--model", "toy", "--out",
+                              str(tmp_path / "logs"), "--set", "optim.learning_rate=1e38"])
+    assert res.exit_code == 1 and "`optim.learning_rate` is 1e+38" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "logs").exists()
+
+
+def _tiny_run_args(tmp_path, model, *extra):
+    return ["train", "cat", "--init-word", "cat", "--model", str(model), "--max-steps", "2", "--set",
+            "data.resolution=32", "--set", "log.image_every=0", "--set", "log.save_every=1", *extra]
+
+
+def test_resume_works_from_another_working_directory(tmp_path, tiny_model_dir, monkeypatch):
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    _images(start / "cat")
+    elsewhere.mkdir()
+    monkeypatch.chdir(start)
+    res = runner.invoke(app, _tiny_run_args(tmp_path, tiny_model_dir, "--output-dir", "logs"))  # the old spelling
+    assert res.exit_code == 0, res.output
+    (run_dir,) = (start / "logs").iterdir()
+    monkeypatch.chdir(elsewhere)
+    res = runner.invoke(app, ["train", "--resume", str(run_dir), "--max-steps", "3"])
+    assert res.exit_code == 0, res.output
+    assert load_embedding(run_dir / "embeddings" / "cat.pt").step == 3
+    # a folder moved away since: one line that says so
+    (start / "cat").rename(start / "cat-moved")
+    res = runner.invoke(app, ["train", "--resume", str(run_dir), "--max-steps", "4"])
+    assert res.exit_code == 1 and "does not exist; was it moved?" in res.output

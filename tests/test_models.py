@@ -315,3 +315,49 @@ def test_sdxl_embedding_fills_both_encoders(tmp_path):
 def test_load_pipeline_can_return_the_img2img_pipeline(tiny_model_dir):
     pipe = models.load_pipeline(tiny_model_dir, device="cpu", img2img=True)
     assert type(pipe).__name__ == "StableDiffusionImg2ImgPipeline" and pipe.textinv.kind == "folder"
+
+
+# --- structure ------------------------------------------------------------------------------------------------
+
+
+def test_loading_models_does_not_import_the_toy_package():
+    import subprocess
+    import sys
+
+    code = "import sys, textinv.models, textinv.checkpoints; print('textinv.toy' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "False"
+
+
+def test_the_model_modules_each_stay_small():
+    package = Path(models.__file__).parent
+    for name in ("models", "checkpoints", "pipeline_embeddings", "hub", "paper_config", "config", "atomic"):
+        lines = len((package / f"{name}.py").read_text().splitlines())
+        assert lines < 500, f"{name}.py has {lines} lines"
+
+
+def test_the_library_leaves_other_libraries_logging_alone(tiny_model_dir):
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.set_verbosity_warning()
+    models.load_pipeline(tiny_model_dir, device="cpu")
+    assert diffusers.utils.logging.get_verbosity() == diffusers.utils.logging.WARNING
+    assert transformers.utils.logging.get_verbosity() == transformers.utils.logging.WARNING
+
+
+def test_hub_settings_are_read_one_way(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    from textinv import hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert hub.offline() is True  # unset in the environment: huggingface_hub's own reading
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert hub.offline() is False
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "c"))
+    assert hub.cache_dir() == str(tmp_path / "c")
+    monkeypatch.delenv("HF_HUB_CACHE")
+    assert hub.cache_dir() == str(Path(os.environ["HF_HOME"]) / "hub")
