@@ -12,23 +12,17 @@ sidecar is what lets a re-fetch be skipped when the hub has not changed, and wha
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import io
 import json
-import logging
 import os
 import re
-import socket
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from textinv import hub
 from textinv.atomic import atomic_write
 from textinv.embeddings import WRITE_FORMATS, Embedding, load_embedding, save_embedding
 from textinv.errors import ConceptError, EmbeddingFormatError, OutputExistsError, first_line
+from textinv.hub import Client, check_reachable, hub_exceptions, network_errors, quiet_logging
 from textinv.reporting import SILENT, Reporter
 
 SD_CONCEPTS = "sd-concepts-library"
@@ -170,154 +164,41 @@ def find_local(name: str, folder: Path) -> Path | None:
 # --- the hub -------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Hub:
-    """huggingface_hub's settings, read from the environment now."""
+def _cached_snapshot(hub: Client, repo_id: str) -> Path | None:
+    """The cached folder of the repo's `main` if it holds an embedding; never touches the network."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import IncompleteSnapshotError, LocalEntryNotFoundError
 
-    endpoint: str
-    cache_dir: str
-    offline: bool
-    token: str | None  # explicit token; None lets huggingface_hub find HF_TOKEN or the saved login
-    reporter: Reporter
-
-    @classmethod
-    def from_env(cls, token: str | None, reporter: Reporter = SILENT) -> _Hub:
-        from huggingface_hub import constants
-
-        endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-        return cls(endpoint, hub.cache_dir(), hub.offline(), token, reporter)
-
-    def has_token(self) -> bool:
-        from huggingface_hub import get_token
-
-        return bool(self.token or get_token())
-
-    def api(self):
-        from huggingface_hub import HfApi
-
-        return HfApi(endpoint=self.endpoint, token=self.token)
-
-    def download(self, repo_id: str, filename: str, *, force: bool = False) -> Path:
-        from huggingface_hub import hf_hub_download
-
-        return Path(
-            hf_hub_download(
-                repo_id,
-                filename,
-                cache_dir=self.cache_dir,
-                endpoint=self.endpoint,
-                token=self.token,
-                local_files_only=self.offline,
-                force_download=force and not self.offline,
-                tqdm_class=_reporting_tqdm(self.reporter, filename),
-            )
+    try:
+        folder = snapshot_download(
+            repo_id,
+            cache_dir=hub.cache_dir,
+            local_files_only=True,
+            allow_patterns=[TOKEN_FILE, TYPE_FILE, *(f"*{s}" for s in EMBEDDING_SUFFIXES)],
         )
-
-    def cached_snapshot(self, repo_id: str) -> Path | None:
-        """The cached folder of the repo's `main` if it holds an embedding; never touches the network."""
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import IncompleteSnapshotError, LocalEntryNotFoundError
-
-        try:
-            folder = snapshot_download(
-                repo_id,
-                cache_dir=self.cache_dir,
-                local_files_only=True,
-                allow_patterns=[TOKEN_FILE, TYPE_FILE, *(f"*{s}" for s in EMBEDDING_SUFFIXES)],
-            )
-        except IncompleteSnapshotError as e:  # we download only the files we need; what is there is enough
-            folder = e.snapshot_path
-        except (LocalEntryNotFoundError, OSError, ValueError):
-            return None
-        if not folder or not Path(folder).is_dir():
-            return None
-        # huggingface_hub creates the snapshot folder before a download, so one that failed leaves it empty
-        names = [p.name for p in Path(folder).iterdir() if p.is_file()]
-        return Path(folder) if pick_embedding_file(names) else None
-
-
-def _check_reachable(hub: _Hub) -> None:
-    """Fail in a second when the hub's host cannot be reached at all: huggingface_hub's listing retries a
-    connection error five times with back-off (23 s) first. Skipped behind a proxy, which only it knows how to use."""
-    from urllib.parse import urlparse
-
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
-        return
-    url = urlparse(hub.endpoint)
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
-    except OSError as e:
-        raise ConceptError(
-            f"cannot reach the hub at {hub.endpoint} ({e.strerror or type(e).__name__}); check your connection"
-        ) from None
-
-
-@contextlib.contextmanager
-def _hub_logging() -> Iterator[None]:
-    """huggingface_hub logs each retry as a warning; every failure becomes one ConceptError line instead."""
-    import huggingface_hub.hf_api  # noqa: F401  (configures its loggers on import: set our level after that)
-
-    logger = logging.getLogger("huggingface_hub")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _reporting_tqdm(reporter: Reporter, filename: str):
-    """A tqdm class for huggingface_hub's downloads that draws nothing and tells `reporter` instead, as task
-    "download" counted in bytes."""
-    from tqdm import tqdm
-
-    class _Reporting(tqdm):
-        def __init__(self, *args, **kwargs):
-            kwargs["disable"] = False
-            kwargs["file"] = io.StringIO()  # tqdm's own drawing goes nowhere
-            super().__init__(*args, **kwargs)
-            reporter.start("download", int(self.total or 0), note=f"downloading {filename}")
-
-        def update(self, n=1):
-            out = super().update(n)
-            reporter.advance("download", int(self.n))
-            return out
-
-        def close(self):
-            if not self.disable:
-                reporter.finish("download")
-            super().close()
-
-    return _Reporting
-
-
-def _network_errors() -> tuple[type[BaseException], ...]:
-    """The transport errors of whichever HTTP library this huggingface_hub uses (httpx2, httpx or requests)."""
-    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for module, attr in (
-        ("httpx2", "TransportError"),
-        ("httpx", "TransportError"),
-        ("requests", "ConnectionError"),
-    ):
-        try:
-            errors.append(getattr(importlib.import_module(module), attr))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
+    except IncompleteSnapshotError as e:  # we download only the files we need; what is there is enough
+        folder = e.snapshot_path
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+    if not folder or not Path(folder).is_dir():
+        return None
+    # huggingface_hub creates the snapshot folder before a download, so one that failed leaves it empty
+    names = [p.name for p in Path(folder).iterdir() if p.is_file()]
+    return Path(folder) if pick_embedding_file(names) else None
 
 
 def _short_sha(sha: str | None) -> str:
     return sha[:7] if sha else "unknown"
 
 
-def _cache_note(hub: _Hub, repo_id: str) -> str:
-    snap = hub.cached_snapshot(repo_id)
+def _cache_note(hub: Client, repo_id: str) -> str:
+    snap = _cached_snapshot(hub, repo_id)
     if snap is None:
         return f"no cached copy of {repo_id} exists, so it cannot be used offline either"
     return f"a cached copy of {repo_id} exists (revision {_short_sha(snap.name)}): rerun with HF_HUB_OFFLINE=1 to use it"
 
 
-def _hub_error(e: BaseException, repo_id: str, hub: _Hub, what: str = "") -> ConceptError:
+def _hub_error(e: BaseException, repo_id: str, hub: Client, what: str = "") -> ConceptError:
     """One line that says what went wrong talking to the hub and what to do about it."""
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -370,12 +251,12 @@ def _hub_error(e: BaseException, repo_id: str, hub: _Hub, what: str = "") -> Con
         )
     if isinstance(e, HfHubHTTPError):
         return ConceptError(f"the hub answered {status}{where} for {repo_id}: {first_line(e, 200)}")
-    if isinstance(e, _network_errors()) and what:
+    if isinstance(e, network_errors()) and what:
         return ConceptError(
             f"the connection to {hub.endpoint} dropped while downloading {what}; nothing was saved; "
             "fetch again (huggingface_hub resumes the download)"
         )
-    if isinstance(e, _network_errors()):
+    if isinstance(e, network_errors()):
         return ConceptError(
             f"cannot reach the hub at {hub.endpoint} ({type(e).__name__}); check your connection; "
             f"{_cache_note(hub, repo_id)}"
@@ -386,12 +267,6 @@ def _hub_error(e: BaseException, repo_id: str, hub: _Hub, what: str = "") -> Con
             "fetch again"
         )
     return ConceptError(f"could not fetch {repo_id}{where}: {type(e).__name__}: {first_line(e, 200)}")
-
-
-def _hub_exceptions() -> tuple[type[BaseException], ...]:
-    from huggingface_hub.errors import HfHubHTTPError
-
-    return (HfHubHTTPError, OSError, *_network_errors())
 
 
 # --- fetch ---------------------------------------------------------------------------------------------------
@@ -441,11 +316,11 @@ def fetch_concept(
     ref = parse_concept_name(name_or_repo)
     if to is not None and to not in FETCH_FORMATS:
         raise ConceptError(f"cannot save a concept as {to!r}; use --to {'|'.join(FETCH_FORMATS)}")
-    with _hub_logging():
-        return _fetch(ref, Path(out_dir), to, force, _Hub.from_env(token, reporter))
+    with quiet_logging():
+        return _fetch(ref, Path(out_dir), to, force, Client.from_env(token, reporter))
 
 
-def _fetch(ref: ConceptRef, out_dir: Path, to: str | None, force: bool, hub: _Hub) -> FetchResult:
+def _fetch(ref: ConceptRef, out_dir: Path, to: str | None, force: bool, hub: Client) -> FetchResult:
     sidecar = _inside(out_dir, _sidecar_path(out_dir, ref.local_name))
     previous = _read_sidecar(sidecar)
 
@@ -492,7 +367,7 @@ def _fetch(ref: ConceptRef, out_dir: Path, to: str | None, force: bool, hub: _Hu
     return result
 
 
-def _locate(repo_id: str, hub: _Hub) -> tuple[str | None, dict[str, Path | None], bool]:
+def _locate(repo_id: str, hub: Client) -> tuple[str | None, dict[str, Path | None], bool]:
     """(commit sha, {file name: cached path or None}, from the cache?) for the repo's main branch."""
     from huggingface_hub.errors import OfflineModeIsEnabled
 
@@ -501,12 +376,12 @@ def _locate(repo_id: str, hub: _Hub) -> tuple[str | None, dict[str, Path | None]
             info = hub.api().model_info(repo_id)
         except OfflineModeIsEnabled:  # huggingface_hub was imported with HF_HUB_OFFLINE=1
             hub.offline = True
-        except _hub_exceptions() as e:
+        except hub_exceptions() as e:
             raise _hub_error(e, repo_id, hub) from None
         else:
             names = [s.rfilename for s in (info.siblings or [])]
             return info.sha, dict.fromkeys(names), False
-    snap = hub.cached_snapshot(repo_id)
+    snap = _cached_snapshot(hub, repo_id)
     if snap is None:
         raise ConceptError(
             f"HF_HUB_OFFLINE is set and {repo_id} is not in the Hugging Face cache ({hub.cache_dir}); "
@@ -517,7 +392,7 @@ def _locate(repo_id: str, hub: _Hub) -> tuple[str | None, dict[str, Path | None]
 
 
 def _download_and_read(
-    repo_id: str, emb_file: str, files: dict[str, Path | None], hub: _Hub, *, from_cache: bool, force: bool
+    repo_id: str, emb_file: str, files: dict[str, Path | None], hub: Client, *, from_cache: bool, force: bool
 ) -> Embedding:
     def get(filename: str) -> Path | None:
         if filename not in files:
@@ -526,7 +401,7 @@ def _download_and_read(
             return files[filename]
         try:
             return hub.download(repo_id, filename, force=force)
-        except (*_hub_exceptions(), ValueError) as e:
+        except (*hub_exceptions(), ValueError) as e:
             raise _hub_error(e, repo_id, hub, what=f"{repo_id}/{filename}") from None
 
     emb_path = get(emb_file)
@@ -602,18 +477,18 @@ def search_concepts(
     """Concepts of `author` whose name contains `word`, most downloaded first, with their token and type."""
     if limit < 1:
         raise ConceptError(f"--limit must be at least 1, not {limit}")
-    hub = _Hub.from_env(token)
+    hub = Client.from_env(token)
     if hub.offline:
         raise ConceptError("searching needs the hub, and HF_HUB_OFFLINE is set; unset it to search")
     from huggingface_hub.errors import OfflineModeIsEnabled
 
-    _check_reachable(hub)
+    check_reachable(hub)
     try:
-        with _hub_logging():
+        with quiet_logging():
             models = list(hub.api().list_models(author=author, search=word, sort="downloads", limit=limit))
     except OfflineModeIsEnabled:
         raise ConceptError("searching needs the hub, and HF_HUB_OFFLINE is set; unset it to search") from None
-    except _hub_exceptions() as e:
+    except hub_exceptions() as e:
         raise _hub_error(e, f"{author} (search {word!r})", hub) from None
 
     def describe(model) -> ConceptInfo:
@@ -628,12 +503,12 @@ def search_concepts(
         )
 
     # The hub's listing has no token or type; each is a small file of its own, so read them side by side.
-    with _hub_logging(), ThreadPoolExecutor(max_workers=min(8, max(1, len(models)))) as pool:
+    with quiet_logging(), ThreadPoolExecutor(max_workers=min(8, max(1, len(models)))) as pool:
         return list(pool.map(describe, models))
 
 
-def _small_file(hub: _Hub, repo_id: str, filename: str) -> str | None:
+def _small_file(hub: Client, repo_id: str, filename: str) -> str | None:
     try:
         return _read_text(hub.download(repo_id, filename)) or None
-    except _hub_exceptions():  # a missing or unreadable file only leaves a blank in the listing
+    except hub_exceptions():  # a missing or unreadable file only leaves a blank in the listing
         return None

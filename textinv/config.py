@@ -7,47 +7,8 @@ A YAML file may start from another with `base: FILE` (a path beside it or a pack
 what differs. A file in the paper code's own OmegaConf layout (`model.params.personalization_config...`) is
 translated by `textinv.paper_config`; the keys it has no use for come back as a note.
 
-The schema (every key, its default and what it does; `configs/v1-finetune.yaml` shows them all with comments):
-
-    model:
-      source            hub id, diffusers folder, single-file checkpoint, or `toy`
-      prediction_type   null (read the model's scheduler) | epsilon | v_prediction
-      config            for a single-file checkpoint: a local diffusers folder of its family (its configs)
-    personalization:    (names follow the original paper code's config)
-      placeholder_strings    words to learn, one per concept: ["*"]
-      initializer_words      one init word per placeholder; a multi-token word is spread over the vectors
-      num_vectors_per_token  vectors learned per placeholder (extra ones are named `<p>_1`, `<p>_2`, ...)
-      learnable_property     object | style: which prompt templates to train with
-    data:
-      paths             image folders, one per placeholder (or one for all, with caption files)
-      resolution        training size in pixels (512 for SD1.x, 768 for SD2.x)
-      center_crop       crop to a centred square before resizing (else squash to a square)
-      flip_p            probability of a horizontal flip
-      repeats           times each image appears per epoch (sets how often the order is reshuffled)
-      batch_size        images per micro-batch
-    optim:
-      learning_rate      base learning rate
-      scale_lr           multiply it by batch_size x gradient_accumulation_steps x processes
-      lr_scheduler       constant | linear | cosine (each after an optional linear warmup)
-      lr_warmup_steps    steps of linear warmup from 0
-      gradient_accumulation_steps   micro-batches per optimizer step
-      adam_beta1, adam_beta2, adam_epsilon, weight_decay   AdamW settings
-      max_grad_norm      clip the gradient norm of the learned vectors; 0 turns clipping off
-    train:
-      max_steps          optimizer steps
-      seed               seeds data order, flips, templates, noise and timesteps
-      mixed_precision    auto | no | fp16 | bf16 (auto: bf16 on a GPU that has it, else fp16; no on CPU)
-      device             auto | cpu | cuda | cuda:N | mps
-    log:
-      output_dir         runs go to <output_dir>/<name>_<timestamp>/
-      name               run name; null takes the first data folder's name
-      save_every         write a checkpoint embedding every N steps (0: only the final one)
-      image_every        write image logs every N steps (0: never)
-      formats            embedding formats to write: pt (always), bin, safetensors
-      num_images         images per image log
-      sample_steps       denoising steps for sample images
-      guidance_scale     classifier-free guidance for `samples_scaled`
-      report_to          none | tensorboard
+The schema is the dataclasses below; `configs/v1-finetune.yaml` shows every key with its default and a comment
+saying what it does (a test keeps the two in step).
 """
 
 from __future__ import annotations
