@@ -162,7 +162,7 @@ def test_cached_hub_id_loads_offline(tiny_model_dir, tiny_pipe):
     assert pipe.textinv.kind == "hub" and pipe.textinv.name == "textinv/tiny"
     assert _weights_equal(pipe, tiny_pipe)
     # what a trained embedding records of it: the hub id and the commit
-    assert models.base_model_of(pipe.textinv) == {
+    assert models.base_model_of(pipe, "ignored") == {
         "base_model": "textinv/tiny", "base_model_hash": None, "extra": {"base_model_revision": sha}}
 
 

@@ -380,7 +380,7 @@ def test_data_and_resume_errors(tmp_path, tiny_model_dir):
     result = runner.invoke(app, ["train", str(empty), "--resume", str(tmp_path)])
     assert result.exit_code == 1 and "drop DIR" in result.stderr
     result = runner.invoke(app, ["train", "-i", "cat"])
-    assert result.exit_code == 1 and "pass a folder of images" in result.stderr
+    assert result.exit_code == 2 and "pass a folder of images" in result.stderr  # a usage error (issue 11)
 
 
 def test_captions_replace_templates_and_must_name_the_placeholder(tmp_path):

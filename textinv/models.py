@@ -181,10 +181,14 @@ def load_pipeline(
     return as_img2img(pipe) if img2img else pipe
 
 
-def base_model_of(info: ModelInfo) -> dict[str, object]:
-    """What a trained embedding records of its model: the name AUTOMATIC1111 shows and, for a single file, the
-    short hash it (and civitai) match models by; for a hub model, the commit it was trained on."""
-    fields: dict[str, object] = {"base_model": info.name, "base_model_hash": None, "extra": {}}
+def base_model_of(pipe, source: str) -> dict[str, object]:
+    """What a trained embedding records of its model: where it came from (hub id, folder or file) and, for a
+    single file, the short hash AUTOMATIC1111 (and civitai) match models by; for a hub model, the commit.
+    `source` is what to record for a pipeline not loaded by `load_pipeline`."""
+    info: ModelInfo | None = getattr(pipe, "textinv", None)
+    fields: dict[str, object] = {"base_model": info.source if info else source, "base_model_hash": None, "extra": {}}
+    if info is None:
+        return fields
     if info.kind == "single-file":
         fields["base_model_hash"] = a1111_model_hash(info.source)
     elif info.revision:

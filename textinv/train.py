@@ -411,7 +411,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
         raise ConfigError(f"{run_dir} already finished at step {step}; pass a larger --max-steps to train further")
 
     name = run_name(cfg)
-    base_model = models.base_model_of(pipe.textinv)
+    base_model = models.base_model_of(pipe, cfg.model.source)
     logger = _Logger(run_dir, cfg, enabled=dist.main)
     last_good = step if resume is not None else None
 
