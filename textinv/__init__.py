@@ -31,7 +31,7 @@ _API = {
     "build_config": "config",
     "load_config": "config",
     "fetch_concept": "concepts",
-    "search_concepts": "concepts",
+    "search_concepts": "concept_search",
 }
 
 __all__ = ["__version__", *_API]

@@ -262,7 +262,9 @@ def fetch(
         raise typer.BadParameter("give a concept name to fetch, or --search WORD (not both)")
     with user_errors():
         if search is not None:
-            found = concepts.search_concepts(search, limit)
+            from textinv.concept_search import search_concepts
+
+            found = search_concepts(search, limit)
         else:
             from textinv.progress import DownloadProgress
 

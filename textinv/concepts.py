@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from textinv.atomic import atomic_write
 from textinv.embeddings import WRITE_FORMATS, Embedding, load_embedding, save_embedding
 from textinv.errors import ConceptError, EmbeddingFormatError, OutputExistsError, first_line
-from textinv.hub import Client, check_reachable, hub_exceptions, network_errors, quiet_logging
+from textinv.hub import Client, hub_exceptions, network_errors, quiet_logging
 from textinv.reporting import SILENT, Reporter
 
 SD_CONCEPTS = "sd-concepts-library"
@@ -73,18 +72,6 @@ class FetchResult:
         d["path"] = str(self.path)
         d["example_prompt"] = self.example_prompt
         return d
-
-
-@dataclass
-class ConceptInfo:
-    """One search hit."""
-
-    name: str
-    repo_id: str
-    token: str | None
-    concept_type: str | None
-    likes: int | None
-    downloads: int | None
 
 
 # --- names and paths -----------------------------------------------------------------------------------------
@@ -198,7 +185,7 @@ def _cache_note(hub: Client, repo_id: str) -> str:
     return f"a cached copy of {repo_id} exists (revision {_short_sha(snap.name)}): rerun with HF_HUB_OFFLINE=1 to use it"
 
 
-def _hub_error(e: BaseException, repo_id: str, hub: Client, what: str = "") -> ConceptError:
+def hub_error(e: BaseException, repo_id: str, hub: Client, what: str = "") -> ConceptError:
     """One line that says what went wrong talking to the hub and what to do about it."""
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -377,7 +364,7 @@ def _locate(repo_id: str, hub: Client) -> tuple[str | None, dict[str, Path | Non
         except OfflineModeIsEnabled:  # huggingface_hub was imported with HF_HUB_OFFLINE=1
             hub.offline = True
         except hub_exceptions() as e:
-            raise _hub_error(e, repo_id, hub) from None
+            raise hub_error(e, repo_id, hub) from None
         else:
             names = [s.rfilename for s in (info.siblings or [])]
             return info.sha, dict.fromkeys(names), False
@@ -402,7 +389,7 @@ def _download_and_read(
         try:
             return hub.download(repo_id, filename, force=force)
         except (*hub_exceptions(), ValueError) as e:
-            raise _hub_error(e, repo_id, hub, what=f"{repo_id}/{filename}") from None
+            raise hub_error(e, repo_id, hub, what=f"{repo_id}/{filename}") from None
 
     emb_path = get(emb_file)
     token_path, type_path = get(TOKEN_FILE), get(TYPE_FILE)
@@ -466,49 +453,3 @@ def _result_from_sidecar(side: dict, path: Path, from_cache: bool) -> FetchResul
         skipped=True,
         from_cache=from_cache,
     )
-
-
-# --- search --------------------------------------------------------------------------------------------------
-
-
-def search_concepts(
-    word: str, limit: int = 20, *, author: str = SD_CONCEPTS, token: str | None = None
-) -> list[ConceptInfo]:
-    """Concepts of `author` whose name contains `word`, most downloaded first, with their token and type."""
-    if limit < 1:
-        raise ConceptError(f"--limit must be at least 1, not {limit}")
-    hub = Client.from_env(token)
-    if hub.offline:
-        raise ConceptError("searching needs the hub, and HF_HUB_OFFLINE is set; unset it to search")
-    from huggingface_hub.errors import OfflineModeIsEnabled
-
-    check_reachable(hub)
-    try:
-        with quiet_logging():
-            models = list(hub.api().list_models(author=author, search=word, sort="downloads", limit=limit))
-    except OfflineModeIsEnabled:
-        raise ConceptError("searching needs the hub, and HF_HUB_OFFLINE is set; unset it to search") from None
-    except hub_exceptions() as e:
-        raise _hub_error(e, f"{author} (search {word!r})", hub) from None
-
-    def describe(model) -> ConceptInfo:
-        repo_id = model.id
-        return ConceptInfo(
-            name=repo_id.split("/", 1)[1] if repo_id.startswith(f"{SD_CONCEPTS}/") else repo_id,
-            repo_id=repo_id,
-            token=_small_file(hub, repo_id, TOKEN_FILE),
-            concept_type=(_small_file(hub, repo_id, TYPE_FILE) or "").lower() or None,
-            likes=model.likes,
-            downloads=model.downloads,
-        )
-
-    # The hub's listing has no token or type; each is a small file of its own, so read them side by side.
-    with quiet_logging(), ThreadPoolExecutor(max_workers=min(8, max(1, len(models)))) as pool:
-        return list(pool.map(describe, models))
-
-
-def _small_file(hub: Client, repo_id: str, filename: str) -> str | None:
-    try:
-        return _read_text(hub.download(repo_id, filename)) or None
-    except hub_exceptions():  # a missing or unreadable file only leaves a blank in the listing
-        return None
