@@ -196,6 +196,8 @@ def test_train_with_configs_v1_finetune_from_the_repo_root(monkeypatch, tmp_path
         ("optim.adam_epsilon=.inf", "must be a finite number"),
         ("optim.learning_rate=1e38", "at most 1 (the paper uses 5e-3)"),
         ("data.batch_size=10000", "at 512 px at most 64 images fit in one micro-batch"),
+        ("data.repeats=1000000000", "`data.repeats` is 1000000000; it must be at most 1000"),
+        ("data.resolution=65536", "`data.resolution` is 65536; it must be at most 2048"),
     ],
 )
 def test_bounds(item, message):

@@ -315,6 +315,9 @@ def apply_overrides(cfg: Config, items: list[str] | None = None, **named: Any) -
 MAX_SEED = 2**32 - 1  # the paper code's seed_everything (Lightning) takes 32-bit seeds; so does numpy
 MAX_LEARNING_RATE = 1.0  # the paper's rate is 5e-3; above 1 the vectors leave the embedding space in a step
 MAX_BATCH_AT_512 = 64  # images per micro-batch at 512 px; larger batches go through gradient accumulation
+# Upper bounds of sizes that are allocated up front: 2048 px is twice SDXL's; an epoch's order (images x repeats)
+# is kept in every resumable state; image logs are made in one batch; the schedulers have 1000 timesteps.
+UPPER_BOUNDS = {"data.resolution": 2048, "data.repeats": 1000, "log.num_images": 64, "log.sample_steps": 1000}
 
 
 def max_batch_size(resolution: int) -> int:
@@ -369,6 +372,10 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.train.seed > MAX_SEED:
         raise ConfigError(f"`train.seed` is {cfg.train.seed}; it must be at most {MAX_SEED} (a 32-bit seed)")
+    for key, bound in UPPER_BOUNDS.items():
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) > bound:
+            raise ConfigError(f"`{key}` is {getattr(getattr(cfg, section), name)}; it must be at most {bound}")
     most = max_batch_size(cfg.data.resolution)
     if cfg.data.batch_size > most:
         raise ConfigError(
