@@ -133,9 +133,10 @@ def test_a_style_data_target_trains_the_style_templates(tmp_path):
 
 def test_the_paper_yaml_trains_with_its_steps_placeholder_and_init_word(tmp_path, tiny_model_dir):
     path = tmp_path / "v1-finetune.yaml"
-    path.write_text(PAPER_YAML)
     images = make_images(tmp_path / "cat")
-    res = CliRunner().invoke(app, ["train", str(images), "--config", str(path), "--model", str(tiny_model_dir),
+    # the folder as the paper's --data_root gives it, so no DIR on the command line
+    path.write_text(PAPER_YAML.replace("set: train\n", f"set: train\n        data_root: {images}\n", 1))
+    res = CliRunner().invoke(app, ["train", "--config", str(path), "--model", str(tiny_model_dir),
                                    "--out", str(tmp_path / "logs"), "--set", "log.sample_steps=2"])
     assert res.exit_code == 0, res.output
     assert res.output.count("were ignored") == 1 and "lightning.trainer.benchmark" in res.output

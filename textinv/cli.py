@@ -518,7 +518,8 @@ def img2img(
 def train(
     data_dirs: Annotated[
         list[Path] | None,
-        typer.Argument(help="Folder of 3-5 images of the concept (one folder per placeholder).", show_default=False,
+        typer.Argument(help="Folder of 3-5 images of the concept (one folder per placeholder) \\[default: the config's "
+                       "data.paths].", show_default=False,
                        metavar="DIR"),
     ] = None,
     *,
@@ -597,20 +598,20 @@ def train(
             cfg = cfgmod.config_for_resume(resume, max_steps=max_steps)
             cfgmod.check_run_folders(cfg, resume)
         else:
-            if not data_dirs:
-                raise UsageError("pass a folder of images: textinv train ./my_cat --init-word cat")
-            missing = [d for d in data_dirs if not d.is_dir()]
-            if missing:
-                raise UsageError(f"{missing[0]}: no such folder; pass a folder of 3-5 images of the concept")
             notes: list[str] = []
             cfg = cfgmod.build_config(config, set_, notes=notes, **{
-                "data.paths": [str(d) for d in data_dirs],
+                "data.paths": [str(d) for d in data_dirs] if data_dirs else None,  # else the config's
                 "personalization.initializer_words": init_word or None,
                 "personalization.placeholder_strings": placeholder or None,
                 "log.name": name, "model.source": model, "train.max_steps": max_steps, "train.device": device,
                 "log.output_dir": out_dir or output_dir, "log.report_to": report_to,
                 "model.config": str(model_config) if model_config else None,
             })
+            if not cfg.data.paths:
+                raise UsageError("pass a folder of images: textinv train ./my_cat --init-word cat")
+            missing = [d for d in cfg.data.paths if not Path(d).is_dir()]
+            if missing:
+                raise UsageError(f"{missing[0]}: no such folder; pass a folder of 3-5 images of the concept")
             for note in notes:
                 info(f"[yellow]note:[/yellow] {escape(note)}")
         _quiet_libraries()
