@@ -1,0 +1,45 @@
+"""The record every format is: its name, how it is recognised, how it is read and written, and who loads it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from textinv.embeddings import Embedding
+from textinv.formats.common import Source
+
+# The tools people load embeddings into, with the name `--for` takes.
+TOOLS = {
+    "a1111": "AUTOMATIC1111 webui",
+    "invokeai": "InvokeAI",
+    "comfyui": "ComfyUI",
+    "kohya": "kohya-ss gen_img.py",
+    "diffusers": "diffusers load_textual_inversion",
+    "sd-concepts": "sd-concepts-library folder",
+}
+
+
+@dataclass(frozen=True)
+class Format:
+    """One layout of an embedding file.
+
+    `recognise(data, metadata, source)` says whether what a container held is this layout; `read` builds the
+    Embedding from it; `write(emb, path)` writes one (None: a layout textinv reads but does not write).
+    `loads_in` maps each tool that loads what `write` writes to the word that triggers it there, with `{stem}`
+    for the file's stem and `{token}` for the placeholder; `loads_if` lists the tools that load it only under a
+condition (one vector, a keyword argument), with that condition.
+    """
+
+    name: str
+    description: str
+    recognise: Callable[[object, dict, Source], bool]
+    read: Callable[[object, dict, Source], Embedding]
+    write: Callable[[Embedding, Path], None] | None = None
+    extension: str = ""
+    loads_in: dict[str, str] = field(default_factory=dict)
+    loads_if: dict[str, tuple[str, str]] = field(default_factory=dict)  # tool -> (trigger, the condition)
+
+    def trigger(self, tool: str, path: Path, emb: Embedding) -> str:
+        token = emb.tokens[0].name if emb.tokens else ""
+        return self.loads_in[tool].format(stem=path.stem, token=token)
