@@ -115,7 +115,7 @@ def test_convert_refuses_to_overwrite_without_force(real_embeddings, tmp_path):
 
 def test_convert_of_a_multi_token_file_to_a_single_token_format(tmp_path):
     both = save_embedding(
-        Embedding([Token("<a>", torch.ones(1, 8)), Token("<b>", torch.zeros(2, 8))]), tmp_path / "both.safetensors"
+        Embedding([Token("<a>", torch.ones(1, 8)), Token("<b>", torch.zeros(2, 8))]), tmp_path / "both.pt"
     )
     bad = runner.invoke(app, ["convert", str(both), str(tmp_path / "x.png")])
     assert bad.exit_code == 1 and "holds one token but this embedding has 2" in bad.stderr

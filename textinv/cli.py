@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from textinv import __version__
 from textinv.errors import TextinvError
+from textinv.formats import SHORTHANDS, TOOLS, WRITE_NAMES
 
 app = typer.Typer(
     name="textinv",
@@ -96,7 +97,8 @@ def inspect(
     failed = 0
     for path in files:
         try:
-            desc = describe_embedding(load_embedding(path))
+            with metadata_warnings():
+                desc = describe_embedding(load_embedding(path))
         except TextinvError as e:
             failed += 1
             if as_json:
@@ -125,37 +127,78 @@ def _print_description(desc: dict) -> None:
     out.print(table)
 
 
-class WriteFormat(str, Enum):
-    pt = "pt"
-    bin = "bin"
-    safetensors = "safetensors"
-    kohya = "kohya"
-    png = "png"
-
+WriteFormat = Enum("WriteFormat", {n: n for n in (*WRITE_NAMES, *SHORTHANDS)}, type=str)
+ForTool = Enum("ForTool", {n: n for n in TOOLS}, type=str)
 
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite the output if it exists.")]
-ToOpt = Annotated[WriteFormat | None, typer.Option("--to", help="Output format (default: from the extension).")]
+ToOpt = Annotated[
+    WriteFormat | None,
+    typer.Option("--to", help="Output layout (default: from the extension; pt/bin/safetensors/png are shorthands)."),
+]
+ForOpt = Annotated[
+    ForTool | None,
+    typer.Option("--for", help="Write the layout this tool loads, and print the word that triggers it there."),
+]
+SplitOpt = Annotated[bool, typer.Option("--split", help="Write one file per token: OUT-<token>.ext.")]
+
+
+@contextlib.contextmanager
+def metadata_warnings() -> Iterator[None]:
+    """Show a file's malformed-but-ignored metadata as one warning line each."""
+    import warnings
+
+    from textinv.formats.common import MetadataWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MetadataWarning)
+        try:
+            yield
+        finally:
+            for w in caught:
+                if issubclass(w.category, MetadataWarning):
+                    err.print(f"[yellow]warning:[/yellow] {escape(str(w.message))}")
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def _write(emb, dst: Path, to, for_tool, force: bool, split: bool) -> None:
+    """Write `emb` (or each of its tokens, with --split) and say what loads it where."""
+    from textinv import embeddings
+
+    choice = {"format": to.value if to else None, "for_tool": for_tool.value if for_tool else None}
+    for part, path in embeddings.split_outputs(emb, dst, **choice) if split else [(emb, dst)]:
+        written = embeddings.save_embedding(part, embeddings.with_extension(part, path, **choice), force=force,
+                                            **choice)
+        fmt = embeddings.output_format(part, written, **choice)
+        info(f"wrote {written} ({fmt.name}: {', '.join(t.name for t in part.tokens)}; {part.family})")
+        words = embeddings.trigger_words(part, written, **choice)
+        if for_tool is not None:
+            out.print(f"{TOOLS[for_tool.value]}: use [bold]{escape(words.get(for_tool.value, '?'))}[/bold] in the prompt")
+        elif words:
+            info("  loads in " + "; ".join(f"{TOOLS[t]} as {escape(w)}" for t, w in words.items()))
 
 
 @app.command(rich_help_panel="Embeddings")
 def convert(
     src: Annotated[Path, typer.Argument(help="Embedding file to read (any supported format).")],
-    dst: Annotated[Path, typer.Argument(help="Output file; its format follows the extension unless --to says.")],
+    dst: Annotated[Path, typer.Argument(help="Output file; its format follows --for, --to or the extension.")],
     *,
     to: ToOpt = None,
+    for_tool: ForOpt = None,
     token: Annotated[
         str | None,
         typer.Option(help="Rename the token (OLD=NEW for one of several), or pick one token of several by name."),
     ] = None,
+    split: SplitOpt = False,
     force: ForceOpt = False,
 ) -> None:
     """Convert an embedding between formats, losslessly.
 
-    Example: textinv convert learned_embeds.bin my_cat.pt --token '<my-cat>'
+    Example: textinv convert learned_embeds.bin my_cat.pt --for a1111
     """
     from textinv import embeddings
 
-    with user_errors():
+    with user_errors(), metadata_warnings():
         emb = embeddings.load_embedding(src)
         if token and "=" in token:
             old, new = token.split("=", 1)
@@ -164,8 +207,7 @@ def convert(
             embeddings.select_tokens(emb, [token])
         elif token:
             embeddings.rename_token(emb, token)
-        written = embeddings.save_embedding(emb, dst, format=to.value if to else None, force=force)
-    info(f"wrote {written} ({', '.join(t.name for t in emb.tokens)}; {emb.family})")
+        _write(emb, dst, to, for_tool, force, split)
 
 
 class Conflict(str, Enum):
@@ -185,21 +227,23 @@ def merge(
         typer.Option(help="A placeholder in two files: error, rename (* -> *_2), skip, or ask (terminal only)."),
     ] = Conflict.error,
     to: ToOpt = None,
+    for_tool: ForOpt = None,
+    split: SplitOpt = False,
     force: ForceOpt = False,
 ) -> None:
     """Merge several embedding files into one; needs no model and no GPU.
 
+    Several tokens in one file load only in the paper layout (.pt); for other tools pass --split.
     Example: textinv merge cat.pt dog.bin -o pets.pt --on-conflict rename
     """
     from textinv import embeddings
 
-    with user_errors():
+    with user_errors(), metadata_warnings():
         if on_conflict is Conflict.ask and not sys.stdin.isatty():
             raise TextinvError("--on-conflict ask needs a terminal; use error, rename or skip in scripts")
         loaded = [embeddings.load_embedding(f) for f in files]
         merged = embeddings.merge_embeddings(loaded, on_conflict=on_conflict.value, ask=_ask_placeholder)
-        written = embeddings.save_embedding(merged, output, format=to.value if to else None, force=force)
-    info(f"wrote {written} with {len(merged.tokens)} tokens: {', '.join(t.name for t in merged.tokens)}")
+        _write(merged, output, to, for_tool, force, split)
 
 
 def _ask_placeholder(placeholder: str, source: str) -> str:

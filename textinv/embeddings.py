@@ -8,6 +8,7 @@ written atomically. The README's format table is derived from the same records.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +75,7 @@ class Embedding:
 def __getattr__(name: str):
     # WRITE_FORMATS (format name -> description) comes from the registry, which imports this module.
     if name == "WRITE_FORMATS":
-        from textinv.formats import FORMATS, WRITABLE
+        from textinv.formats.registry import FORMATS, WRITABLE
 
         return {n: FORMATS[n].description for n in WRITABLE}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -91,7 +92,7 @@ def family_for(dim: int, dim_2: int | None = None) -> str:
 
 def load_embedding(path: str | Path) -> Embedding:
     """Read any supported format (detected by content), safely: no pickle code is ever run."""
-    from textinv.formats import read_embedding
+    from textinv.formats.registry import read_embedding
 
     return read_embedding(Path(path))
 
@@ -107,7 +108,7 @@ def save_embedding(
     """Write atomically. `format` is a format name ('a1111-pt', 'kohya', ...), an extension shorthand ('pt',
     'bin', 'safetensors', 'png') or a tool name; `for_tool` names the tool the file is for (see `formats.TOOLS`);
     with neither, the extension decides."""
-    from textinv.formats import resolve, write_embedding
+    from textinv.formats.registry import resolve, write_embedding
 
     path = Path(path)
     fmt = resolve(for_tool or format, emb, path)
@@ -118,14 +119,42 @@ def save_embedding(
 
 def output_format(emb: Embedding, path: str | Path, *, format: str | None = None, for_tool: str | None = None):
     """The `formats.Format` record `save_embedding` would write, e.g. for its extension or trigger words."""
-    from textinv.formats import resolve
+    from textinv.formats.registry import resolve
 
     return resolve(for_tool or format, emb, Path(path))
 
 
+def with_extension(emb: Embedding, path: str | Path, *, format: str | None = None, for_tool: str | None = None) -> Path:
+    """`path` with the extension its format needs added when it has none; a conflicting one is refused, since a
+    tool would read, say, a torch zip named .safetensors as safetensors."""
+    path = Path(path)
+    if not (format or for_tool):
+        return path
+    ext = output_format(emb, path, format=format, for_tool=for_tool).extension
+    if not path.suffix and ext:
+        return path.with_suffix(ext)
+    if ext and path.suffix.lower() != ext:
+        choice = f"--for {for_tool}" if for_tool else f"--to {format}"
+        raise EmbeddingFormatError(f"{choice} writes a {ext} file; name the output {path.with_suffix(ext).name}")
+    return path
+
+
+def split_outputs(emb: Embedding, path: str | Path, **choice) -> list[tuple[Embedding, Path]]:
+    """One single-token Embedding per token, each with its own output path `<stem>-<token><ext>`."""
+    path = Path(path)
+    parts = []
+    for tok in emb.tokens:
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", tok.name).strip("._") or "token"
+        part = Embedding([tok], name=emb.name, step=emb.step, base_model=emb.base_model,
+                         base_model_hash=emb.base_model_hash,
+                         init_words={k: v for k, v in emb.init_words.items() if k == tok.name}, extra=dict(emb.extra))
+        parts.append((part, path.with_name(f"{path.stem}-{safe}{path.suffix}")))
+    return parts
+
+
 def trigger_words(emb: Embedding, path: str | Path, *, format: str | None = None, for_tool: str | None = None):
     """tool -> the prompt word that triggers `emb` once written to `path` (as `save_embedding` would)."""
-    from textinv.formats import triggers
+    from textinv.formats.registry import triggers
 
     return triggers(output_format(emb, path, format=format, for_tool=for_tool), Path(path), emb)
 

@@ -9,16 +9,6 @@ from pathlib import Path
 from textinv.embeddings import Embedding
 from textinv.formats.common import Source
 
-# The tools people load embeddings into, with the name `--for` takes.
-TOOLS = {
-    "a1111": "AUTOMATIC1111 webui",
-    "invokeai": "InvokeAI",
-    "comfyui": "ComfyUI",
-    "kohya": "kohya-ss gen_img.py",
-    "diffusers": "diffusers load_textual_inversion",
-    "sd-concepts": "sd-concepts-library folder",
-}
-
 
 @dataclass(frozen=True)
 class Format:
