@@ -153,3 +153,19 @@ def triggers(fmt: Format, path: Path, emb: Embedding) -> dict[str, str]:
         if met:
             words[tool] = template.format(stem=path.stem, token=emb.tokens[0].name)
     return words
+
+
+def readme_table() -> str:
+    """The README's table of written formats: for each, the tools that load it and the word that triggers it."""
+    pick = {fmt: [t for t, f in FOR_TOOL.items() if f == fmt] for fmt in WRITABLE}
+    lines = ["| `--to` | extension | what it is | loads in (trigger word) | `--for` |", "|---|---|---|---|---|"]
+    for name in WRITABLE:
+        fmt = FORMATS[name]
+        shorthand = [s for s, n in SHORTHANDS.items() if n == name]
+        loads = [f"{TOOLS[t]}: `{w}`" for t, w in fmt.loads_in.items()]
+        loads += [f"{TOOLS[t]}: `{w}` ({cond})" for t, (w, cond) in fmt.loads_if.items()]
+        ext = f"`{fmt.extension}`" if fmt.extension else "a folder"
+        names = ", ".join(f"`{n}`" for n in [name, *shorthand])
+        lines.append(f"| {names} | {ext} | {fmt.description} | {'; '.join(loads) or '–'} | "
+                     f"{', '.join(f'`{t}`' for t in pick[name]) or '–'} |")
+    return "\n".join(lines)
