@@ -290,3 +290,21 @@ def test_model_weights_and_lora_are_not_embeddings(tmp_path):
                "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.ones(4, 8)}, str(lora))
     with pytest.raises(EmbeddingFormatError, match="this is a LoRA, not an embedding"):
         load_embedding(lora)
+
+
+def test_legacy_pickle_declaring_a_huge_storage_is_refused_without_allocating_it(tmp_path):
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"<cat>": torch.ones(4)}, buf, _use_new_zipfile_serialization=False)
+    data = buf.getvalue()
+    at = len(data) - 16 - 8  # the storage's element count sits just before its 16 bytes of data
+    assert struct.unpack("<q", data[at:at + 8])[0] == 4
+    bomb = tmp_path / "legacy.pt"
+    bomb.write_bytes(data[:at] + struct.pack("<q", 2**34) + data[at + 8:])  # claims 64 GiB
+    tracemalloc.start()
+    with pytest.raises(EmbeddingFormatError, match="truncated or corrupt"):
+        load_embedding(bomb)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 * 2**20

@@ -140,11 +140,12 @@ def with_extension(emb: Embedding, path: str | Path, *, format: str | None = Non
 
 
 def split_outputs(emb: Embedding, path: str | Path, **choice) -> list[tuple[Embedding, Path]]:
-    """One single-token Embedding per token, each with its own output path `<stem>-<token><ext>`."""
+    """One single-token Embedding per token, each with its own output path `<stem>-<token><ext>` (AUTOMATIC1111,
+    InvokeAI, ComfyUI and kohya take the stem as the trigger word)."""
     path = Path(path)
     parts = []
-    for tok in emb.tokens:
-        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", tok.name).strip("._") or "token"
+    for i, tok in enumerate(emb.tokens, 1):  # '<my-cat>' -> OUT-my-cat.ext; a name with no letters -> OUT-token2.ext
+        safe = re.sub(r"[^A-Za-z0-9_-]+", "", tok.name).strip("-_") or f"token{i}"
         part = Embedding([tok], name=emb.name, step=emb.step, base_model=emb.base_model,
                          base_model_hash=emb.base_model_hash,
                          init_words={k: v for k, v in emb.init_words.items() if k == tok.name}, extra=dict(emb.extra))
