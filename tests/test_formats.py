@@ -96,20 +96,27 @@ def test_torch_2_default_files_would_be_refused_by_that_check(tmp_path):
 
 
 # --- InvokeAI, kohya, ComfyUI: which tensor they read and how they read its shape ----------------------------
-# InvokeAI invokeai/backend/model_manager/configs/textual_inversion.py (main @ 8e71a8a, lines 76-82): for a
-# one-key {token: tensor} file the token width is `shape[0]` of the tensor, so only 1-D [dim] passes; files with
-# string_to_param / emb_params are read by key (invokeai/backend/textual_inversion.py:30-60).
-# kohya sd-scripts gen_img.py (@ 48d368f): `embeds = next(iter(data.values()))` after unwrapping
-# string_to_param; `num_vectors_per_token = embeds.size()[0]`, so a 1-D tensor reads as `dim` one-number tokens.
-# ComfyUI comfy/sd1_clip.py `load_embed`: string_to_param -> its first value; emb_params; else the first value of
-# the dict (safetensors keys come back sorted).
+# InvokeAI (the invokeai 6.14.2 wheel on PyPI) invokeai/backend/model_manager/configs/textual_inversion.py
+# `TI_Config_Base._get_base_or_raise`: with string_to_token the width is string_to_param's first value's
+# shape[-1], with emb_params or clip_g their shape[-1], and for any other dict `list(values)[0].shape[0]`, so a
+# one-key {token: tensor} file passes only as 1-D [dim] ("unrecognized token dimension N" otherwise). Its loader,
+# invokeai/backend/textual_inversion.py `TextualInversionModelRaw.from_checkpoint`, takes the first value of
+# string_to_param, emb_params, clip_g/clip_l, or the first value of the dict.
+# kohya sd-scripts gen_img.py (commit 43bfeea6002f4e0421ec096c529a13dfd3303c0b): after unwrapping
+# string_to_param, `embeds1 = next(iter(data.values()))` (SDXL: data["clip_l"]) and
+# `num_vectors_per_token = embeds1.size()[0]`, so a 1-D [dim] tensor is read as `dim` vectors of one number.
+# ComfyUI comfy/sd1_clip.py `load_embed` (commit 00728eb20fce05955f89ef1ccf5f6167416e94cf): string_to_param's
+# first value; else `embed[embed_key]` ('clip_l' for SD1/SDXL-L) if present; else the dict's first value (a
+# safetensors file comes back with its keys sorted); a 1-D tensor is one vector.
 
 
 def _tensor_for(tool: str, data: dict) -> torch.Tensor:
     if "string_to_param" in data:
         return next(iter(data["string_to_param"].values()))
-    if "emb_params" in data:
+    if tool == "invokeai" and "emb_params" in data:
         return data["emb_params"]
+    if tool == "comfyui" and "clip_l" in data:
+        return data["clip_l"]
     return next(iter(data.values()))
 
 

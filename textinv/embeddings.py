@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 
 from textinv.errors import EmbeddingFormatError, OutputExistsError, TextinvError
+from textinv.formats import WRITE_NAMES
 
+WRITE_FORMATS = WRITE_NAMES  # what `save_embedding(format=...)` takes, besides the shorthands and tool names
 FAMILIES = {768: "SD1.x", 1024: "SD2.x", 64: "textinv toy"}  # 64: the small model textinv ships (--model toy)
 
 
@@ -70,15 +72,6 @@ class Embedding:
             if tok.name == name:
                 return tok
         raise KeyError(name)
-
-
-def __getattr__(name: str):
-    # WRITE_FORMATS (format name -> description) comes from the registry, which imports this module.
-    if name == "WRITE_FORMATS":
-        from textinv.formats.registry import FORMATS, WRITABLE
-
-        return {n: FORMATS[n].description for n in WRITABLE}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def family_for(dim: int, dim_2: int | None = None) -> str:
@@ -155,9 +148,7 @@ def split_outputs(emb: Embedding, path: str | Path, **choice) -> list[tuple[Embe
 
 def trigger_words(emb: Embedding, path: str | Path, *, format: str | None = None, for_tool: str | None = None):
     """tool -> the prompt word that triggers `emb` once written to `path` (as `save_embedding` would)."""
-    from textinv.formats.registry import triggers
-
-    return triggers(output_format(emb, path, format=format, for_tool=for_tool), Path(path), emb)
+    return output_format(emb, path, format=format, for_tool=for_tool).triggers(Path(path), emb)
 
 
 # --- merging, renaming, describing --------------------------------------------------------------------------

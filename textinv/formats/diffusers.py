@@ -21,7 +21,7 @@ from textinv.formats.common import (
     warn,
     with_metadata,
 )
-from textinv.formats.record import Format
+from textinv.formats.record import Conditional, Format
 
 TOKEN_FILE = "token_identifier.txt"
 TYPE_FILE = "type_of_concept.txt"
@@ -126,7 +126,10 @@ FORMATS = [
         write=_write_bin,
         extension=".bin",
         loads_in={"a1111": "{stem}", "comfyui": "embedding:{stem}", "diffusers": "{token}"},
-        loads_if={"invokeai": ("<{stem}>", "one vector only"), "kohya": ("{stem}", "two or more vectors only")},
+        loads_if={
+            "invokeai": Conditional("<{stem}>", "one vector only", lambda emb: emb.tokens[0].num_vectors == 1),
+            "kohya": Conditional("{stem}", "two or more vectors only", lambda emb: emb.tokens[0].num_vectors > 1),
+        },
     ),
     Format(
         name="diffusers-safetensors",

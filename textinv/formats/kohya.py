@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from textinv.atomic import atomic_write
 from textinv.embeddings import Embedding
 from textinv.formats.common import Source, ours, safetensors_metadata, single_token, token, with_metadata
-from textinv.formats.record import Format
+from textinv.formats.record import Conditional, Format
 
 
 def _is_emb_params(data) -> bool:
@@ -60,7 +60,7 @@ FORMATS = [
         write=_write,
         extension=".safetensors",
         loads_in={"a1111": "{stem}", "invokeai": "<{stem}>", "comfyui": "embedding:{stem}", "kohya": "{stem}"},
-        loads_if={"diffusers": ("{token}", "with token='{token}'")},
+        loads_if={"diffusers": Conditional("{token}", "pass token='{token}'", lambda emb: False)},
     ),
     Format(
         name="a1111-safetensors",

@@ -5,9 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from textinv.embeddings import Embedding
 from textinv.formats.common import Source
+
+
+class Conditional(NamedTuple):
+    """A tool that loads a layout only sometimes: its trigger word, the condition in words, and a test of it."""
+
+    trigger: str
+    condition: str
+    holds: Callable[[Embedding], bool]
 
 
 @dataclass(frozen=True)
@@ -18,7 +27,7 @@ class Format:
     Embedding from it; `write(emb, path)` writes one (None: a layout textinv reads but does not write).
     `loads_in` maps each tool that loads what `write` writes to the word that triggers it there, with `{stem}`
     for the file's stem and `{token}` for the placeholder; `loads_if` lists the tools that load it only under a
-condition (one vector, a keyword argument), with that condition.
+    condition (one vector, a keyword argument).
     """
 
     name: str
@@ -28,8 +37,10 @@ condition (one vector, a keyword argument), with that condition.
     write: Callable[[Embedding, Path], None] | None = None
     extension: str = ""
     loads_in: dict[str, str] = field(default_factory=dict)
-    loads_if: dict[str, tuple[str, str]] = field(default_factory=dict)  # tool -> (trigger, the condition)
+    loads_if: dict[str, Conditional] = field(default_factory=dict)
 
-    def trigger(self, tool: str, path: Path, emb: Embedding) -> str:
-        token = emb.tokens[0].name if emb.tokens else ""
-        return self.loads_in[tool].format(stem=path.stem, token=token)
+    def triggers(self, path: Path, emb: Embedding) -> dict[str, str]:
+        """tool -> the word that triggers `emb` once written to `path` in this layout, for each tool that loads it."""
+        words = dict(self.loads_in)
+        words.update({tool: c.trigger for tool, c in self.loads_if.items() if c.holds(emb)})
+        return {tool: w.format(stem=path.stem, token=emb.tokens[0].name) for tool, w in words.items()}

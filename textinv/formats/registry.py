@@ -88,7 +88,8 @@ def read_embedding(path: Path) -> Embedding:
     )
 
 
-_LORA_MARKS = ("lora_", "lora.", ".lora", "lora_down", "lora_up", "lora_A", "lora_B")
+_LORA_PREFIXES = ("lora_unet_", "lora_te", "lora_transformer_")  # kohya's LoRA key names
+_LORA_PARTS = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", ".lora.down.", ".lora.up.")  # peft, diffusers
 _WEIGHT_ENDINGS = (".weight", ".bias", ".alpha", ".running_mean", ".running_var")
 
 
@@ -102,7 +103,7 @@ def _refuse_non_embeddings(data, path: Path) -> None:
             f"{path}: a T5-XXL prompt embedding (for Flux/Chroma), not a CLIP textual-inversion embedding; "
             "textinv supports SD1.x, SD2.x and SDXL"
         )
-    if any(any(m in k for m in _LORA_MARKS) for k in keys):
+    if any(k.startswith(_LORA_PREFIXES) or any(p in k for p in _LORA_PARTS) for k in keys):
         raise EmbeddingFormatError(
             f"{path}: this is a LoRA, not an embedding (it holds {keys[0]!r}); load it with your tool's LoRA loader"
         )
@@ -144,17 +145,6 @@ def write_embedding(emb: Embedding, path: Path, fmt: Format) -> Path:
     return path
 
 
-def triggers(fmt: Format, path: Path, emb: Embedding) -> dict[str, str]:
-    """tool -> the word that triggers `emb` written to `path` as `fmt`, for each tool that loads it."""
-    words = {tool: fmt.trigger(tool, path, emb) for tool in fmt.loads_in}
-    n = emb.tokens[0].num_vectors if emb.tokens else 0
-    for tool, (template, condition) in fmt.loads_if.items():
-        met = {"one vector only": n == 1, "two or more vectors only": n > 1}.get(condition, False)
-        if met:
-            words[tool] = template.format(stem=path.stem, token=emb.tokens[0].name)
-    return words
-
-
 def readme_table() -> str:
     """The README's table of written formats: for each, the tools that load it and the word that triggers it."""
     pick = {fmt: [t for t, f in FOR_TOOL.items() if f == fmt] for fmt in WRITABLE}
@@ -163,7 +153,7 @@ def readme_table() -> str:
         fmt = FORMATS[name]
         shorthand = [s for s, n in SHORTHANDS.items() if n == name]
         loads = [f"{TOOLS[t]}: `{w}`" for t, w in fmt.loads_in.items()]
-        loads += [f"{TOOLS[t]}: `{w}` ({cond})" for t, (w, cond) in fmt.loads_if.items()]
+        loads += [f"{TOOLS[t]}: `{c.trigger}` ({c.condition})" for t, c in fmt.loads_if.items()]
         ext = f"`{fmt.extension}`" if fmt.extension else "a folder"
         names = ", ".join(f"`{n}`" for n in [name, *shorthand])
         lines.append(f"| {names} | {ext} | {fmt.description} | {'; '.join(loads) or '–'} | "
