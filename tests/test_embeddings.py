@@ -414,3 +414,14 @@ def test_pt_zip_record_prefix_is_archive_not_the_temp_name(tmp_path):
     out = save_embedding(_emb(), tmp_path / "cat.pt")
     with zipfile.ZipFile(out) as z:
         assert {n.split("/")[0] for n in z.namelist()} == {"archive"}
+
+
+def test_merge_keeps_what_its_inputs_agree_on():
+    a = Embedding([Token("<a>", torch.ones(1, 4))], step=100, base_model="sd15", base_model_hash="abc",
+                  init_words={"<a>": "cat"})
+    b = Embedding([Token("<b>", torch.zeros(1, 4))], step=200, base_model="sd15", base_model_hash="abc")
+    merged = merge_embeddings([a, b])
+    assert (merged.base_model, merged.base_model_hash, merged.init_words) == ("sd15", "abc", {"<a>": "cat"})
+    b.base_model_hash = "def"
+    assert merge_embeddings([a, b]).base_model_hash is None  # a disagreement is dropped, not guessed
+    assert merge_embeddings([a]).step == 100
