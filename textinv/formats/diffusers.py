@@ -31,12 +31,15 @@ def read_word_file(path: Path) -> str:
     """A concept's token_identifier.txt or type_of_concept.txt: one short line, or '' (with a warning) for a
     file that is long, several lines or not UTF-8, which is not a token."""
     raw = path.read_bytes()[:1001]
+    if len(raw) > 1000:
+        warn(f"{path}: ignored, it holds more than one short line")
+        return ""
     try:
         text = raw.decode("utf-8").strip()
     except UnicodeDecodeError:
         warn(f"{path}: ignored, it is not UTF-8 text")
         return ""
-    if len(raw) > 1000 or "\n" in text:
+    if "\n" in text:
         warn(f"{path}: ignored, it holds more than one short line")
         return ""
     return text

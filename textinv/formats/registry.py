@@ -40,7 +40,7 @@ _ORDER = ["xl-inversion-list", "a1111-png", "a1111-pt", "paper-pt", "sdxl-pt", "
 FORMATS: dict[str, Format] = {name: _ALL[name] for name in _ORDER}
 WRITABLE = [name for name in WRITE_NAMES if FORMATS[name].write is not None]
 if len(WRITABLE) != len(WRITE_NAMES) or any(FORMATS[n].name != n for n in [*SHORTHANDS.values(), *FOR_TOOL.values()]):
-    raise RuntimeError("textinv.formats.names lists a format that has no writer")
+    raise RuntimeError("textinv.formats names a format that has no writer")
 _EXTENSIONS = {".pt": "pt", ".bin": "bin", ".safetensors": "safetensors", ".png": "png"}
 
 
