@@ -42,12 +42,15 @@ toy-model: install
 # diffusers/transformers and needs Python 3.11 or 3.12). Heavy, so not part of `make test`.
 INTEROP_VENV ?= .venv-interop
 interop: $(INTEROP_VENV)/.installed
-	PYTHONPATH=$(CURDIR) $(INTEROP_VENV)/bin/python interop/invokeai_check.py
+	TQDM_DISABLE=1 PYTHONPATH=$(CURDIR) $(INTEROP_VENV)/bin/python interop/invokeai_check.py
 
+# PyPI's torchvision is built against PyPI's CUDA torch and does not load with the CPU torch; the embedding probe
+# and loader do not use it, and transformers skips it when it is absent.
 $(INTEROP_VENV)/.installed:
 	$(PYTHON) -m venv $(INTEROP_VENV)
 	$(INTEROP_VENV)/bin/pip install -q --upgrade pip
 	$(INTEROP_VENV)/bin/pip install -q $(TORCH) invokeai typer rich pyyaml
+	$(INTEROP_VENV)/bin/pip uninstall -q -y torchvision
 	touch $@
 
 clean:
