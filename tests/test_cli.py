@@ -186,10 +186,12 @@ def test_convert_for_a_tool_writes_its_layout_and_prints_the_trigger_word(tmp_pa
     assert torch.equal(load_embedding(tmp_path / "out" / written).tokens[0].vectors, torch.ones(2, 8))
 
 
-def test_convert_for_refuses_a_mismatched_extension(tmp_path):
+def test_convert_for_refuses_a_mismatched_extension_and_a_second_choice(tmp_path):
     src = save_embedding(Embedding([Token("<cat>", torch.ones(2, 8))]), tmp_path / "src.bin")
     result = runner.invoke(app, ["convert", str(src), str(tmp_path / "x.safetensors"), "--for", "a1111"])
     assert result.exit_code == 1 and "--for a1111 writes a .pt file; name the output x.pt" in result.stderr
+    both = runner.invoke(app, ["convert", str(src), str(tmp_path / "x.pt"), "--for", "a1111", "--to", "pt"])
+    assert both.exit_code == 2 and "give one" in both.stderr and not (tmp_path / "x.pt").exists()
 
 
 def test_merge_to_a_one_token_format_says_how_to_split_and_split_works(tmp_path, two_stars):

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from textinv import __version__
-from textinv.errors import TextinvError
+from textinv.errors import TextinvError, UsageError
 from textinv.formats import SHORTHANDS, TOOLS, WRITE_NAMES
 
 app = typer.Typer(
@@ -162,20 +162,18 @@ def metadata_warnings() -> Iterator[None]:
 
 
 def _write(emb, dst: Path, to, for_tool, force: bool, split: bool) -> None:
-    """Write `emb` (or each of its tokens, with --split) and say what loads it where."""
-    from textinv import embeddings
+    """Write `emb` (each of its tokens with --split) and say which word triggers each file in which tool."""
+    from textinv.embeddings import write_files
 
-    choice = {"format": to.value if to else None, "for_tool": for_tool.value if for_tool else None}
-    for part, path in embeddings.split_outputs(emb, dst, **choice) if split else [(emb, dst)]:
-        written = embeddings.save_embedding(part, embeddings.with_extension(part, path, **choice), force=force,
-                                            **choice)
-        fmt = embeddings.output_format(part, written, **choice)
-        info(f"wrote {written} ({fmt.name}: {', '.join(t.name for t in part.tokens)}; {part.family})")
-        words = embeddings.trigger_words(part, written, **choice)
-        if for_tool is not None:
-            out.print(f"{TOOLS[for_tool.value]}: use [bold]{escape(words.get(for_tool.value, '?'))}[/bold] in the prompt")
-        elif words:
-            info("  loads in " + "; ".join(f"{TOOLS[t]} as {escape(w)}" for t, w in words.items()))
+    if to is not None and for_tool is not None:
+        raise UsageError("--to and --for both choose the layout; give one")
+    tool = for_tool.value if for_tool else None
+    for w in write_files(emb, dst, format=to.value if to else None, for_tool=tool, split=split, force=force):
+        info(f"wrote {w.path} ({w.format}: {', '.join(t.name for t in w.embedding.tokens)}; {w.embedding.family})")
+        if tool is not None:
+            out.print(f"{TOOLS[tool]}: use [bold]{escape(w.triggers.get(tool, '?'))}[/bold] in the prompt")
+        elif w.triggers:
+            info("  loads in " + "; ".join(f"{TOOLS[t]} as {escape(word)}" for t, word in w.triggers.items()))
 
 
 @app.command(rich_help_panel="Embeddings")

@@ -132,7 +132,7 @@ def with_extension(emb: Embedding, path: str | Path, *, format: str | None = Non
     return path
 
 
-def split_outputs(emb: Embedding, path: str | Path, **choice) -> list[tuple[Embedding, Path]]:
+def split_outputs(emb: Embedding, path: str | Path) -> list[tuple[Embedding, Path]]:
     """One single-token Embedding per token, each with its own output path `<stem>-<token><ext>` (AUTOMATIC1111,
     InvokeAI, ComfyUI and kohya take the stem as the trigger word)."""
     path = Path(path)
@@ -144,6 +144,31 @@ def split_outputs(emb: Embedding, path: str | Path, **choice) -> list[tuple[Embe
                          init_words={k: v for k, v in emb.init_words.items() if k == tok.name}, extra=dict(emb.extra))
         parts.append((part, path.with_name(f"{path.stem}-{safe}{path.suffix}")))
     return parts
+
+
+@dataclass
+class Written:
+    """One file `write_files` wrote: where, in which format, what it holds, and tool -> its trigger word there."""
+
+    path: Path
+    format: str
+    embedding: Embedding
+    triggers: dict[str, str]
+
+
+def write_files(
+    emb: Embedding, path: str | Path, *, format: str | None = None, for_tool: str | None = None,
+    split: bool = False, force: bool = False,
+) -> list[Written]:
+    """What `convert` and `merge` write: `emb` to `path` (the extension added if it has none), or with `split` one
+    file per token; each with the words that trigger it in the tools that load it."""
+    choice = {"format": format, "for_tool": for_tool}
+    written = []
+    for part, dst in split_outputs(emb, path) if split else [(emb, Path(path))]:
+        dst = save_embedding(part, with_extension(part, dst, **choice), force=force, **choice)
+        fmt = output_format(part, dst, **choice)
+        written.append(Written(dst, fmt.name, part, fmt.triggers(dst, part)))
+    return written
 
 
 def trigger_words(emb: Embedding, path: str | Path, *, format: str | None = None, for_tool: str | None = None):
