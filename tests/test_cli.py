@@ -205,3 +205,14 @@ def test_merge_to_a_one_token_format_says_how_to_split_and_split_works(tmp_path,
     assert load_embedding(tmp_path / "m-2.safetensors").tokens[0].name == "*_2"
     assert torch.equal(load_embedding(tmp_path / "m-2.safetensors").tokens[0].vectors, torch.full((2, 8), 2.0))
     assert load_embedding(tmp_path / "m-token1.safetensors").tokens[0].name == "*"
+
+
+def test_malformed_metadata_is_one_warning_line(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "x.safetensors"
+    save_file({"<cat>": torch.ones(1, 8)}, str(path), metadata={"textinv.placeholders": "[not json"})
+    result = runner.invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"warning: {path}: ignored the malformed metadata field 'textinv.placeholders'"]

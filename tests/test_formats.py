@@ -18,9 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from textinv.embeddings import Embedding, Token, load_embedding, save_embedding
-from textinv.errors import EmbeddingFormatError
+from textinv.errors import EmbeddingFormatError, MetadataWarning
 from textinv.formats import FOR_TOOL, TOOLS, WRITE_NAMES
-from textinv.formats.common import MetadataWarning
 from textinv.formats.registry import FORMATS, WRITABLE
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
@@ -16,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from textinv import __version__
-from textinv.errors import TextinvError, UsageError
+from textinv.errors import MetadataWarning, TextinvError, UsageError
 from textinv.formats import SHORTHANDS, TOOLS, WRITE_NAMES
 
 app = typer.Typer(
@@ -51,6 +52,18 @@ def _main(
     """Textual inversion for Stable Diffusion: teach a model a new word from a few pictures."""
     _state["debug"] = debug or bool(os.environ.get("TEXTINV_DEBUG"))
     _state["quiet"] = quiet
+    warnings.showwarning = _show_warning
+
+
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A file's malformed-but-ignored field is one `warning:` line; other warnings print as Python prints them."""
+    if issubclass(category, MetadataWarning):
+        err.print(f"[yellow]warning:[/yellow] {escape(str(message))}")
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
 
 
 @contextlib.contextmanager
@@ -97,8 +110,7 @@ def inspect(
     failed = 0
     for path in files:
         try:
-            with metadata_warnings():
-                desc = describe_embedding(load_embedding(path))
+            desc = describe_embedding(load_embedding(path))
         except TextinvError as e:
             failed += 1
             if as_json:
@@ -142,25 +154,6 @@ ForOpt = Annotated[
 SplitOpt = Annotated[bool, typer.Option("--split", help="Write one file per token: OUT-<token>.ext.")]
 
 
-@contextlib.contextmanager
-def metadata_warnings() -> Iterator[None]:
-    """Show a file's malformed-but-ignored metadata as one warning line each."""
-    import warnings
-
-    from textinv.formats.common import MetadataWarning
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", MetadataWarning)
-        try:
-            yield
-        finally:
-            for w in caught:
-                if issubclass(w.category, MetadataWarning):
-                    err.print(f"[yellow]warning:[/yellow] {escape(str(w.message))}")
-                else:
-                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-
-
 def _write(emb, dst: Path, to, for_tool, force: bool, split: bool) -> None:
     """Write `emb` (each of its tokens with --split) and say which word triggers each file in which tool."""
     from textinv.embeddings import write_files
@@ -196,7 +189,7 @@ def convert(
     """
     from textinv import embeddings
 
-    with user_errors(), metadata_warnings():
+    with user_errors():
         emb = embeddings.load_embedding(src)
         if token and "=" in token:
             old, new = token.split("=", 1)
@@ -236,7 +229,7 @@ def merge(
     """
     from textinv import embeddings
 
-    with user_errors(), metadata_warnings():
+    with user_errors():
         if on_conflict is Conflict.ask and not sys.stdin.isatty():
             raise TextinvError("--on-conflict ask needs a terminal; use error, rename or skip in scripts")
         loaded = [embeddings.load_embedding(f) for f in files]

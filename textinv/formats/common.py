@@ -11,15 +11,11 @@ from pathlib import Path
 import torch
 
 from textinv.embeddings import Embedding, Token
-from textinv.errors import EmbeddingFormatError
+from textinv.errors import EmbeddingFormatError, MetadataWarning
 
 MAX_VECTORS = 1024  # per token; A1111 allows 75
 META_PREFIX = "textinv."  # our keys in safetensors metadata
 _JSON_KEYS = ("placeholders", "init_words", "extra", "num_vectors")
-
-
-class MetadataWarning(UserWarning):
-    """A metadata field of a file from elsewhere that is malformed and was ignored."""
 
 
 @dataclass
