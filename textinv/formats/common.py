@@ -20,7 +20,8 @@ _JSON_KEYS = ("placeholders", "init_words", "extra", "num_vectors")
 
 @dataclass
 class Source:
-    """Where the data being recognised came from: the file and its container ('torch-zip', 'png', ...)."""
+    """Where the data being recognised came from: the file and its container ('torch-zip', 'png', ..., or
+    'folder' for a concept folder)."""
 
     path: Path
     container: str

@@ -116,10 +116,6 @@ def _write_concept_folder(emb: Embedding, folder: Path) -> None:
         write_text(folder / TYPE_FILE, emb.extra["concept_type"])
 
 
-def _never(data, metadata, source) -> bool:
-    return False  # a folder is recognised before any file is opened
-
-
 FORMATS = [
     Format(
         name="diffusers-bin",
@@ -146,7 +142,7 @@ FORMATS = [
     Format(
         name="sd-concepts-folder",
         description="sd-concepts-library folder: learned_embeds.bin + token_identifier.txt",
-        recognise=_never,
+        recognise=lambda data, metadata, source: source.container == "folder",
         read=lambda data, metadata, source: read_concept_folder(source.path),
         write=_write_concept_folder,
         extension="",

@@ -50,7 +50,7 @@ _EXTENSIONS = {".pt": "pt", ".bin": "bin", ".safetensors": "safetensors", ".png"
 def read_embedding(path: Path) -> Embedding:
     """Read any supported format (detected by content), safely: no pickle code is ever run."""
     if path.is_dir():
-        return diffusers.read_concept_folder(path)
+        return FORMATS["sd-concepts-folder"].read(None, {}, Source(path, "folder"))
     if not path.exists():
         raise EmbeddingFormatError(f"{path}: no such file")
     size = path.stat().st_size
