@@ -314,3 +314,15 @@ def test_legacy_pickle_declaring_a_huge_storage_is_refused_without_allocating_it
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 16 * 2**20
+
+
+@pytest.mark.parametrize("tool", ["a1111", "invokeai", "comfyui", "kohya"])
+def test_sdxl_for_a_tool_is_clip_l_and_clip_g(tmp_path, tool):
+    # AUTOMATIC1111 (textual_inversion.py load_from_file), InvokeAI (TextualInversionModelRaw), kohya
+    # (sdxl_gen_img.py: data["clip_l"], data["clip_g"]) and ComfyUI (load_embed's embed_key) read these two keys.
+    g = torch.Generator().manual_seed(0)
+    emb = Embedding([Token("<xl>", torch.randn(2, 768, generator=g), torch.randn(2, 1280, generator=g))])
+    path = save_embedding(emb, tmp_path / f"xl{FORMATS[FOR_TOOL[tool]].extension}", for_tool=tool)
+    data = load_file(path) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
+    assert set(data) == {"clip_l", "clip_g"}
+    assert torch.equal(data["clip_l"], emb.tokens[0].vectors) and torch.equal(data["clip_g"], emb.tokens[0].vectors_2)
