@@ -118,6 +118,12 @@ def _int_or_none(text) -> int | None:
         return None
 
 
+def placeholder(found: dict, source: Source) -> str:
+    """The word of a one-key layout (emb_params, clip_l/clip_g): ours from the metadata, else the file's stem,
+    which is what AUTOMATIC1111, InvokeAI, ComfyUI and kohya use."""
+    return found["placeholders"][0] if found.get("placeholders") else source.path.stem
+
+
 def with_metadata(emb: Embedding, found: dict) -> Embedding:
     placeholders = found.get("placeholders")
     if placeholders and len(placeholders) == len(emb.tokens):

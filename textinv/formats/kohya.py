@@ -9,7 +9,15 @@ from safetensors.torch import save_file
 
 from textinv.atomic import atomic_write
 from textinv.embeddings import Embedding
-from textinv.formats.common import Source, ours, safetensors_metadata, single_token, token, with_metadata
+from textinv.formats.common import (
+    Source,
+    ours,
+    placeholder,
+    safetensors_metadata,
+    single_token,
+    token,
+    with_metadata,
+)
 from textinv.formats.record import Conditional, Format
 
 
@@ -24,7 +32,7 @@ def has_kohya_metadata(metadata: dict) -> bool:
 def _read(fmt: str):
     def read(data, metadata, source: Source) -> Embedding:
         found = ours(metadata, source.path)
-        name = found["placeholders"][0] if found.get("placeholders") else source.path.stem
+        name = placeholder(found, source)
         emb = Embedding([token(name, data["emb_params"], source.path)], name=metadata.get("modelspec.title"),
                         source_format=fmt)
         return with_metadata(emb, found)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from textinv.embeddings import Embedding
 from textinv.errors import EmbeddingFormatError
-from textinv.formats.common import Source, ours, token, with_metadata
+from textinv.formats.common import Source, ours, placeholder, token, with_metadata
 from textinv.formats.kohya import has_kohya_metadata
 from textinv.formats.record import Format
 
@@ -19,7 +19,7 @@ def _read_clip(fmt: str):
         if "clip_l" not in data or "clip_g" not in data:
             raise EmbeddingFormatError(f"{source.path}: an SDXL embedding needs both clip_l and clip_g; one is missing")
         found = ours(metadata, source.path)
-        name = found["placeholders"][0] if found.get("placeholders") else source.path.stem
+        name = placeholder(found, source)
         emb = Embedding([token(name, data["clip_l"], source.path, data["clip_g"])],
                         name=metadata.get("modelspec.title"), source_format=fmt)
         return with_metadata(emb, found)
