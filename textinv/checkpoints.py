@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from textinv import hub
-from textinv.embeddings import detect_container
-from textinv.errors import EmbeddingFormatError, ModelError, first_line
+from textinv.errors import ModelError, first_line
+from textinv.formats.container import detect_container
 
 
 def a1111_model_hash(path: str | Path) -> str:
@@ -106,7 +106,7 @@ def _checkpoint_for_diffusers(path: Path, tmp: Path, notes: list[str]) -> tuple[
     objects; those are read with every non-tensor object replaced by an inert stand-in, and the weights are
     written to a temporary .safetensors file for diffusers.
     """
-    container = _container(path)
+    container = detect_container(path)
     if path.suffix.lower() == ".safetensors" or container == "safetensors":
         try:
             return path, _LazySafetensors(path)
@@ -167,14 +167,6 @@ def _state_dict(data, path: Path) -> dict:
             f"{path.name}: holds no model weights; is it an embedding? Pass those with --embedding"
         )
     return data
-
-
-def _container(path: Path) -> str | None:
-    """The embedding reader's sniffer ('safetensors', 'torch-zip', ...) applied to a checkpoint; None if unknown."""
-    try:
-        return detect_container(path)
-    except EmbeddingFormatError:
-        return None
 
 
 def _load_with_stand_ins(path: Path):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from textinv.concepts import SD_CONCEPTS, TOKEN_FILE, TYPE_FILE, hub_error
-from textinv.concepts import _read_text as read_small_text  # the token-file reader, being unified by formats
+from textinv.concepts import SD_CONCEPTS, hub_error
 from textinv.errors import ConceptError
+from textinv.formats.diffusers import TOKEN_FILE, TYPE_FILE, read_word_file
 from textinv.hub import Client, check_reachable, hub_exceptions, quiet_logging
 
 
@@ -61,6 +61,6 @@ def search_concepts(
 
 def _small_file(hub: Client, repo_id: str, filename: str) -> str | None:
     try:
-        return read_small_text(hub.download(repo_id, filename)) or None
+        return read_word_file(hub.download(repo_id, filename)) or None
     except hub_exceptions():  # a missing or unreadable file only leaves a blank in the listing
         return None

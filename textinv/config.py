@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from textinv.errors import ConfigError
+from textinv.formats import SHORTHANDS, TOOLS, WRITE_NAMES
 from textinv.paper_config import from_paper_layout, is_paper_layout
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
@@ -107,7 +108,8 @@ CHOICES = {
     "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
     "log.report_to": ("none", "tensorboard"),
 }
-FORMATS = ("pt", "bin", "safetensors")
+# What `log.formats` takes, as `convert --to` or `--for` do; a picture is no training output.
+FORMATS = tuple(f for f in (*SHORTHANDS, *WRITE_NAMES, *TOOLS) if f not in ("png", "a1111-png"))
 
 
 def all_keys() -> list[str]:
@@ -392,6 +394,12 @@ def validate(cfg: Config) -> Config:
     bad = [f for f in cfg.log.formats if f not in FORMATS]
     if bad:
         raise ConfigError(f"`log.formats` has {bad}; the training formats are {', '.join(FORMATS)}")
+    several = [f for f in cfg.log.formats if f not in ("pt", "paper-pt")] if len(p.placeholder_strings) > 1 else []
+    if several:
+        raise ConfigError(
+            f"`log.formats` has {several}, which hold one token, but there are {len(p.placeholder_strings)} "
+            "placeholders; keep pt (the paper layout holds them all) and split later with `textinv convert --split`"
+        )
     if "pt" not in cfg.log.formats:
         cfg.log.formats = ["pt", *cfg.log.formats]
     if cfg.log.name is not None and (not cfg.log.name.strip() or "/" in cfg.log.name):
