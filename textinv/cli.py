@@ -613,6 +613,80 @@ def demo(
     out.print(str(result.picture))
 
 
+# --- evaluation: eval, report --------------------------------------------------------------------------------
+
+
+@app.command(name="eval", rich_help_panel="Evaluation")
+def eval_(
+    targets: Annotated[list[Path], typer.Argument(help="A run folder (every checkpoint, plus step 0) or embedding "
+                                                  "files.", metavar="RUN_DIR|EMBEDDING...")],
+    *,
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="The training pictures \\[default: the run's].",
+                                              show_default=False)] = None,
+    model: _ImgModel = None,
+    init_word: Annotated[str | None, typer.Option("--init-word", "-i", help="The init word, for the baseline and "
+                                                  "the text side \\[default: as recorded].", show_default=False)] = None,
+    clip: Annotated[str, typer.Option("--clip", help="CLIP model (hub id or folder) for identity and editability; "
+                                      "none skips it.")] = "openai/clip-vit-large-patch14",
+    dino: Annotated[str, typer.Option("--dino", help="DINO model (hub id or folder) for a second identity score; "
+                                      "none skips it.")] = "none",
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Images per prompt (seeds SEED, SEED+1, ...).")] = 4,
+    seed: Annotated[int, typer.Option("--seed", "-S", help="The first seed.")] = 0,
+    steps: Annotated[int, typer.Option("--steps", "-s", min=1, help="Denoising steps.")] = 50,
+    cfg: Annotated[float, typer.Option("--cfg", "-C", help="Classifier-free guidance scale.")] = 7.5,
+    margin: Annotated[float, typer.Option("--margin", min=0.0, max=1.0, help="Best step: editability may fall "
+                                          "this fraction below the best checkpoint's.")] = 0.1,
+    device: _ImgDevice = None,
+    copy_best: Annotated[Path | None, typer.Option("--copy-best", help="Write the best step's embedding here.",
+                                                   show_default=False)] = None,
+    force: ForceOpt = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON object.")] = False,
+) -> None:
+    """Score an embedding, or every checkpoint of a run, and pick the best step. Example: textinv eval logs/cat_2024-01-01T10-00-00
+
+    Generates SEEDS images of 'a photo of *' and of edit prompts ('* on a beach', ...) for each checkpoint and the
+    init word; identity is CLIP (and DINO) similarity to the training pictures, editability CLIP similarity to the
+    prompt with * replaced by the init word. On --model toy the toy's judge is the identity score.
+    """
+    from textinv import evaluation
+    from textinv.progress import CountProgress
+
+    settings = evaluation.EvalSettings(seeds=seeds, seed=seed, steps=steps, cfg=cfg, margin=margin,
+                                       clip=None if clip == "none" else clip, dino=None if dino == "none" else dino)
+    with user_errors():
+        result = evaluation.evaluate(targets, data=data, model=model, init_word=init_word, settings=settings,
+                                     device=device, reporter=CountProgress(err, quiet=_state["quiet"]))
+        written = evaluation.copy_best(result, copy_best, force=force) if copy_best else None
+    for note in result.notes:
+        info(f"note: {escape(note)}")
+    if as_json:
+        print_json(result.to_json())
+    else:
+        _print_eval(result)
+    if written:
+        info(f"wrote {written} ({result.best.label})")
+
+
+def _print_eval(result) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    from textinv.evaluation import best_rule_text
+
+    def fmt(x: float | None) -> str:
+        return "" if x is None else f"{x:.3f}"
+
+    table = Table("checkpoint", "identity", "clip", "dino", "editability", "", box=None, pad_edge=False)
+    for r in result.rows:
+        mark = "best" if result.best is not None and r.label == result.best.label else ""
+        table.add_row(Text(r.label), fmt(r.identity), fmt(r.identity_clip), fmt(r.identity_dino),
+                      fmt(r.editability), mark)
+    out.print(table)
+    if result.best is not None:
+        out.print(f"best: {result.best.label}" + (f" ({result.best.file})" if result.best.file else ""), markup=False)
+        info(f"rule: {best_rule_text(result.settings.margin)}")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
