@@ -210,7 +210,7 @@ def evaluate(
     notes: list[str] = []
     if t.run_dir is not None:
         t.candidates[0].embedding = _initial_embedding(pipe, t.placeholder, init_word, t.num_vectors)
-    scorer = _Scores(pipe, data, s, toy, notes, reporter)
+    scorer = Evaluator(pipe, data, s, toy, notes, reporter)
     grids = t.run_dir / GRIDS_DIR if (write and t.run_dir is not None) else None
     todo = [Candidate(label=f"init word ({init_word})", step=None, embedding=None), *t.candidates]
     reporter.start("eval", len(todo), note=f"scoring {len(todo)} candidate(s), {s.seeds} seed(s) per prompt")
@@ -243,7 +243,7 @@ def _initial_embedding(pipe, placeholder: str, init_word: str, n: int):
                      init_words={placeholder: init_word})
 
 
-class _Scores:
+class Evaluator:
     """The fixed parts of an evaluation (model, references, scoring models), and the scoring of one candidate."""
 
     def __init__(self, pipe, data: Path, s: EvalSettings, toy: bool, notes: list[str], reporter: Reporter):
