@@ -687,6 +687,24 @@ def _print_eval(result) -> None:
         info(f"rule: {best_rule_text(result.settings.margin)}")
 
 
+@app.command(rich_help_panel="Evaluation")
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="The run folder (logs/<name>_<timestamp>).")],
+    *,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="The HTML file \\[default: "
+                                                "RUN_DIR/report.html].", show_default=False)] = None,
+) -> None:
+    """Write one self-contained HTML page about a run: config, loss curves, samples over steps, eval table.
+
+    Example: textinv report logs/cat_2024-01-01T10-00-00
+    """
+    from textinv.report import write_report
+
+    with user_errors():
+        path = write_report(run_dir, output)
+    out.print(str(path), markup=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
