@@ -86,27 +86,45 @@ def print_json(obj: object) -> None:
 def inspect(
     files: Annotated[list[Path], typer.Argument(help="Embedding files (any supported format) or concept folders.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per file.")] = False,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Also compare each vector with this model's "
+                                              "vocabulary: norms, nearest tokens, cosine to the init word.",
+                                              show_default=False)] = None,
 ) -> None:
     """Show what embedding files hold: format, model family, and each token's vectors.
 
-    Example: textinv inspect my_cat.pt learned_embeds.bin
+    Example: textinv inspect my_cat.pt learned_embeds.bin (--model M adds checks against the model's vocabulary)
     """
     from textinv.embeddings import describe_embedding, load_embedding
 
+    pipe = None
+    if model is not None:
+        from textinv.models import load_pipeline
+
+        with user_errors():
+            pipe = load_pipeline(model)
     failed = 0
     for path in files:
         try:
-            desc = describe_embedding(load_embedding(path))
+            emb = load_embedding(path)
+            desc = describe_embedding(emb)
+            if pipe is not None:
+                from textinv.vocabulary import diagnose
+
+                desc["model_check"] = diagnose(emb, pipe)
         except TextinvError as e:
             failed += 1
             if as_json:
                 print_json({"path": str(path), "error": str(e)})
             err.print(f"[red]error:[/red] {escape(str(e))}")
             continue
+        for warning in desc.get("model_check", {}).get("warnings", []):
+            err.print(f"[yellow]warning:[/yellow] {escape(warning)}")
         if as_json:
             print_json(desc)
         else:
             _print_description(desc)
+            if "model_check" in desc:
+                _print_model_check(desc["model_check"])
     if failed:
         raise typer.Exit(1)
 
@@ -123,6 +141,22 @@ def _print_description(desc: dict) -> None:
         norm = f"{t['norm']}" + (f" / {t['norm_2']}" if "norm_2" in t else "")
         table.add_row(t["name"], str(t["vectors"]), dim, t["dtype"], norm)
     out.print(table)
+
+
+def _print_model_check(check: dict) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    for t in check["tokens"]:
+        out.print(f"{t['name']} against {check['model']} ({t['encoder']}): vocabulary median norm "
+                  f"{t['vocab_median_norm']}" + (f", init word {t['init_word']}" if t["init_word"] else ""),
+                  markup=False)
+        table = Table("vector", "norm", "percentile", "cos to init", "nearest tokens", box=None, pad_edge=False)
+        for v in t["vectors"]:
+            near = ", ".join(f"{n['token']} {n['cosine']:.2f}" for n in v["nearest"])
+            init = f"{v['init_word_cosine']:.3f}" if "init_word_cosine" in v else ""
+            table.add_row(str(v["index"]), f"{v['norm']:.4g}", f"{v['norm_percentile']:.1f}%", init, Text(near))
+        out.print(table)
 
 
 class WriteFormat(str, Enum):
