@@ -121,3 +121,22 @@ def test_eval_without_data_is_one_clear_error(fake_run, tiny_model_dir):
     res = runner.invoke(app, ["eval", str(fake_run / "embeddings" / "c-10.pt"), "--model", str(tiny_model_dir)])
     assert res.exit_code == 1
     assert "pass --data DIR" in res.stderr and "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_on_the_toy_model_identity_rises_with_training_and_the_best_step_is_not_step_0(tmp_path):
+    from textinv.toy import proof
+
+    concept = proof.write_concept(tmp_path / "purple-triangle")
+    res = runner.invoke(app, ["--quiet", "train", str(concept), "--init-word", proof.INIT_WORD, "--config", "toy",
+                              "--name", "p", "--output-dir", str(tmp_path / "runs"), "--set", "log.save_every=150"])
+    assert res.exit_code == 0, res.output
+    (run,) = (tmp_path / "runs").glob("p_*")
+    out = json.loads(_eval([str(run), "--seeds", "8", "--steps", "25", "--cfg", "5", "--json"]).stdout)
+    by_label = {r["label"]: r for r in out["rows"]}
+    assert list(by_label) == ["init word (triangle)", "step 0", "step 150", "step 300"]
+    ident = [by_label[k]["identity"] for k in ("step 0", "step 150", "step 300")]
+    assert ident[0] <= 0.25 and ident[2] >= 0.75 and ident[2] > ident[0], ident
+    assert out["best"]["step"] in (150, 300)
+    assert all(r["editability"] is None and r["identity_clip"] is None for r in out["rows"])
+    assert any("toy" in n and "CLIP" in n for n in out["notes"])
