@@ -657,7 +657,8 @@ def eval_(
     *,
     data: Annotated[Path | None, typer.Option("--data", "-d", help="The training pictures \\[default: the run's].",
                                               show_default=False)] = None,
-    model: _ImgModel = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Hub id, diffusers folder, .ckpt/.safetensors "
+                                              "file, or toy \\[default: the run's model].", show_default=False)] = None,
     init_word: Annotated[str | None, typer.Option("--init-word", "-i", help="The init word, for the baseline and "
                                                   "the text side \\[default: as recorded].", show_default=False)] = None,
     clip: Annotated[str, typer.Option("--clip", help="CLIP model (hub id or folder) for identity and editability; "
@@ -678,9 +679,7 @@ def eval_(
 ) -> None:
     """Score an embedding, or every checkpoint of a run, and pick the best step. Example: textinv eval logs/cat_2024-01-01T10-00-00
 
-    Generates SEEDS images of 'a photo of *' and of edit prompts ('* on a beach', ...) for each checkpoint and the
-    init word; identity is CLIP (and DINO) similarity to the training pictures, editability CLIP similarity to the
-    prompt with * replaced by the init word. On --model toy the toy's judge is the identity score.
+    Generates SEEDS images of 'a photo of *' and of edit prompts ('* on a beach', ...) for each checkpoint and the init word; identity is CLIP (and DINO) similarity to the training pictures, editability CLIP similarity to the prompt with * replaced by the init word. On --model toy the toy's judge is the identity score.
     """
     from textinv import evaluation
     from textinv.progress import CountProgress
