@@ -139,4 +139,5 @@ def test_on_the_toy_model_identity_rises_with_training_and_the_best_step_is_not_
     assert ident[0] <= 0.25 and ident[2] >= 0.75 and ident[2] > ident[0], ident
     assert out["best"]["step"] in (150, 300)
     assert all(r["editability"] is None and r["identity_clip"] is None for r in out["rows"])
+    assert out["settings"]["edit_prompts"] == []
     assert any("toy" in n and "CLIP" in n for n in out["notes"])

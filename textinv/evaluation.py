@@ -17,6 +17,7 @@ checkpoint editability, the one with the highest identity; ties go to the earlie
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -207,6 +208,8 @@ def evaluate(
         raise ConfigError("the embedding does not record its init word; pass --init-word WORD (e.g. cat)")
     pipe = models.load_pipeline(model or t.model, device=device)
     toy = pipe.textinv.kind == "toy"
+    if toy:  # the judge scores `a photo of *` only: no edit prompts to generate
+        s = dataclasses.replace(s, edit_prompts=())
     notes: list[str] = []
     if t.run_dir is not None:
         t.candidates[0].embedding = _initial_embedding(pipe, t.placeholder, init_word, t.num_vectors)
