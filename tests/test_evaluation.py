@@ -87,6 +87,7 @@ def test_eval_of_a_run_scores_step_0_every_checkpoint_and_the_init_word(fake_run
         assert (fake_run / r["grid"]).is_file()
     expected = best_row([Row(**r) for r in first["rows"]], first["settings"]["margin"])
     assert first["best"]["step"] == expected.step
+    assert "editability is at least 90%" in first["rule"]
     assert json.loads((fake_run / "eval.json").read_text()) == first
 
     # step 0 is the init word's vectors: with one vector, the same images as the init word's baseline
@@ -141,3 +142,4 @@ def test_on_the_toy_model_identity_rises_with_training_and_the_best_step_is_not_
     assert all(r["editability"] is None and r["identity_clip"] is None for r in out["rows"])
     assert out["settings"]["edit_prompts"] == []
     assert any("toy" in n and "CLIP" in n for n in out["notes"])
+    assert "editability was not measured" in out["rule"]

@@ -752,7 +752,7 @@ def _print_eval(result) -> None:
     out.print(table)
     if result.best is not None:
         out.print(f"best: {result.best.label}" + (f" ({result.best.file})" if result.best.file else ""), markup=False)
-        info(f"rule: {best_rule_text(result.settings.margin)}")
+        info(f"rule: {best_rule_text(result.settings.margin, result.rows)}")
 
 
 @app.command(rich_help_panel="Evaluation")

@@ -97,7 +97,7 @@ class EvalResult:
             "data": self.data,
             "init_word": self.init_word,
             "settings": s,
-            "rule": best_rule_text(self.settings.margin),
+            "rule": best_rule_text(self.settings.margin, self.rows),
             "rows": [asdict(r) for r in self.rows],
             "best": None if self.best is None else {"label": self.best.label, "step": self.best.step,
                                                     "file": self.best.file},
@@ -105,7 +105,10 @@ class EvalResult:
         }
 
 
-def best_rule_text(margin: float) -> str:
+def best_rule_text(margin: float, rows: list[Row] | None = None) -> str:
+    """The best-step rule in words; without editability scores in `rows`, the part that applies."""
+    if rows is not None and all(r.editability is None for r in rows):
+        return "highest identity among the checkpoints (ties: the earlier step); editability was not measured"
     return (f"highest identity among the checkpoints whose editability is at least {1 - margin:.0%} of the best "
             "checkpoint's editability (ties: the earlier step)")
 
