@@ -76,6 +76,7 @@ class TrainConfig:
     seed: int = 23  # the paper code's seed
     mixed_precision: str = "auto"  # auto | no | fp16 | bf16; the learned vectors stay float32 regardless
     device: str = "auto"
+    early_stop: int = 0  # patience, in validation-loss checks; 0: train to max_steps
 
 
 @dataclass
@@ -89,6 +90,13 @@ class LogConfig:
     sample_steps: int = 50
     guidance_scale: float = 5.0  # the paper code's samples_scaled
     report_to: str = "none"  # none | tensorboard
+    prompts: list[str] = field(default_factory=list)  # validation prompts, e.g. ["* on a beach"]
+    negative_prompt: str = ""
+    val_loss_every: int = 100  # a few forward passes on fixed draws: cheap next to 100 training steps
+    val_samples: int = 8
+    eval_every: int = 0  # off: it generates and scores a grid, slow on a CPU
+    eval_clip: str | None = "openai/clip-vit-large-patch14"
+    eval_dino: str | None = None
 
 
 @dataclass
@@ -357,7 +365,10 @@ def validate(cfg: Config) -> Config:
     _positive(cfg, "personalization.num_vectors_per_token", "train.max_steps", "data.resolution", "data.batch_size",
               "data.repeats", "optim.gradient_accumulation_steps", "log.num_images", "log.sample_steps")
     _non_negative(cfg, "optim.lr_warmup_steps", "optim.weight_decay", "optim.max_grad_norm", "log.save_every",
-                  "log.image_every", "train.seed")
+                  "log.image_every", "train.seed", "log.val_loss_every", "log.eval_every", "train.early_stop")
+    _positive(cfg, "log.val_samples")
+    if cfg.train.early_stop and not cfg.log.val_loss_every:
+        raise ConfigError("`train.early_stop` needs the validation loss; set `log.val_loss_every` (e.g. 100)")
     if p.num_vectors_per_token > 75:
         raise ConfigError("`personalization.num_vectors_per_token` is over 75; a prompt holds at most 75 tokens")
     if cfg.data.resolution % 8:
