@@ -17,6 +17,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from textinv import config as cfgmod
+from textinv import data as datamod
+from textinv import tokens
 from textinv import train as trainmod
 from textinv.cli import app
 from textinv.embeddings import load_embedding
@@ -88,7 +90,8 @@ def test_cli_run_writes_every_file(tmp_path, tiny_model_dir, images):
     names = {p.name for p in (run_dir / "embeddings").iterdir()}
     assert names == {"my_cat-3.pt", "my_cat-6.pt", "my_cat.pt", "my_cat.bin", "my_cat.safetensors"}
     images_written = {p.name for p in (run_dir / "images").iterdir()}
-    assert images_written == {f"{k}_gs-{s:06d}.png" for k in IMAGE_KEYS for s in (3, 6)}
+    assert images_written == ({f"{k}_gs-{s:06d}.png" for k in IMAGE_KEYS for s in (3, 6)}
+                              | {f"conditioning_gs-{s:06d}.txt" for s in (3, 6)})
     with Image.open(run_dir / "images" / "samples_gs-000006.png") as im:
         assert im.size == (64, 32)  # num_images=2 side by side at 32 px
     assert [s for s, _, _ in read_losses(run_dir)] == [1, 2, 3, 4, 5, 6]
@@ -149,9 +152,9 @@ def denoising_loss(model_dir: Path, images: Path, vectors: torch.Tensor) -> floa
     pipe = StableDiffusionPipeline.from_pretrained(model_dir)
     tok, te = pipe.tokenizer, pipe.text_encoder
     first = len(tok)
-    trainmod.add_new_tokens(tok, ["<x>"], first)
+    tokens.add_new_tokens(tok, ["<x>"], first)
     base = te.get_input_embeddings()
-    trainmod.replace_module(te, base, trainmod.SplicedEmbedding(base, vectors, first))
+    tokens.replace_module(te, base, tokens.SplicedEmbedding(base, vectors, first))
     pics, _ = load_folder(images, 32)
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
     ids = tok(["a photo of a <x>"] * len(pics), padding="max_length", max_length=77, return_tensors="pt").input_ids
@@ -357,7 +360,10 @@ def test_lr_schedules():
         (["--init-word", "cat", "--init-word", "dog"], "1 placeholder(s) ['*'] but 2 init word(s)"),
         (["--model", "/nonexistent/model"], "model /nonexistent/model: no such file or folder"),
         (["--config", "nope.yaml"], "config file nope.yaml not found"),
-        (["--report-to", "wandb"], "`log.report_to` is 'wandb'; it must be one of none | tensorboard"),
+        (["--report-to", "mlflow"], "`log.report_to` is 'mlflow'; it must be one of none | tensorboard | wandb | all"),
+        pytest.param(["--report-to", "wandb"], "--report-to wandb needs the wandb package: pip install 'textinv[wandb]'",
+                     marks=pytest.mark.skipif(__import__("importlib").util.find_spec("wandb") is not None,
+                                              reason="wandb is installed")),
     ],
 )
 def test_errors_are_one_clear_line(tmp_path, images, args, message):
@@ -394,18 +400,18 @@ def test_captions_replace_templates_and_must_name_the_placeholder(tmp_path):
         def message(self, text):
             messages.append(text)
 
-    images, items = trainmod.build_items(cfg, R())
+    images, items = datamod.build_items(cfg.personalization, cfg.data, R())
     assert [it.prompts for it in items][0] == ["a photo of <c> on a sofa"]
     assert len(items[1].prompts) == 27 and items[1].prompts[0] == "a photo of a <c>"
-    assert trainmod.expand_placeholders("a photo of <c>, big", {"<c>": "<t-0> <t-1>"}) == "a photo of <t-0> <t-1>, big"
+    assert tokens.expand_placeholders("a photo of <c>, big", {"<c>": "<t-0> <t-1>"}) == "a photo of <t-0> <t-1>, big"
     assert messages == []
 
     (folder / "img1.txt").write_text("a photo of a sofa")
-    with pytest.raises(trainmod.DataError, match="caption img1.txt does not mention the placeholder"):
-        trainmod.build_items(cfg, R())
+    with pytest.raises(datamod.DataError, match="caption img1.txt does not mention the placeholder"):
+        datamod.build_items(cfg.personalization, cfg.data, R())
     two = cfgmod.build_config(None, ["data.resolution=32"], **{
         "data.paths": [str(folder)], "personalization.placeholder_strings": ["<a>", "<b>"],
         "personalization.initializer_words": ["cat", "dog"]})
     (folder / "img1.txt").unlink()
-    with pytest.raises(trainmod.DataError, match="img1.png has no caption file, and with 2 placeholders in one folder"):
-        trainmod.build_items(two, R())
+    with pytest.raises(datamod.DataError, match="img1.png has no caption file, and with 2 placeholders in one folder"):
+        datamod.build_items(two.personalization, two.data, R())
