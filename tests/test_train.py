@@ -415,3 +415,239 @@ def test_captions_replace_templates_and_must_name_the_placeholder(tmp_path):
     (folder / "img1.txt").unlink()
     with pytest.raises(datamod.DataError, match="img1.png has no caption file, and with 2 placeholders in one folder"):
         datamod.build_items(two.personalization, two.data, R())
+
+
+# --- issue 13: attention, checkpointing, the latent cache ---------------------------------------------------------
+
+
+def test_training_unet_attention_stays_on_sdpa(tmp_path, tiny_model_dir, images, monkeypatch):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    seen = []
+    real = trainmod.compute_loss
+
+    def spy(unet, *args, **kwargs):
+        seen.append({type(proc) for proc in unet.attn_processors.values()})
+        return real(unet, *args, **kwargs)
+
+    monkeypatch.setattr(trainmod, "compute_loss", spy)
+    trainmod.train(library_config(tmp_path, tiny_model_dir, images, "train.max_steps=1", "log.image_every=0"))
+    assert seen and all(kinds == {AttnProcessor2_0} for kinds in seen), seen
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tmp_path, tiny_model_dir, images, monkeypatch):
+    sets = ("train.max_steps=3", "log.image_every=0", "log.save_every=0")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plain = trainmod.train(library_config(tmp_path / "a", tiny_model_dir, images, *sets))
+    checkpointed = []
+    real = trainmod.compute_loss
+
+    def spy(unet, *args, **kwargs):
+        checkpointed.append(unet.is_gradient_checkpointing)
+        return real(unet, *args, **kwargs)
+
+    monkeypatch.setattr(trainmod, "compute_loss", spy)
+    ckpt = trainmod.train(library_config(tmp_path / "b", tiny_model_dir, images, *sets,
+                                         "train.gradient_checkpointing=true"))
+    assert checkpointed == [True] * 3
+    assert ckpt.losses == pytest.approx(plain.losses, rel=1e-5, abs=1e-7)
+    a = load_embedding(plain.embedding_path).tokens[0].vectors
+    b = load_embedding(ckpt.embedding_path).tokens[0].vectors
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_gradient_checkpointing_flag_reaches_the_config(tmp_path, tiny_model_dir, images):
+    cfg = str(tiny_config(tmp_path, tiny_model_dir, train={"max_steps": 1}, log={"image_every": 0}))
+    result = runner.invoke(app, ["train", str(images), "-i", "cat", "-c", cfg, "--gradient-checkpointing"])
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "logs").iterdir()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["gradient_checkpointing"] is True
+
+
+def test_latent_cache_size_and_large_caches_go_to_the_cpu_in_half(tmp_path, tiny_model_dir, images, monkeypatch):
+    from diffusers import AutoencoderKL
+
+    from textinv.data import load_folder
+
+    vae = AutoencoderKL.from_pretrained(tiny_model_dir / "vae")
+    pics, _ = load_folder(images, 32)
+    cache = datamod.cache_latents(vae, pics, torch.device("cpu"))
+    side = 32 // 2 ** (len(vae.config.block_out_channels) - 1)
+    assert cache.mean.dtype == torch.float32
+    assert cache.nbytes == datamod.cache_bytes(len(pics), vae.config.latent_channels, side)
+    # the sizes the README quotes: SD's 4-channel latents, 1/8 of the image side
+    assert datamod.cache_bytes(500, 4, 512 // 8) == 125 * 2**20
+    assert datamod.cache_bytes(5, 4, 1024 // 8) == 5 * 2**20
+    monkeypatch.setattr(datamod, "CACHE_ON_DEVICE_BYTES", cache.nbytes - 1)
+    big = datamod.cache_latents(vae, pics, torch.device("cpu"))
+    assert big.mean.dtype == torch.float16 and big.nbytes == cache.nbytes // 2
+    assert torch.allclose(big.mean.float(), cache.mean, atol=1e-2)
+
+
+# --- issue 14: accelerate, effective batch, trackers ----------------------------------------------------------------
+
+
+def test_effective_batch_and_lr_are_printed_and_recorded(tmp_path, tiny_model_dir, images):
+    cfg = str(tiny_config(tmp_path, tiny_model_dir, train={"max_steps": 1}, log={"image_every": 0}))
+    result = runner.invoke(app, ["train", str(images), "-i", "cat", "-c", cfg, "--set",
+                                 "optim.gradient_accumulation_steps=3", "--set", "optim.learning_rate=0.001"])
+    assert result.exit_code == 0, result.output
+    line = ("effective batch 6 = 2 per process x 3 accumulation x 1 process(es); learning rate 0.006 = 0.001 x 6 "
+            "(optim.scale_lr)")
+    assert line in " ".join(result.stderr.split())
+    (run_dir,) = (tmp_path / "logs").iterdir()
+    assert (run_dir / "config.yaml").read_text().splitlines()[0] == f"# {line}"
+    assert read_losses(run_dir)[0][2] == pytest.approx(0.006)
+
+
+def test_report_to_tensorboard_writes_events_tensorboard_reads(tmp_path, tiny_model_dir, images):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = library_config(tmp_path, tiny_model_dir, images, "train.max_steps=3", "log.image_every=0",
+                         "log.report_to=tensorboard")
+    result = trainmod.train(cfg)
+    acc = EventAccumulator(str(result.run_dir / "tensorboard" / "textinv"))
+    acc.Reload()
+    loss = acc.Scalars("train/loss")
+    assert [e.step for e in loss] == [1, 2, 3]
+    assert [e.value for e in loss] == pytest.approx(result.losses, rel=1e-5)
+
+
+# --- issue 11: image logs ---------------------------------------------------------------------------------------
+
+
+def test_conditioning_logs_the_prompts_drawn_and_every_placeholder_is_sampled(tmp_path, tiny_model_dir, monkeypatch):
+    from diffusers import StableDiffusionPipeline
+
+    cats, dogs = make_images(tmp_path / "cats", 2, seed=1), make_images(tmp_path / "dogs", 2, seed=2)
+    cfg = cfgmod.build_config(tiny_config(tmp_path, tiny_model_dir, train={"max_steps": 3},
+                                          log={"image_every": 3, "save_every": 0, "num_images": 2}), None, **{
+        "data.paths": [str(cats), str(dogs)], "personalization.placeholder_strings": ["<c>", "<d>"],
+        "personalization.initializer_words": ["cat", "dog"], "data.batch_size": 4})
+    drawn: list[str] = []
+    real_draw = datamod.Batches.draw
+
+    def spy_draw(self, batch):
+        out = real_draw(self, batch)
+        drawn.extend(self.items[i].prompts[c] for i, (_, c) in list(self.drawn.items())[-batch:])
+        return out
+
+    prompts: list[str] = []
+    real_call = StableDiffusionPipeline.__call__
+
+    def spy_call(self, prompt, *args, **kwargs):
+        prompts.append(prompt)
+        return real_call(self, prompt, *args, **kwargs)
+
+    monkeypatch.setattr(datamod.Batches, "draw", spy_draw)
+    monkeypatch.setattr(StableDiffusionPipeline, "__call__", spy_call)
+    result = trainmod.train(cfg)
+    text = (result.run_dir / "images" / "conditioning_gs-000003.txt").read_text()
+    rows = [block.splitlines() for block in text.strip().split("\n\n")]
+    assert len(rows) == 2 and all(len(r) == 2 for r in rows)
+    assert all("<c>" in line for line in rows[0]) and all("<d>" in line for line in rows[1])
+    assert all(line in drawn[-4:] for row in rows for line in row)  # the prompts of the last step's draws
+    # samples, samples_scaled and init_word: one pipeline call per placeholder each, one row of the grid each
+    assert len(prompts) == 6
+    assert sum("cat" in p for p in prompts) >= 1 and sum("dog" in p for p in prompts) >= 1
+    samples = Image.open(result.run_dir / "images" / "samples_gs-000003.png")
+    inputs = Image.open(result.run_dir / "images" / "inputs_gs-000003.png")
+    assert samples.size == (2 * 32, 2 * 32) and inputs.size == (2 * 32, 2 * 32)
+
+
+# --- issue 12: resume faults ----------------------------------------------------------------------------------------
+
+
+def _finished_run(tmp_path, tiny_model_dir, images, *sets):
+    cfg = library_config(tmp_path, tiny_model_dir, images, "log.save_every=2", "log.image_every=0",
+                         "train.max_steps=6", *sets)
+    return trainmod.train(cfg)
+
+
+class Messages(Reporter):
+    def __init__(self):
+        self.lines = []
+
+    def message(self, text):
+        self.lines.append(text)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "wrong keys", "pointer"])
+def test_resume_falls_back_to_the_previous_intact_state(tmp_path, tiny_model_dir, images, damage):
+    whole = _finished_run(tmp_path, tiny_model_dir, images)
+    run = whole.run_dir
+    # as if killed after the step-4 state: state.json points at state-000004, state-000002 is kept beside it
+    for f in (run / "embeddings").glob("my_cat.*"):
+        f.unlink()
+    (run / "state" / "state-000006.pt").unlink()
+    torch.save(torch.load(run / "state" / "state-000004.pt", weights_only=True), run / "state" / "state-000002.pt")
+    (tmp_path / "two").mkdir()
+    two = _finished_run(tmp_path / "two", tiny_model_dir, images, "train.max_steps=2")
+    (run / "state" / "state-000002.pt").write_bytes((two.run_dir / "state" / "state-000002.pt").read_bytes())
+    (run / "state.json").write_text('{"step": 4, "state": "state/state-000004.pt"}\n')
+    latest = run / "state" / "state-000004.pt"
+    if damage == "truncated":
+        latest.write_bytes(latest.read_bytes()[:300])
+    elif damage == "empty":
+        latest.write_bytes(b"")
+    elif damage == "wrong keys":
+        torch.save({"step": 4, "learned": torch.zeros(1)}, latest)
+    else:
+        latest.write_bytes(latest.read_bytes()[:300])
+        (run / "state.json").write_text('{"step": 4, "sta')
+    said = Messages()
+    resumed = trainmod.train(cfgmod.config_for_resume(run), resume=run, reporter=said)
+    assert any(line.startswith("warning: state-000004.pt is ") and "resuming from state-000002.pt (step 2)" in line
+               for line in said.lines), said.lines
+    assert resumed.losses == pytest.approx(whole.losses[2:], rel=1e-6)
+    assert [s for s, _, _ in read_losses(run)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_a_hostile_state_file(tmp_path, tiny_model_dir, images):
+    whole = _finished_run(tmp_path, tiny_model_dir, images, "train.max_steps=4")
+    (whole.run_dir / "embeddings" / "my_cat.pt").unlink()
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    import pickle
+
+    with open(whole.run_dir / "state" / "state-000004.pt", "wb") as f:
+        pickle.dump({"step": 4, "x": Boom()}, f)
+    result = runner.invoke(app, ["train", "--resume", str(whole.run_dir)])
+    assert result.exit_code == 1, result.output
+    assert "holds Python code, not only tensors" in result.stderr and result.stderr.count("\n") == 1
+    assert "weights_only" not in result.stderr
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_kill_after_the_last_state_then_resume_writes_the_final_files(tmp_path, tiny_model_dir, images):
+    whole = _finished_run(tmp_path, tiny_model_dir, images, "log.formats=[pt,safetensors]")
+    finals = {p.name: load_embedding(p).tokens[0].vectors for p in (whole.run_dir / "embeddings").glob("my_cat.*")}
+    assert set(finals) == {"my_cat.pt", "my_cat.safetensors"}
+    for name in finals:
+        (whole.run_dir / "embeddings" / name).unlink()
+    result = runner.invoke(app, ["train", "--resume", str(whole.run_dir)])
+    assert result.exit_code == 0, result.output
+    assert "final files were not written; writing them" in result.stderr
+    assert "already finished" not in result.stderr
+    for name, vectors in finals.items():
+        assert torch.equal(load_embedding(whole.run_dir / "embeddings" / name).tokens[0].vectors, vectors)
+    done = runner.invoke(app, ["train", "--resume", str(whole.run_dir)])
+    assert done.exit_code == 1 and "already finished at step 6" in done.stderr
+
+
+def test_a_bad_loss_row_does_not_break_later_resumes(tmp_path, tiny_model_dir, images):
+    whole = _finished_run(tmp_path, tiny_model_dir, images)
+    csv_path = whole.run_dir / "loss.csv"
+    lines = csv_path.read_text().splitlines()
+    csv_path.write_text("\n".join([*lines[:3], "3,0.1", "garbage,,", *lines[3:5], "5,0.2"]) + "\n")
+    (whole.run_dir / "state.json").write_text('{"step": 4, "state": "state/state-000004.pt"}\n')
+    for _ in range(2):
+        resumed = trainmod.train(cfgmod.config_for_resume(whole.run_dir, max_steps=6 + _), resume=whole.run_dir)
+        assert resumed.losses
+        (whole.run_dir / "state.json").write_text('{"step": 4, "state": "state/state-000004.pt"}\n')
+    assert [s for s, _, _ in read_losses(whole.run_dir)] == [1, 2, 3, 4, 5, 6, 7]
