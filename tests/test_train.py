@@ -7,6 +7,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -651,3 +653,60 @@ def test_a_bad_loss_row_does_not_break_later_resumes(tmp_path, tiny_model_dir, i
         assert resumed.losses
         (whole.run_dir / "state.json").write_text('{"step": 4, "state": "state/state-000004.pt"}\n')
     assert [s for s, _, _ in read_losses(whole.run_dir)] == [1, 2, 3, 4, 5, 6, 7]
+
+
+# --- several processes: accelerate launch, two CPU processes on gloo --------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accelerate_launch(args: list[str], prefix: Path, n: int = 2) -> subprocess.CompletedProcess:
+    """`accelerate launch` N CPU processes of tests/launch_probe.py: on a machine without GPUs accelerate starts
+    several processes only through its torchrun path (`--multi_gpu`); textinv then joins them over gloo."""
+    launcher = Path(sys.executable).parent / "accelerate"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", str(n), "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+           str(Path(__file__).with_name("launch_probe.py")), str(prefix), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_two_processes_under_accelerate_launch_learn_what_one_process_learns(tmp_path, tiny_model_dir, images):
+    cfg = str(tiny_config(tmp_path, tiny_model_dir, train={"max_steps": 4},
+                          log={"save_every": 2, "image_every": 4, "formats": ["pt", "safetensors"]}))
+    one = runner.invoke(app, ["train", str(images), "-i", "cat", "-c", cfg, "-n", "one", "--set", "data.batch_size=2"])
+    assert one.exit_code == 0, one.output
+    two = accelerate_launch(["train", str(images), "-i", "cat", "-c", cfg, "-n", "two", "--set", "data.batch_size=1"],
+                            tmp_path / "rows")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "effective batch 2 = 1 per process x 1 accumulation x 2 process(es)" in " ".join(two.stderr.split())
+    (one_dir,) = (tmp_path / "logs").glob("one_*")
+    (two_dir,) = (tmp_path / "logs").glob("two_*")  # one run folder, written once
+
+    # every step, both processes hold the same learned rows
+    r0, r1 = torch.load(f"{tmp_path / 'rows'}-rank0.pt"), torch.load(f"{tmp_path / 'rows'}-rank1.pt")
+    assert r0.shape[0] == 4 and torch.equal(r0, r1)
+    # the same files as the one-process run, and the same learning to float tolerance
+    def names(run):
+        return sorted(str(p.relative_to(run)).replace(run.name.split("_")[0], "NAME") for p in run.rglob("*")
+                      if p.is_file() and "tensorboard" not in p.parts)
+    assert names(two_dir) == names(one_dir)
+    assert [s for s, _, _ in read_losses(two_dir)] == [1, 2, 3, 4]
+    assert [v for _, v, _ in read_losses(two_dir)] == pytest.approx([v for _, v, _ in read_losses(one_dir)], rel=1e-4)
+    a = load_embedding(one_dir / "embeddings" / "one.pt").tokens[0].vectors
+    b = load_embedding(two_dir / "embeddings" / "two.pt").tokens[0].vectors
+    assert torch.allclose(a, b, atol=1e-5) and torch.equal(b[0], r0[-1][0])
+
+    # --resume with the same process count continues; with another count it says so in one line
+    more = accelerate_launch(["train", "--resume", str(two_dir), "--max-steps", "6"], tmp_path / "more")
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert [s for s, _, _ in read_losses(two_dir)] == [1, 2, 3, 4, 5, 6]
+    alone = runner.invoke(app, ["train", "--resume", str(two_dir), "--max-steps", "8"])
+    assert alone.exit_code == 1 and "trained by 2 process(es); resume it with as many" in alone.stderr

@@ -250,7 +250,10 @@ class EpochSampler:
 class Batches:
     """Draws a training micro-batch: items in epoch order, a flip each, a latent sampled from the cached
     distribution, noise, timesteps and a prompt each; every draw from the run's one generator. `noise_scheduler`
-    (diffusers' DDPMScheduler) noises the latents and gives the v target."""
+    (diffusers' DDPMScheduler) noises the latents and gives the v target.
+
+    With several processes every one draws the whole global batch from the same generator and keeps its own
+    slice, so N processes at batch b train on exactly what one process at batch N*b would."""
 
     items: list[Item]
     prompt_ids: list[torch.Tensor]  # per item: [n_prompts, 77] on device
@@ -262,24 +265,30 @@ class Batches:
     sampler: EpochSampler
     generator: torch.Generator
     device: torch.device
+    rank: int = 0
+    world: int = 1
     drawn: dict[int, tuple[int, int]] = field(default_factory=dict)  # item -> (flip, prompt) of its latest draw
 
     def draw(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(noisy latents, timesteps, prompt ids, target): target is the noise, or v for v-prediction models."""
-        g, dev = self.generator, self.device
-        idx = self.sampler.take(batch)
-        flips = (torch.rand(batch, generator=g) < self.flip_p).long()
+        """(noisy latents, timesteps, prompt ids, target) of this process's `batch` samples: target is the noise,
+        or v for v-prediction models."""
+        g, dev, n = self.generator, self.device, batch * self.world
+        idx = self.sampler.take(n)
+        flips = (torch.rand(n, generator=g) < self.flip_p).long()
         img = torch.tensor([self.items[i].image for i in idx])
-        mean = self.cache.mean[img, flips].to(dev, torch.float32)
-        std = self.cache.std[img, flips].to(dev, torch.float32)
-        latents = (mean + std * torch.randn(mean.shape, generator=g).to(dev)) * self.scaling
-        noise = torch.randn(latents.shape, generator=g).to(dev)
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (batch,), generator=g).to(dev)
+        mean, std = self.cache.mean[img, flips], self.cache.std[img, flips]
+        eps = torch.randn(mean.shape, generator=g)
+        noise = torch.randn(mean.shape, generator=g)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,), generator=g)
         choice = [int(torch.randint(0, len(self.items[i].prompts), (1,), generator=g)) for i in idx]
-        ids = torch.stack([self.prompt_ids[i][c] for i, c in zip(idx, choice, strict=True)])
         for i, f, c in zip(idx, flips.tolist(), choice, strict=True):
             self.drawn.pop(i, None)  # re-insert: the dict's order is the order of the latest draws
             self.drawn[i] = (f, c)
+        mine = slice(self.rank * batch, (self.rank + 1) * batch)
+        ids = torch.stack([self.prompt_ids[i][c] for i, c in zip(idx[mine], choice[mine], strict=True)])
+        mean, std = mean[mine].to(dev, torch.float32), std[mine].to(dev, torch.float32)
+        latents = (mean + std * eps[mine].to(dev)) * self.scaling
+        noise, t = noise[mine].to(dev), t[mine].to(dev)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         target = noise if self.prediction == "epsilon" else self.noise_scheduler.get_velocity(latents, noise, t)
         return noisy, t, ids, target

@@ -8,9 +8,10 @@ gradients, attention runs on PyTorch's SDPA kernels, and on a GPU the frozen wei
 Why it resumes exactly: every random draw (data order, flips, templates, latent samples, noise, timesteps) comes
 from one torch.Generator per process whose state is checkpointed with the optimizer, the scheduler and the step.
 
-Several processes (`accelerate launch`): each draws its own micro-batches from its own generator (seed + rank);
-the learned rows' gradient is averaged across processes once per optimizer step (never on accumulation
-micro-steps), so every process takes the same step and the rows stay identical; the main process writes the files.
+Several processes (`accelerate launch`): each draws the global micro-batch from the same generator and trains on
+its own slice; the learned rows' gradient is averaged across processes once per optimizer step (never on
+accumulation micro-steps), so every process takes the same step, the rows stay identical, and N processes at batch
+b learn what one process at batch N*b learns; the main process writes the files.
 """
 
 from __future__ import annotations
@@ -185,11 +186,12 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(o.lr_scheduler, o.lr_warmup_steps, cfg.train.max_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
-    generator = torch.Generator().manual_seed(cfg.train.seed + acc.process_index)
+    generator = torch.Generator().manual_seed(cfg.train.seed)  # the same on every process: see data.Batches
     sampler = data.EpochSampler(len(items), cfg.data.repeats, generator)
     batches = data.Batches(items=items, prompt_ids=prompt_ids, cache=cache, scaling=vae.config.scaling_factor,
                            noise_scheduler=noise_sched, prediction=prediction, flip_p=cfg.data.flip_p,
-                           sampler=sampler, generator=generator, device=device)
+                           sampler=sampler, generator=generator, device=device, rank=acc.process_index,
+                           world=world)
     training = (learned, optimizer, scheduler, scaler, generator, batches)
 
     step = 0
