@@ -6,9 +6,11 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -710,3 +712,96 @@ def test_two_processes_under_accelerate_launch_learn_what_one_process_learns(tmp
     assert [s for s, _, _ in read_losses(two_dir)] == [1, 2, 3, 4, 5, 6]
     alone = runner.invoke(app, ["train", "--resume", str(two_dir), "--max-steps", "8"])
     assert alone.exit_code == 1 and "trained by 2 process(es); resume it with as many" in alone.stderr
+
+
+# --- fault injection: SIGKILL at random points, then --resume ---------------------------------------------------------
+
+
+def _train_process(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.Popen([sys.executable, "-m", "textinv", "train", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _rows_done(logs: Path) -> int:
+    runs_ = list(logs.glob("run_*/loss.csv"))
+    return len(runs_[0].read_text().splitlines()) - 1 if runs_ else 0
+
+
+def _check_every_file_is_whole(run: Path) -> None:
+    """What a kill may leave: whole files and hidden temp files, never a half-written visible one."""
+    for f in run.rglob("*"):
+        if not f.is_file() or f.name.startswith("."):
+            continue
+        if f.suffix == ".pt":
+            torch.load(f, weights_only=True)
+        elif f.suffix == ".png":
+            Image.open(f).load()
+        elif f.suffix == ".yaml":
+            assert yaml.safe_load(f.read_text())
+        elif f.suffix == ".json":
+            json.loads(f.read_text())
+
+
+def _run_files(run: Path) -> dict[str, Path]:
+    return {str(f.relative_to(run)): f for f in run.rglob("*") if f.is_file() and not f.name.startswith(".")}
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_ends_as_an_uninterrupted_run(tmp_path, tiny_model_dir, images):
+    import random
+
+    cfg = str(tiny_config(tmp_path, tiny_model_dir, train={"max_steps": 12},
+                          log={"save_every": 2, "image_every": 4, "formats": ["pt", "bin", "safetensors"]}))
+    base = [str(images), "-i", "cat", "-c", cfg, "-n", "run"]
+    whole = _train_process([*base, "-o", str(tmp_path / "whole")])
+    assert whole.wait(timeout=600) == 0, whole.stderr.read()
+    (whole_dir,) = (tmp_path / "whole").iterdir()
+
+    rng = random.Random(0)
+    logs = tmp_path / "cut"
+    kills = 0
+    history: list = []
+    args = [*base, "-o", str(logs)]
+    while True:
+        proc = _train_process(args)
+        target = rng.randint(0, 12)
+        while proc.poll() is None and _rows_done(logs) < target:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0, 0.4))
+        if proc.poll() is None and kills < 6:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        elif proc.wait(timeout=600) == 0:
+            break
+        history.append((args[:2], target, proc.returncode, proc.stderr.read()[-300:]))
+        found = list(logs.glob("run_*"))
+        for run in found:
+            _check_every_file_is_whole(run)
+        if found and (found[0] / "state.json").is_file():
+            args = ["--resume", str(found[0])]
+        else:  # killed before the first checkpoint: nothing to resume, start again
+            for run in found:
+                shutil.rmtree(run)
+            args = [*base, "-o", str(logs)]
+    assert kills >= 3
+    (cut_dir,) = logs.iterdir()
+    want, got = _run_files(whole_dir), _run_files(cut_dir)
+    assert sorted(got) == sorted(want), (sorted(set(got) ^ set(want)), history)
+    for name, path in want.items():
+        if name.endswith(".pt"):  # torch zips: compare what they hold
+            a, b = torch.load(path, weights_only=True), torch.load(got[name], weights_only=True)
+            assert repr(a) == repr(b), name
+        elif name.endswith(".safetensors"):  # the metadata's order differs from process to process
+            from safetensors import safe_open
+
+            with safe_open(path, "pt") as a, safe_open(got[name], "pt") as b:
+                assert a.metadata() == b.metadata() and a.keys() == b.keys(), name
+                assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys()), name  # noqa: SIM118
+        elif name == "config.yaml":  # the same but for the output folder
+            a, b = yaml.safe_load(path.read_text()), yaml.safe_load(got[name].read_text())
+            assert a["log"].pop("output_dir") != b["log"].pop("output_dir") and a == b
+        else:
+            assert path.read_bytes() == got[name].read_bytes(), name

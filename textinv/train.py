@@ -266,20 +266,20 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
                 if tracking:
                     acc.log({"train/loss": value, "train/lr": current_lr}, step=step)
                 reporter.advance("train", step, loss=value, lr=current_lr)
+                if cfg.log.image_every and step % cfg.log.image_every == 0:
+                    sample_images(step)  # before the checkpoint: a kill while logging redoes the step and its log
                 if cfg.log.save_every and step % cfg.log.save_every == 0 and step < cfg.train.max_steps:
                     checkpoint(step)
-                if cfg.log.image_every and step % cfg.log.image_every == 0:
-                    sample_images(step)
                 if stopping and step < cfg.train.max_steps:
                     checkpoint(step)
                     raise TrainingInterrupted(run_dir, step, saved=True)
-            if not losses and resume is not None:
-                reporter.message(f"the run reached step {step} but its final files were not written; writing them")
-            else:
+            if losses:  # the last image log, then the last state: what a resume after a kill here trusts
+                if cfg.log.image_every and step % cfg.log.image_every:
+                    sample_images(step)
                 checkpoint(step)
+            else:
+                reporter.message(f"the run reached step {step} but its final files were not written; writing them")
             files = writer.finals(embedding_at(step), cfg.log.formats)
-            if cfg.log.image_every and step % cfg.log.image_every and losses:
-                sample_images(step)
             writer.plot()
     except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the last checkpoint stands
         raise TrainingInterrupted(run_dir, last_good, saved=False) from None
