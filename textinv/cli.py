@@ -584,7 +584,8 @@ def train(
         try:
             result = run_training(cfg, reporter=TrainProgress(err, quiet=_state["quiet"]), resume=resume)
         except TrainingInterrupted as e:
-            err.print(f"[yellow]{e}[/yellow]", highlight=False)
+            if not e.quiet:
+                err.print(f"[yellow]{e}[/yellow]", highlight=False)
             raise typer.Exit(e.exit_code) from None
     out.print(f"{result.embedding_path}", highlight=False)
     info(f"trained to step {result.step}; run folder {result.run_dir}")

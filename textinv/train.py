@@ -46,8 +46,9 @@ class TrainingInterrupted(TextinvError):
 
     exit_code = 130
 
-    def __init__(self, run_dir: Path, step: int | None, saved: bool):
+    def __init__(self, run_dir: Path, step: int | None, saved: bool, quiet: bool = False):
         self.run_dir, self.step, self.saved = run_dir, step, saved
+        self.quiet = quiet  # on every process but the main one: the main one says it
         if step is None:
             super().__init__(f"interrupted before the first checkpoint; nothing to resume in {run_dir}, start again")
             return
@@ -272,7 +273,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
                     checkpoint(step)
                 if stopping and step < cfg.train.max_steps:
                     checkpoint(step)
-                    raise TrainingInterrupted(run_dir, step, saved=True)
+                    raise TrainingInterrupted(run_dir, step, saved=True, quiet=not main)
             if losses:  # the last image log, then the last state: what a resume after a kill here trusts
                 if cfg.log.image_every and step % cfg.log.image_every:
                     sample_images(step)
@@ -282,7 +283,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
             files = writer.finals(embedding_at(step), cfg.log.formats)
             writer.plot()
     except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the last checkpoint stands
-        raise TrainingInterrupted(run_dir, last_good, saved=False) from None
+        raise TrainingInterrupted(run_dir, last_good, saved=False, quiet=not main) from None
     finally:
         writer.close()
         if tracking:
