@@ -805,3 +805,18 @@ def test_sigkill_at_random_points_then_resume_ends_as_an_uninterrupted_run(tmp_p
             assert a["log"].pop("output_dir") != b["log"].pop("output_dir") and a == b
         else:
             assert path.read_bytes() == got[name].read_bytes(), name
+
+
+def test_log_formats_takes_tools(tmp_path, tiny_model_dir, images):
+    cfg = tiny_config(tmp_path, tiny_model_dir, log={"formats": ["kohya", "invokeai", "sd-concepts"]})
+    result = runner.invoke(app, ["train", str(images), "--init-word", "cat", "--config", str(cfg),
+                                 "--set", "log.image_every=0"])
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "logs").iterdir()
+    folder = run_dir / "embeddings"
+    assert {p.name for p in folder.iterdir()} >= {"my_cat.pt", "my_cat.safetensors", "my_cat"}
+    pt = load_embedding(folder / "my_cat.pt")
+    assert load_embedding(folder / "my_cat.safetensors").source_format == "kohya"
+    concept = load_embedding(folder / "my_cat")
+    assert concept.source_format == "sd-concepts-folder" and concept.tokens[0].name == "*"
+    assert torch.equal(concept.tokens[0].vectors, pt.tokens[0].vectors)

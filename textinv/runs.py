@@ -61,7 +61,6 @@ def save_state(run_dir: Path, step: int, state: dict[str, Any]) -> Path:
 
 
 STATE_KEYS = ("step", "learned", "optimizer", "scheduler", "rng", "sampler")
-FORMAT_SUFFIX = {"pt": ".pt", "bin": ".bin", "safetensors": ".safetensors"}
 
 
 def load_latest_state(run_dir: Path, say: Callable[[str], None]) -> dict[str, Any]:
@@ -147,8 +146,15 @@ def embedding_of(rows: torch.Tensor, p, name: str, step: int, base_model: str):
                      extra={"trained_with": "textinv", "learnable_property": p.learnable_property})
 
 
-def final_paths(run_dir: Path, name: str, formats: list[str]) -> list[Path]:
-    return [run_dir / "embeddings" / f"{name}{FORMAT_SUFFIX[f]}" for f in formats]
+def final_paths(embedding, run_dir: Path, name: str, formats: list[str]) -> dict[Path, str]:
+    """Where each final file goes -> the format or tool (`log.formats`) it is written for; two naming the same
+    file write it once. The .pt comes first."""
+    from textinv.embeddings import with_extension
+
+    paths: dict[Path, str] = {}
+    for fmt in formats:
+        paths.setdefault(with_extension(embedding, run_dir / "embeddings" / name, format=fmt), fmt)
+    return paths
 
 
 class RunWriter:
@@ -185,7 +191,7 @@ class RunWriter:
         from textinv.embeddings import save_embedding
 
         return [save_embedding(embedding, path, format=fmt, force=True)
-                for fmt, path in zip(formats, final_paths(self.run_dir, self.name, formats), strict=True)]
+                for path, fmt in final_paths(embedding, self.run_dir, self.name, formats).items()]
 
     def plot(self) -> None:
         if self.main:

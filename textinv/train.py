@@ -206,16 +206,17 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
             runs.write_text(run_dir / "config.yaml", f"# {how}\n" + config_mod.dump_config(cfg))
         run_dir = Path(broadcast_object_list([str(run_dir) if run_dir else None])[0])
     name = run_name(cfg)
-    finals = runs.final_paths(run_dir, name, cfg.log.formats)
-    if step >= cfg.train.max_steps and all(f.is_file() for f in finals):
+
+    def embedding_at(s: int):
+        return runs.embedding_of(learned.detach().float().cpu(), p, name, s, cfg.model.source)
+
+    finals = runs.final_paths(embedding_at(step), run_dir, name, cfg.log.formats)
+    if step >= cfg.train.max_steps and all(f.exists() for f in finals):
         raise ConfigError(f"{run_dir} already finished at step {step}; pass a larger --max-steps to train further")
     reporter.message(how)
     writer = runs.RunWriter(run_dir, name, main)
     tracking = start_trackers(acc, cfg, run_dir)
     last_good = step if resume is not None else None
-
-    def embedding_at(s: int):
-        return runs.embedding_of(learned.detach().float().cpu(), p, name, s, cfg.model.source)
 
     def checkpoint(s: int) -> None:
         nonlocal last_good
@@ -291,7 +292,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
         reporter.finish("train")
     acc.wait_for_everyone()
     replace_module(text_encoder, spliced, base)
-    return RunResult(run_dir=run_dir, step=step, embedding_path=finals[0], files=files, losses=losses,
+    return RunResult(run_dir=run_dir, step=step, embedding_path=next(iter(finals)), files=files, losses=losses,
                      prediction_type=prediction)
 
 
