@@ -127,15 +127,15 @@ def make_accelerator(train_cfg):
     return Accelerator(cpu=cpu, mixed_precision="no")
 
 
-def effective_batch(cfg: Config, processes: int) -> tuple[int, float, str]:
-    """(samples per optimizer step, learning rate, a line saying how both were worked out)."""
+def effective_batch(cfg: Config, processes: int) -> tuple[float, str]:
+    """(learning rate, a line saying how it and the samples per optimizer step were worked out)."""
     o, b = cfg.optim, cfg.data.batch_size
     total = b * o.gradient_accumulation_steps * processes
     lr = o.learning_rate * (total if o.scale_lr else 1)
     how = (f"effective batch {total} = {b} per process x {o.gradient_accumulation_steps} accumulation x "
            f"{processes} process(es); learning rate {lr:g}"
            + (f" = {o.learning_rate:g} x {total} (optim.scale_lr)" if o.scale_lr else ""))
-    return total, lr, how
+    return lr, how
 
 
 def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path | None = None) -> RunResult:
@@ -181,7 +181,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
     noise_sched.register_to_config(prediction_type=prediction)
 
     o = cfg.optim
-    _, lr, how = effective_batch(cfg, world)
+    lr, how = effective_batch(cfg, world)
     optimizer = torch.optim.AdamW([learned], lr=lr, betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_epsilon,
                                   weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
