@@ -235,6 +235,13 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
                        cfg.train.seed, autocast_dtype, device)
             writer.plot()
 
+    # textinv.validation hook (1/2): validation loss, prompts, checkpoint scores, early stop
+    from textinv.validation import Validation
+
+    validation = Validation(cfg, run_dir, batches, pipe=pipe, expansions=expansions, embedding_at=embedding_at,
+                            forward=lambda *d: compute_loss(unet, condition, *d, autocast_dtype, device),
+                            reporter=reporter, autocast_dtype=autocast_dtype, enabled=main, start_step=step)
+
     verb = "resuming" if step else "training"
     reporter.start("train", cfg.train.max_steps, done=step,
                    note=f"{verb} in {run_dir} from step {step} to {cfg.train.max_steps}")
@@ -270,6 +277,8 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
                 reporter.advance("train", step, loss=value, lr=current_lr)
                 if cfg.log.image_every and step % cfg.log.image_every == 0:
                     sample_images(step)  # before the checkpoint: a kill while logging redoes the step and its log
+                if validation.after_step(step):  # textinv.validation hook (2/2): early stop; the finish below saves
+                    break
                 if cfg.log.save_every and step % cfg.log.save_every == 0 and step < cfg.train.max_steps:
                     checkpoint(step)
                 if stopping and step < cfg.train.max_steps:
