@@ -96,7 +96,7 @@ class Validation:
     def render(self, prompt: str, negative: str) -> list:
         """`log.num_images` images of `prompt` from the training pipeline, seeds train.seed, train.seed+1, ..."""
         from textinv.generate import txt2img
-        from textinv.train import expand_placeholders
+        from textinv.tokens import expand_placeholders
 
         log, dev = self.cfg.log, self.pipe.device
         size = self.cfg.data.resolution
