@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import types
 import typing
@@ -76,6 +77,7 @@ class TrainConfig:
     seed: int = 23  # the paper code's seed
     mixed_precision: str = "auto"  # auto | no | fp16 | bf16; the learned vectors stay float32 regardless
     device: str = "auto"
+    gradient_checkpointing: bool = False  # recompute the UNet's activations in the backward pass: less memory
     early_stop: int = 0  # patience, in validation-loss checks; 0: train to max_steps
 
 
@@ -89,7 +91,7 @@ class LogConfig:
     num_images: int = 4
     sample_steps: int = 50
     guidance_scale: float = 5.0  # the paper code's samples_scaled
-    report_to: str = "none"  # none | tensorboard
+    report_to: str = "none"  # none | tensorboard | wandb | all
     prompts: list[str] = field(default_factory=list)  # validation prompts, e.g. ["* on a beach"]
     negative_prompt: str = ""
     val_loss_every: int = 100  # a few forward passes on fixed draws: cheap next to 100 training steps
@@ -114,7 +116,7 @@ CHOICES = {
     "personalization.learnable_property": ("object", "style"),
     "optim.lr_scheduler": ("constant", "linear", "cosine"),
     "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
-    "log.report_to": ("none", "tensorboard"),
+    "log.report_to": ("none", "tensorboard", "wandb", "all"),
 }
 # What `log.formats` takes, as `convert --to` or `--for` do; a picture is no training output.
 FORMATS = tuple(f for f in (*SHORTHANDS, *WRITE_NAMES, *TOOLS) if f not in ("png", "a1111-png"))
@@ -417,13 +419,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"run name {cfg.log.name!r} must be non-empty and contain no '/'")
     if not cfg.model.source.strip():
         raise ConfigError("`model.source` is empty; pass --model with a hub id, a diffusers folder or a checkpoint")
-    if cfg.log.report_to == "tensorboard":
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                "--report-to tensorboard needs the tensorboard package: pip install 'textinv[tensorboard]'"
-            ) from None
+    for tracker in ("tensorboard", "wandb"):
+        if cfg.log.report_to in (tracker, "all") and importlib.util.find_spec(tracker) is None:
+            raise ConfigError(f"--report-to {cfg.log.report_to} needs the {tracker} package: "
+                              f"pip install 'textinv[{tracker}]'")
     return cfg
 
 
