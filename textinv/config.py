@@ -33,6 +33,7 @@ The schema (every key, its default and what it does; `configs/v1-finetune.yaml` 
       seed               seeds data order, flips, templates, noise and timesteps
       mixed_precision    auto | no | fp16 | bf16 (auto: bf16 on a GPU that has it, else fp16; no on CPU)
       device             auto | cpu | cuda | cuda:N | mps
+      gradient_checkpointing   true: recompute UNet activations in backward (less memory, ~a third slower)
     log:
       output_dir         runs go to <output_dir>/<name>_<timestamp>/
       name               run name; null takes the first data folder's name
@@ -106,6 +107,7 @@ class TrainConfig:
     seed: int = 23  # the paper code's seed
     mixed_precision: str = "auto"  # auto | no | fp16 | bf16; the learned vectors stay float32 regardless
     device: str = "auto"
+    gradient_checkpointing: bool = False  # recompute the UNet's activations in the backward pass: less memory
 
 
 @dataclass

@@ -517,8 +517,10 @@ def _load_frozen(cfg: Config, device: torch.device):
         module.requires_grad_(False)
         module.eval()
     _check_resolution(cfg.data.resolution, pipe.unet, pipe.vae)
-    with contextlib.suppress(Exception):  # SDPA is diffusers' default where torch has it; make sure
-        pipe.unet.set_default_attn_processor()
+    # attention stays on diffusers' default processor (SDPA); set_default_attn_processor() would switch it off
+    if cfg.train.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+        pipe.unet.train()  # diffusers checkpoints only in training mode; SD's UNet has no dropout to turn on
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
