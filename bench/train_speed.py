@@ -1,15 +1,21 @@
-"""Training speed: textinv's steps/s, seconds per step split into parts, peak memory; optionally against the
-diffusers example `examples/textual_inversion/textual_inversion.py`, run as published, in alternating rounds.
+"""Training speed: textinv's steps/s, time to the first step, peak memory and seconds per step split into parts;
+optionally against the diffusers example `examples/textual_inversion/textual_inversion.py`, run as published, in
+alternating rounds.
 
-    python bench/train_speed.py                              # textinv only, a small SD-shaped model on the CPU
-    python bench/train_speed.py --diffusers-script PATH      # + the diffusers example, alternating rounds
-    python bench/train_speed.py --shape sd15 --resolution 512 --batch-size 1 --device cuda ...
+    python bench/train_speed.py                                   # textinv only, a small SD-shaped model, CPU
+    python bench/train_speed.py --diffusers-repo CLONE            # + the example, taken from a diffusers clone
+    python bench/train_speed.py --shape sd15 --resolution 512 --diffusers-repo CLONE --programs textinv,diffusers,textinv-gc
+    python bench/train_speed.py --shape sd2 --resolution 768 --diffusers-repo CLONE
+    bench/gpu_check.sh                                            # SD1.5 shape, 512 px, bf16, on a CUDA machine
 
 The model is random (the cost of a step does not depend on the weights), built from real diffusers/transformers
-classes with a CLIP-sized 49k-token vocabulary, so that an optimizer over the whole embedding matrix costs what it
-costs on a real model. Each run is a fresh process; steps/s is measured between the first `--warmup` steps and the
-last one, from timestamps taken at each optimizer step, so model loading and start-up are not counted. This
-machine's speed drifts from minute to minute, so the rounds alternate and medians are reported.
+classes of the real architectures' sizes with CLIP's 49k-token vocabulary (bench/random_models.py). Each run is a
+fresh process; steps/s is measured between the first `--warmup` steps and the last one, from timestamps taken at
+each optimizer step, so model loading and start-up are not counted; the time to the first step counts from the
+process's launch to the end of its first optimizer step. Peak memory is the process's maximum resident set on the
+CPU (the allocator's peak on a GPU); "above the weights and libraries" subtracts the model files' size and the
+process's memory after importing torch, diffusers and transformers. This machine's speed drifts from minute to
+minute, so the rounds alternate and medians are reported.
 """
 
 from __future__ import annotations
@@ -281,6 +287,8 @@ def run_worker(kind: str, a: argparse.Namespace, out: Path) -> dict:
 
 
 def _flops_per_sample(a: argparse.Namespace) -> float | None:
+    if a.flops_per_sample:
+        return a.flops_per_sample
     return SD15_FLOPS_512 * (a.resolution / 512) ** 2 if a.shape == "sd15" else None
 
 
@@ -329,6 +337,8 @@ def main() -> None:
                     help="also time the parts of a step in this process (default: on for the small shape)")
     ap.add_argument("--peak-tflops", type=float, help="the device's bf16 peak, for the model-FLOPs utilisation "
                                                       "(default: from the CUDA device's name)")
+    ap.add_argument("--flops-per-sample", type=float,
+                    help="model FLOPs of one training sample (default: SD1.5's 1.36e12 at 512 px, by pixel count)")
     ap.add_argument("--worker", choices=PROGRAMS, help=argparse.SUPPRESS)
     ap.add_argument("--images", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
