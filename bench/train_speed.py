@@ -382,7 +382,8 @@ def compare(a: argparse.Namespace) -> None:
             res["mean_loss"] = statistics.mean(res["losses"]) if res.get("losses") else float("nan")
             runs[kind].append(res)
             print(f"round {r + 1} {kind:12s} {res['rate']:.4f} steps/s  first step at {res['first_step_s']:.1f} s  "
-                  f"peak {res['peak_mib']:.0f} MiB  mean loss {res['mean_loss']:.4f}", flush=True)
+                  f"peak {res['peak_mib']:.0f} MiB ({res['peak_mib'] - weights - res['base_mib']:.0f} above the "
+                  f"weights and libraries)  mean loss {res['mean_loss']:.4f}", flush=True)
     print()
     flops, peak = _flops_per_sample(a), _peak_tflops(a)
     medians = {}
