@@ -38,7 +38,7 @@ bench: install
 	$(BIN)/python bench/train_speed.py $(EXAMPLE)
 	$(BIN)/python bench/learning.py
 
-# SD-scale training on random weights (about an hour on 2 CPU cores; builds 4-5 GB models in /tmp on first use)
+# SD-scale training on random weights (hours on 2 CPU cores; builds 4-5 GB models in /tmp on first use)
 bench-sd: install
 	$(BIN)/python bench/train_speed.py --shape sd15 --resolution 512 --steps 4 --warmup 1 --rounds 2 \
 		--programs textinv,diffusers,textinv-gc $(EXAMPLE)
