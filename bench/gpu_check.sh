@@ -29,7 +29,7 @@ print(f"{gpu}; python {platform.python_version()}, torch {torch.__version__} (CU
 PY
 for batch in $BATCH_SIZES; do
     echo
-    echo "== SD1.5 shape, 512 px, batch $batch =="
+    echo "== batch $batch =="
     "$PYTHON" bench/train_speed.py --shape sd15 --resolution 512 --device cuda --mixed-precision bf16 \
         --batch-size "$batch" --steps 30 --warmup 5 --rounds 3 --programs textinv,diffusers,textinv-gc --no-parts "$@"
 done
