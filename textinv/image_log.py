@@ -53,7 +53,7 @@ def log_images(pipe, out: Path, step: int, log, p, images: list[TrainImage], bat
         if not row:
             recon.append([])
             continue
-        z = batches.cache.mean[[batches.items[i].image for i, _, _ in row], [f for _, f, _ in row]]
+        z, _ = batches.cache.lookup([batches.items[i].image for i, _, _ in row], [f for _, f, _ in row])
         recon.append([to_pil(x) for x in vae.decode(z.to(device, vae.dtype)).sample.float().cpu()])
     save("reconstruction", grid_of(recon))
 

@@ -160,7 +160,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
     if first_id > base.num_embeddings:
         raise ModelError(f"tokenizer ({first_id} tokens) is larger than the text encoder's table ({base.num_embeddings})")
     vectors, expansions = add_placeholders(tokenizer, base.weight, p, first_id, reporter)
-    # the VAE stays float32: it runs once here (and for image logs), where fp16 VAEs are known to overflow
+    # the VAE stays float32 (fp16 VAEs are known to overflow); it encodes each (image, flip) once, when first drawn
     cache = data.cache_latents(vae, images, device)
     if autocast_dtype is not None:  # cast the frozen weights once rather than on every op of every step
         text_encoder.to(autocast_dtype)
