@@ -28,11 +28,12 @@ from torch import nn
 
 from textinv import config as config_mod
 from textinv import data as data_mod
-from textinv import models, runs
+from textinv import families, models, runs
 from textinv.atomic import atomic_path
+from textinv.conditioning import Conditioning, conditioning_for, is_sdxl
 from textinv.config import Config
 from textinv.errors import ConfigError, DataError, ModelError, TextinvError
-from textinv.reporting import Reporter
+from textinv.reporting import SILENT, Reporter
 
 
 class TrainingInterrupted(TextinvError):
@@ -69,10 +70,12 @@ class RunResult:
 class SplicedEmbedding(nn.Module):
     """The frozen token embedding, with ids >= `first_id` looked up in a separate float32 `learned` table."""
 
-    def __init__(self, base: nn.Embedding, learned: torch.Tensor, first_id: int):
+    def __init__(self, base: nn.Embedding, learned: torch.Tensor, first_id: int, columns: slice = slice(None)):
         super().__init__()
         self.base = base  # registered first, so `text_encoder.dtype` still reports the frozen weights' dtype
-        self.learned = nn.Parameter(learned.to(torch.float32))
+        # SDXL: one Parameter shared by both encoders' splices, each reading its own `columns` of it
+        self.learned = learned if isinstance(learned, nn.Parameter) else nn.Parameter(learned.to(torch.float32))
+        self.columns = columns
         self.first_id = first_id
         self.embedding_dim = base.embedding_dim
 
@@ -83,7 +86,7 @@ class SplicedEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         new = ids >= self.first_id
         out = self.base(torch.where(new, torch.zeros_like(ids), ids))
-        rows = self.learned[(ids - self.first_id).clamp(min=0)]
+        rows = self.learned[(ids - self.first_id).clamp(min=0)][..., self.columns]
         return torch.where(new.unsqueeze(-1), rows.to(out.dtype), out)
 
 
@@ -338,11 +341,11 @@ def _ctrl_c() -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
-def compute_loss(unet, text_encoder, noisy, timesteps, ids, target, autocast_dtype, device) -> torch.Tensor:
-    """One forward pass: text encoder (with the spliced rows), UNet, MSE against the target in float32."""
+def compute_loss(unet, cond: Conditioning, noisy, timesteps, ids, target, autocast_dtype, device) -> torch.Tensor:
+    """One forward pass: text encoder(s) (with the spliced rows), UNet, MSE against the target in float32."""
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        hidden = text_encoder(ids)[0]
-        pred = unet(noisy, timesteps, hidden).sample
+        hidden, added = cond.encode(ids)  # [conditioning] SDXL adds pooled text and size ids (textinv/conditioning.py)
+        pred = unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
     return F.mse_loss(pred.float(), target.float())
 
 
@@ -356,27 +359,35 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
     images, items = build_items(cfg, reporter)
 
     pipe = _load_frozen(cfg, device)
-    tokenizer, text_encoder, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
+    unet, vae = pipe.unet, pipe.vae
+    # [conditioning] one text encoder, or SDXL's two; the config must be for the model's side of that line
+    cond = conditioning_for(pipe, cfg.data.resolution)
+    families.check_config(cfg.model.family, is_sdxl(pipe), models.model_family(pipe), len(p.placeholder_strings))
 
-    base = text_encoder.get_input_embeddings()
-    first_id = len(tokenizer)
-    if first_id > base.num_embeddings:
-        raise ModelError(f"tokenizer ({first_id} tokens) is larger than the text encoder's table ({base.num_embeddings})")
-    vectors, expansions = add_placeholders(tokenizer, base.weight, p, first_id, reporter)
+    bases, first_ids, vectors = [], [], []
+    for k, (tokenizer, text_encoder) in enumerate(cond.encoders):  # each placeholder gets a row in every encoder
+        base = text_encoder.get_input_embeddings()
+        first_id = len(tokenizer)
+        if first_id > base.num_embeddings:
+            raise ModelError(f"tokenizer ({first_id} tokens) is larger than the text encoder's table ({base.num_embeddings})")
+        vecs, expansions = add_placeholders(tokenizer, base.weight, p, first_id, reporter if k == 0 else SILENT)
+        bases.append(base)
+        first_ids.append(first_id)
+        vectors.append(vecs)
     # the VAE stays float32: it runs once here (and for image logs), where fp16 VAEs are known to overflow
     latent_mean, latent_std = _cache_latents(vae, images, device)
     if autocast_dtype is not None:  # cast the frozen weights once rather than on every op of every step
-        text_encoder.to(autocast_dtype)
+        for _, text_encoder in cond.encoders:
+            text_encoder.to(autocast_dtype)
         unet.to(autocast_dtype)
-    spliced = SplicedEmbedding(base, vectors.to(device), first_id)  # float32 whatever the precision
-    replace_module(text_encoder, base, spliced)
-    learned = spliced.learned
+    # [conditioning] one float32 Parameter whatever the precision; each encoder's splice reads its columns of it
+    learned = nn.Parameter(torch.cat(vectors, dim=1).to(device))
+    splices = [SplicedEmbedding(base, learned, first_id, columns)
+               for base, first_id, columns in zip(bases, first_ids, cond.columns(), strict=True)]
+    for (_, text_encoder), base, spliced in zip(cond.encoders, bases, splices, strict=True):
+        replace_module(text_encoder, base, spliced)
 
-    prompt_ids = [
-        tokenizer([expand_placeholders(s, expansions) for s in it.prompts], padding="max_length",
-                  max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids.to(device)
-        for it in items
-    ]
+    prompt_ids = [cond.tokenize([expand_placeholders(s, expansions) for s in it.prompts]).to(device) for it in items]
     from diffusers import DDPMScheduler
 
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -418,9 +429,10 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
         from textinv.embeddings import Embedding, Token
 
         tokens, n = [], p.num_vectors_per_token
-        rows = learned.detach().float().cpu()
+        rows = cond.split(learned.detach().float().cpu())  # [conditioning] SDXL: clip_l and clip_g
         for i, placeholder in enumerate(p.placeholder_strings):
-            tokens.append(Token(name=placeholder, vectors=rows[i * n:(i + 1) * n].clone()))
+            own = [r[i * n:(i + 1) * n].clone() for r in rows]
+            tokens.append(Token(name=placeholder, vectors=own[0], vectors_2=own[1] if len(own) > 1 else None))
         return Embedding(tokens=tokens, name=name, step=s, base_model=cfg.model.source,
                          init_words=dict(zip(p.placeholder_strings, p.initializer_words, strict=True)),
                          extra={"trained_with": "textinv", "learnable_property": p.learnable_property})
@@ -462,7 +474,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
                 total = torch.zeros((), device=device)
                 for _ in range(accum):
                     noisy, t, ids, target = batches.draw(batch)
-                    loss = compute_loss(unet, text_encoder, noisy, t, ids, target, autocast_dtype, device) / accum
+                    loss = compute_loss(unet, cond, noisy, t, ids, target, autocast_dtype, device) / accum
                     (scaler.scale(loss) if scaler is not None else loss).backward()
                     total += loss.detach()
                 dist.mean_(total)
@@ -505,7 +517,8 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
         if cfg.log.image_every and step % cfg.log.image_every:
             sample_images(step)
         logger.plot()
-    replace_module(text_encoder, spliced, base)
+    for (_, text_encoder), base, spliced in zip(cond.encoders, bases, splices, strict=True):
+        replace_module(text_encoder, spliced, base)
     return RunResult(run_dir=run_dir, step=step, embedding_path=run_dir / "embeddings" / f"{name}.pt", files=files,
                      losses=losses, prediction_type=prediction)
 
@@ -513,7 +526,9 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
 def _load_frozen(cfg: Config, device: torch.device):
     """The float32 pipeline with every module frozen (no weight gradients) and SDPA attention."""
     pipe = models.load_pipeline(cfg.model.source, device=device, dtype=torch.float32)
-    for module in (pipe.text_encoder, pipe.unet, pipe.vae):
+    for module in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None), pipe.unet, pipe.vae):
+        if module is None:  # [conditioning] only SDXL has text_encoder_2
+            continue
         module.requires_grad_(False)
         module.eval()
     _check_resolution(cfg.data.resolution, pipe.unet, pipe.vae)
@@ -707,13 +722,14 @@ def _log_images(pipe, run_dir, cfg, step, images, items, latent_mean, scaling, e
     init_prompt = data_mod.fill_prompt(data_mod.load_templates(p.learnable_property)[0], p.initializer_words[0])
     common = {"num_inference_steps": cfg.log.sample_steps, "height": res, "width": res,
               "num_images_per_prompt": k}
-    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        for key, prompt, scale in (("samples", placeholder_prompt, 1.0),
-                                   ("samples_scaled", placeholder_prompt, cfg.log.guidance_scale),
-                                   ("init_word", init_prompt, cfg.log.guidance_scale)):
-            g = torch.Generator(device="cpu").manual_seed(cfg.train.seed)
-            pics = pipe(prompt, guidance_scale=scale, generator=g, **common).images
-            save(key, pics)
+    for key, prompt, scale in (("samples", placeholder_prompt, 1.0),
+                               ("samples_scaled", placeholder_prompt, cfg.log.guidance_scale),
+                               ("init_word", init_prompt, cfg.log.guidance_scale)):
+        g = torch.Generator(device="cpu").manual_seed(cfg.train.seed)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            latents = pipe(prompt, guidance_scale=scale, generator=g, output_type="latent", **common).images
+        # decoded outside autocast by the float32 VAE: SDXL's VAE overflows in fp16
+        save(key, [_to_pil(x) for x in vae.decode(latents.to(vae.dtype) / scaling).sample.float().cpu()])
 
 
 def _to_pil(x: torch.Tensor):
