@@ -58,7 +58,7 @@ class NonFiniteLoss(TextinvError):
 class RunResult:
     run_dir: Path
     step: int
-    embedding_path: Path  # the final .pt
+    embedding_path: Path  # the final .pt (SDXL: .safetensors)
     files: list[Path] = field(default_factory=list)  # every final embedding file (all formats)
     losses: list[float] = field(default_factory=list)  # losses of the steps this call ran
     prediction_type: str = "epsilon"
@@ -507,11 +507,14 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
 
     checkpoint(step)
     files = []
+    # [conditioning] an SDXL .pt holds {clip_l, clip_g} and nothing else: the run's embedding is the .safetensors,
+    # which also keeps the placeholder and the metadata
+    final = "safetensors" if is_sdxl(pipe) else "pt"
     if dist.main:
         from textinv.embeddings import save_embedding
 
         ext = {"pt": ".pt", "bin": ".bin", "safetensors": ".safetensors"}
-        for fmt in cfg.log.formats:
+        for fmt in dict.fromkeys([*cfg.log.formats, final]):
             files.append(save_embedding(embedding_at(step), run_dir / "embeddings" / f"{name}{ext[fmt]}",
                                         format=fmt, force=True))
         if cfg.log.image_every and step % cfg.log.image_every:
@@ -519,7 +522,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
         logger.plot()
     for (_, text_encoder), base, spliced in zip(cond.encoders, bases, splices, strict=True):
         replace_module(text_encoder, spliced, base)
-    return RunResult(run_dir=run_dir, step=step, embedding_path=run_dir / "embeddings" / f"{name}.pt", files=files,
+    return RunResult(run_dir=run_dir, step=step, embedding_path=run_dir / "embeddings" / f"{name}.{final}", files=files,
                      losses=losses, prediction_type=prediction)
 
 

@@ -152,6 +152,7 @@ def build_sdxl_pipeline(
         projection_class_embeddings_input_dim=6 * time_dim + dim_2,  # six size/crop ids + the pooled embedding
     )
     tokenizer_2 = write_clip_tokenizer(words, Path(folder) / "tokenizer_2" if folder else Path(_tmpdir()) / "tok2")
+    tokenizer_2.pad_token = "!"  # as SDXL's second tokenizer: the two pad differently, so each must tokenize
     pipe = StableDiffusionXLPipeline(
         vae=base.vae,
         text_encoder=base.text_encoder,
