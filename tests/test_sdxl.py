@@ -181,6 +181,7 @@ def test_the_default_config_follows_the_model(tiny_sdxl_dir, tiny_model_dir, tmp
     assert families.default_config(str(tmp_path / "missing")) == "v1-finetune"
     assert build_config(None, [f"model.source={tiny_sdxl_dir}"]).data.resolution == 1024
     assert build_config(None, None).model.family == "SD1.x"
+    assert build_config(None, ["model.family=null"]).model.family is None
     assert is_sdxl(models.load_pipeline(tiny_sdxl_dir, device="cpu"))
     assert not is_sdxl(models.load_pipeline(tiny_model_dir, device="cpu"))
 

@@ -8,7 +8,7 @@ The schema (every key, its default and what it does; `configs/v1-finetune.yaml` 
     model:
       source            hub id, diffusers folder, single-file checkpoint, or `toy`
       prediction_type   null (read the model's scheduler) | epsilon | v_prediction
-      family            SD1.x | SD2.x | SDXL: the family the config is written for (null: any); an SD1/SD2 config
+      family            SD1.x | SD2.x | SDXL | null (any): the family the config is written for; an SD1/SD2 config
                         on an SDXL model, or the reverse, is refused before anything is written
     personalization:    (names follow the original paper code's config)
       placeholder_strings    words to learn, one per concept: ["*"]
@@ -68,7 +68,7 @@ PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 class ModelConfig:
     source: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # hub id, diffusers folder, single file, or `toy`
     prediction_type: str | None = None  # None: whatever the model's scheduler says
-    family: str | None = None  # SD1.x | SD2.x | SDXL; None: any (checked against the model in textinv/families.py)
+    family: str | None = "SD1.x"  # SD1.x | SD2.x | SDXL | None (any); checked against the model (families.py)
 
 
 @dataclass
