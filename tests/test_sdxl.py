@@ -247,3 +247,66 @@ def test_several_sdxl_embeddings_txt2img_and_img2img_with_metadata(tiny_sdxl_dir
     assert refused.exit_code == 1
     line = refused.stderr.strip().splitlines()[-1]  # after "loading model ..."
     assert line.startswith("error: s1.pt: embedding <s1> is 32-dim") and "the model is 32+64-dim" in line
+
+
+# --- learning ----------------------------------------------------------------------------------------------------
+
+
+def _denoising_error(pipe, folder: Path, prompt: str, draws: int = 32) -> float:
+    """Mean squared error of the UNet's noise prediction for the pictures in `folder` under `prompt`, over fixed
+    (noise, timestep) draws: the diffusion loss, a bound on -log p(pictures | prompt). Lower: the prompt explains
+    the pictures better. The prompt goes through diffusers' own `encode_prompt`, not textinv's training code."""
+    from diffusers import DDPMScheduler
+
+    from textinv.conditioning import time_ids
+    from textinv.data import load_folder
+
+    found, _ = load_folder(folder, 32, center_crop=True)
+    schedule = DDPMScheduler.from_config(pipe.scheduler.config)
+    g = torch.Generator().manual_seed(1234)
+    total = 0.0
+    with torch.no_grad():
+        latents = pipe.vae.encode(torch.stack([f.pixels for f in found])).latent_dist.mean
+        latents = latents * pipe.vae.config.scaling_factor
+        hidden, _, pooled, _ = pipe.encode_prompt(prompt, device="cpu", do_classifier_free_guidance=False)
+        n = len(latents)
+        added = {"text_embeds": pooled.expand(n, -1), "time_ids": time_ids(32).expand(n, -1)}
+        for _ in range(draws):
+            noise = torch.randn(latents.shape, generator=g)
+            t = torch.randint(0, schedule.config.num_train_timesteps, (n,), generator=g)
+            pred = pipe.unet(schedule.add_noise(latents, noise, t), t, hidden.expand(n, -1, -1),
+                             added_cond_kwargs=added).sample
+            total += float(torch.nn.functional.mse_loss(pred, noise))
+    return total / draws
+
+
+@pytest.mark.slow
+def test_sdxl_learning_check_on_the_sdxl_toy(tmp_path):
+    """On the SDXL-shaped toy (toy VAE, a UNet fitted to the toy world without the purple triangle), `*` learned
+    from 4 purple triangles explains 4 other purple triangles better than the init word does, and its gain there is
+    larger than on pictures of other pairs: it learned the concept, not a generally better word."""
+    from textinv.toy import world
+    from textinv.toy.sdxl import build_sdxl_toy
+
+    build_sdxl_toy(tmp_path / "sdxl-toy", steps=300, batch=32)
+    world.write_concept(tmp_path / "train", *world.HELD_OUT, n=4, seed=0)
+    world.write_concept(tmp_path / "held", *world.HELD_OUT, n=4, seed=1)
+    for colour, shape in (("red", "circle"), ("blue", "square"), ("green", "cross"), ("orange", "circle")):
+        world.write_concept(tmp_path / "other", colour, shape, n=1, seed=2)
+    cfg = build_config(None, ["data.resolution=32", "data.batch_size=8", "optim.gradient_accumulation_steps=1",
+                              "optim.learning_rate=5e-3", "optim.scale_lr=false", "log.image_every=0",
+                              "log.save_every=0"], **{
+        "model.source": str(tmp_path / "sdxl-toy"), "data.paths": [str(tmp_path / "train")],
+        "train.max_steps": 100, "log.output_dir": str(tmp_path / "logs"),
+        "personalization.initializer_words": ["shape"]})
+    result = trainmod.train(cfg)
+
+    pipe = models.load_pipeline(tmp_path / "sdxl-toy", device="cpu")
+    models.add_embeddings(pipe, [(result.embedding_path, load_embedding(result.embedding_path))])
+    gain = {}
+    for folder in ("held", "other"):
+        learned = _denoising_error(pipe, tmp_path / folder, "a photo of a *")
+        init = _denoising_error(pipe, tmp_path / folder, "a photo of a shape")
+        gain[folder] = (init - learned) / init
+    assert gain["held"] > 0.005, gain  # closer to unseen pictures of the concept than the init word
+    assert gain["held"] > gain["other"] + 0.005, gain  # and specifically to them

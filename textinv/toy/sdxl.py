@@ -80,9 +80,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="where to write the diffusers folder")
     parser.add_argument("--steps", type=int, default=300, help="UNet fitting steps")
+    parser.add_argument("--pictures", type=Path, help="also write 4 pictures of the pair it never saw here")
     args = parser.parse_args(argv)
     build_sdxl_toy(args.folder, steps=args.steps)
     print(args.folder)
+    if args.pictures:
+        world.write_concept(args.pictures, *world.HELD_OUT, n=4)
+        print(args.pictures)
 
 
 if __name__ == "__main__":
