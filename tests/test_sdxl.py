@@ -249,6 +249,21 @@ def test_several_sdxl_embeddings_txt2img_and_img2img_with_metadata(tiny_sdxl_dir
     assert line.startswith("error: s1.pt: embedding <s1> is 32-dim") and "the model is 32+64-dim" in line
 
 
+def test_dream_prompt_on_sdxl(tiny_sdxl_dir, tmp_path, monkeypatch):
+    import builtins
+
+    from textinv import dream
+
+    a = save_embedding(_sdxl_embedding("<xa>", 1, seed=1), tmp_path / "xa.safetensors", format="safetensors")
+    lines = iter(['"a photo of <xa>" -s2 -S4 -W32 -H32', "q"])
+    monkeypatch.setattr(dream, "stdin_is_terminal", lambda: True)
+    monkeypatch.setattr(builtins, "input", lambda prompt: next(lines))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = _run("--quiet", "generate", "--model", tiny_sdxl_dir, "-e", a, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert read_parameters(tmp_path / "out" / "000001.4.png")["TI hashes"] == f"<xa>: {models.file_hash(a)}"
+
+
 # --- learning ----------------------------------------------------------------------------------------------------
 
 
