@@ -16,7 +16,7 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 from tests.test_train import make_images
-from textinv import families, models
+from textinv import families, models, tokens
 from textinv import train as trainmod
 from textinv.cli import app
 from textinv.conditioning import SDXLConditioning, conditioning_for, is_sdxl
@@ -87,7 +87,7 @@ def test_train_picks_sdxl_finetune_and_writes_clip_l_and_clip_g(sdxl_run, tiny_s
         cat = encoder.get_input_embeddings().weight[tokenizer("cat", add_special_tokens=False).input_ids[0]]
         assert 0 < (learned[0] - cat.detach()).abs().max() < 5e-4 * 3 * 1.01  # Adam: at most ~lr per step
     written = {p.name for p in (sdxl_run / "images").iterdir()}
-    assert written == {f"{k}_gs-000003.png" for k in IMAGE_KEYS}
+    assert written == {f"{k}_gs-000003.png" for k in IMAGE_KEYS} | {"conditioning_gs-000003.txt"}
     assert _pixels(sdxl_run / "images" / "samples_gs-000003.png").shape == (32, 32, 3)
 
 
@@ -102,16 +102,16 @@ def test_the_file_loads_back_into_both_encoders_exactly(sdxl_run, tiny_sdxl_dir)
 
 def test_the_gradient_reaches_both_encoders_new_rows_and_nothing_else(tiny_sdxl_dir):
     cfg = build_config("sdxl-finetune", ["data.resolution=32", f"model.source={tiny_sdxl_dir}"])
-    pipe = trainmod._load_frozen(cfg, torch.device("cpu"))
+    pipe = trainmod.load_frozen(cfg, torch.device("cpu"))
     cond = conditioning_for(pipe, 32)
     assert isinstance(cond, SDXLConditioning) and cond.widths == [32, 64]
     first = len(pipe.tokenizer)
     for tokenizer, _ in cond.encoders:
-        trainmod.add_new_tokens(tokenizer, ["<new>"], first)
+        tokens.add_new_tokens(tokenizer, ["<new>"], first)
     learned = torch.nn.Parameter(torch.randn(1, 96) * 0.1)
     for (_, te), columns in zip(cond.encoders, cond.columns(), strict=True):
         base = te.get_input_embeddings()
-        trainmod.replace_module(te, base, trainmod.SplicedEmbedding(base, learned, first, columns))
+        tokens.replace_module(te, base, tokens.SplicedEmbedding(base, learned, first, columns))
     ids = torch.cat([cond.tokenize(["a photo of <new>"]), cond.tokenize(["a photo of cat"])])
     assert ids.shape == (2, 2, 77) and not torch.equal(ids[:, 0], ids[:, 1])  # the two tokenizers pad differently
     noisy = torch.randn(2, 4, 16, 16)
@@ -170,7 +170,7 @@ def test_an_sd1_config_on_sdxl_and_the_reverse_are_refused_before_anything_is_wr
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith("error: the config is for") and line.endswith(f"use --config {use}")
     two = _run("train", images, images, "-i", "cat", "-i", "dog", "-p", "<a>", "-p", "<b>", "--model", tiny_sdxl_dir,
-               "-o", tmp_path / "logs", *FAST)
+               "-o", tmp_path / "logs", *FAST, "--set", "log.formats=[pt]")
     assert two.exit_code == 1 and "train one placeholder per run" in two.stderr
     assert not (tmp_path / "logs").exists()
 

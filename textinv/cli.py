@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
@@ -16,7 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from textinv import __version__
-from textinv.errors import TextinvError
+from textinv.errors import MetadataWarning, TextinvError, UsageError
+from textinv.formats import SHORTHANDS, TOOLS, WRITE_NAMES
 
 app = typer.Typer(
     name="textinv",
@@ -50,6 +52,18 @@ def _main(
     """Textual inversion for Stable Diffusion: teach a model a new word from a few pictures."""
     _state["debug"] = debug or bool(os.environ.get("TEXTINV_DEBUG"))
     _state["quiet"] = quiet
+    warnings.showwarning = _show_warning
+
+
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A file's malformed-but-ignored field is one `warning:` line; other warnings print as Python prints them."""
+    if issubclass(category, MetadataWarning):
+        err.print(f"[yellow]warning:[/yellow] {escape(str(message))}")
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
 
 
 @contextlib.contextmanager
@@ -86,27 +100,45 @@ def print_json(obj: object) -> None:
 def inspect(
     files: Annotated[list[Path], typer.Argument(help="Embedding files (any supported format) or concept folders.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per file.")] = False,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Also compare each vector with this model's "
+                                              "vocabulary: norms, nearest tokens, cosine to the init word.",
+                                              show_default=False)] = None,
 ) -> None:
     """Show what embedding files hold: format, model family, and each token's vectors.
 
-    Example: textinv inspect my_cat.pt learned_embeds.bin
+    Example: textinv inspect my_cat.pt learned_embeds.bin (--model M adds checks against the model's vocabulary)
     """
     from textinv.embeddings import describe_embedding, load_embedding
 
+    pipe = None
+    if model is not None:
+        from textinv.models import load_pipeline
+
+        with user_errors():
+            pipe = load_pipeline(model)
     failed = 0
     for path in files:
         try:
-            desc = describe_embedding(load_embedding(path))
+            emb = load_embedding(path)
+            desc = describe_embedding(emb)
+            if pipe is not None:
+                from textinv.vocabulary import diagnose
+
+                desc["model_check"] = diagnose(emb, pipe)
         except TextinvError as e:
             failed += 1
             if as_json:
                 print_json({"path": str(path), "error": str(e)})
             err.print(f"[red]error:[/red] {escape(str(e))}")
             continue
+        for warning in desc.get("model_check", {}).get("warnings", []):
+            err.print(f"[yellow]warning:[/yellow] {escape(warning)}")
         if as_json:
             print_json(desc)
         else:
             _print_description(desc)
+            if "model_check" in desc:
+                _print_model_check(desc["model_check"])
     if failed:
         raise typer.Exit(1)
 
@@ -125,33 +157,69 @@ def _print_description(desc: dict) -> None:
     out.print(table)
 
 
-class WriteFormat(str, Enum):
-    pt = "pt"
-    bin = "bin"
-    safetensors = "safetensors"
-    kohya = "kohya"
-    png = "png"
+def _print_model_check(check: dict) -> None:
+    from rich.table import Table
+    from rich.text import Text
 
+    for t in check["tokens"]:
+        out.print(f"{t['name']} against {check['model']} ({t['encoder']}): vocabulary median norm "
+                  f"{t['vocab_median_norm']}" + (f", init word {t['init_word']}" if t["init_word"] else ""),
+                  markup=False)
+        table = Table("vector", "norm", "percentile", "cos to init", "nearest tokens", box=None, pad_edge=False)
+        for v in t["vectors"]:
+            near = ", ".join(f"{n['token']} {n['cosine']:.2f}" for n in v["nearest"])
+            init = f"{v['init_word_cosine']:.3f}" if "init_word_cosine" in v else ""
+            table.add_row(str(v["index"]), f"{v['norm']:.4g}", f"{v['norm_percentile']:.1f}%", init, Text(near))
+        out.print(table)
+
+
+WriteFormat = Enum("WriteFormat", {n: n for n in (*WRITE_NAMES, *SHORTHANDS)}, type=str)
+ForTool = Enum("ForTool", {n: n for n in TOOLS}, type=str)
 
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite the output if it exists.")]
-ToOpt = Annotated[WriteFormat | None, typer.Option("--to", help="Output format (default: from the extension).")]
+ToOpt = Annotated[
+    WriteFormat | None,
+    typer.Option("--to", help="Output layout (default: from the extension; pt/bin/safetensors/png are shorthands)."),
+]
+ForOpt = Annotated[
+    ForTool | None,
+    typer.Option("--for", help="Write the layout this tool loads, and print the word that triggers it there."),
+]
+SplitOpt = Annotated[bool, typer.Option("--split", help="Write one file per token: OUT-<token>.ext.")]
+
+
+def _write(emb, dst: Path, to, for_tool, force: bool, split: bool) -> None:
+    """Write `emb` (each of its tokens with --split) and say which word triggers each file in which tool."""
+    from textinv.embeddings import write_files
+
+    if to is not None and for_tool is not None:
+        raise UsageError("--to and --for both choose the layout; give one")
+    tool = for_tool.value if for_tool else None
+    for w in write_files(emb, dst, format=to.value if to else None, for_tool=tool, split=split, force=force):
+        info(f"wrote {w.path} ({w.format}: {', '.join(t.name for t in w.embedding.tokens)}; {w.embedding.family})")
+        if tool is not None:
+            out.print(f"{TOOLS[tool]}: use [bold]{escape(w.triggers.get(tool, '?'))}[/bold] in the prompt")
+        elif w.triggers:
+            info("  loads in " + "; ".join(f"{TOOLS[t]} as {escape(word)}" for t, word in w.triggers.items()))
 
 
 @app.command(rich_help_panel="Embeddings")
 def convert(
     src: Annotated[Path, typer.Argument(help="Embedding file to read (any supported format).")],
-    dst: Annotated[Path, typer.Argument(help="Output file; its format follows the extension unless --to says.")],
+    dst: Annotated[Path, typer.Argument(help="Output file; its format follows --for, --to or the extension.")],
     *,
     to: ToOpt = None,
+    for_tool: ForOpt = None,
     token: Annotated[
         str | None,
         typer.Option(help="Rename the token (OLD=NEW for one of several), or pick one token of several by name."),
     ] = None,
+    split: SplitOpt = False,
     force: ForceOpt = False,
 ) -> None:
     """Convert an embedding between formats, losslessly.
 
-    Example: textinv convert learned_embeds.bin my_cat.pt --token '<my-cat>'
+    Example: textinv convert learned_embeds.bin my_cat.pt --for a1111
     """
     from textinv import embeddings
 
@@ -164,8 +232,7 @@ def convert(
             embeddings.select_tokens(emb, [token])
         elif token:
             embeddings.rename_token(emb, token)
-        written = embeddings.save_embedding(emb, dst, format=to.value if to else None, force=force)
-    info(f"wrote {written} ({', '.join(t.name for t in emb.tokens)}; {emb.family})")
+        _write(emb, dst, to, for_tool, force, split)
 
 
 class Conflict(str, Enum):
@@ -185,10 +252,13 @@ def merge(
         typer.Option(help="A placeholder in two files: error, rename (* -> *_2), skip, or ask (terminal only)."),
     ] = Conflict.error,
     to: ToOpt = None,
+    for_tool: ForOpt = None,
+    split: SplitOpt = False,
     force: ForceOpt = False,
 ) -> None:
     """Merge several embedding files into one; needs no model and no GPU.
 
+    Several tokens in one file load only in the paper layout (.pt); for other tools pass --split.
     Example: textinv merge cat.pt dog.bin -o pets.pt --on-conflict rename
     """
     from textinv import embeddings
@@ -198,8 +268,7 @@ def merge(
             raise TextinvError("--on-conflict ask needs a terminal; use error, rename or skip in scripts")
         loaded = [embeddings.load_embedding(f) for f in files]
         merged = embeddings.merge_embeddings(loaded, on_conflict=on_conflict.value, ask=_ask_placeholder)
-        written = embeddings.save_embedding(merged, output, format=to.value if to else None, force=force)
-    info(f"wrote {written} with {len(merged.tokens)} tokens: {', '.join(t.name for t in merged.tokens)}")
+        _write(merged, output, to, for_tool, force, split)
 
 
 def _ask_placeholder(placeholder: str, source: str) -> str:
@@ -536,8 +605,13 @@ def train(
                                  rich_help_panel="Output", show_default=False),
     ] = None,
     report_to: Annotated[
-        str | None, typer.Option("--report-to", help="tensorboard: also write TensorBoard events.",
+        str | None, typer.Option("--report-to", help="tensorboard, wandb or all: also log to these trackers.",
                                  rich_help_panel="Output", show_default=False),
+    ] = None,
+    gradient_checkpointing: Annotated[
+        bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing",
+                                  help="Recompute the UNet's activations in the backward pass: less memory, slower.",
+                                  rich_help_panel="Training", show_default=False),
     ] = None,
     resume: Annotated[
         Path | None, typer.Option("--resume", metavar="LOGDIR", help="Continue a run from its last checkpoint.",
@@ -557,7 +631,8 @@ def train(
         if resume is not None:
             given = {"DIR": data_dirs, "--init-word": init_word, "--placeholder": placeholder, "--name": name,
                      "--config": config, "--model": model, "--set": set_, "--device": device,
-                     "--output-dir": output_dir, "--report-to": report_to}
+                     "--output-dir": output_dir, "--report-to": report_to,
+                     "--gradient-checkpointing": gradient_checkpointing is not None}
             extra = [flag for flag, value in given.items() if value]
             if extra:
                 raise cfgmod.ConfigError(
@@ -573,11 +648,13 @@ def train(
                 "personalization.placeholder_strings": placeholder or None,
                 "log.name": name, "model.source": model, "train.max_steps": max_steps, "train.device": device,
                 "log.output_dir": output_dir, "log.report_to": report_to,
+                "train.gradient_checkpointing": gradient_checkpointing,
             })
         try:
             result = run_training(cfg, reporter=TrainProgress(err, quiet=_state["quiet"]), resume=resume)
         except TrainingInterrupted as e:
-            err.print(f"[yellow]{e}[/yellow]", highlight=False)
+            if not e.quiet:
+                err.print(f"[yellow]{e}[/yellow]", highlight=False)
             raise typer.Exit(e.exit_code) from None
     out.print(f"{result.embedding_path}", highlight=False)
     info(f"trained to step {result.step}; run folder {result.run_dir}")
@@ -611,6 +688,97 @@ def demo(
         f"{result.init_match:.0%} of '{result.init_prompt}' ({result.seconds:.0f} s in all)"
     )
     out.print(str(result.picture))
+
+
+# --- evaluation: eval, report --------------------------------------------------------------------------------
+
+
+@app.command(name="eval", rich_help_panel="Evaluation")
+def eval_(
+    targets: Annotated[list[Path], typer.Argument(help="A run folder (every checkpoint, plus step 0) or embedding "
+                                                  "files.", metavar="RUN_DIR|EMBEDDING...")],
+    *,
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="The training pictures \\[default: the run's].",
+                                              show_default=False)] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Hub id, diffusers folder, .ckpt/.safetensors "
+                                              "file, or toy \\[default: the run's model].", show_default=False)] = None,
+    init_word: Annotated[str | None, typer.Option("--init-word", "-i", help="The init word, for the baseline and "
+                                                  "the text side \\[default: as recorded].", show_default=False)] = None,
+    clip: Annotated[str, typer.Option("--clip", help="CLIP model (hub id or folder) for identity and editability; "
+                                      "none skips it.")] = "openai/clip-vit-large-patch14",
+    dino: Annotated[str, typer.Option("--dino", help="DINO model (hub id or folder) for a second identity score; "
+                                      "none skips it.")] = "none",
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Images per prompt (seeds SEED, SEED+1, ...).")] = 4,
+    seed: Annotated[int, typer.Option("--seed", "-S", help="The first seed.")] = 0,
+    steps: Annotated[int, typer.Option("--steps", "-s", min=1, help="Denoising steps.")] = 50,
+    cfg: Annotated[float, typer.Option("--cfg", "-C", help="Classifier-free guidance scale.")] = 7.5,
+    margin: Annotated[float, typer.Option("--margin", min=0.0, max=1.0, help="Best step: editability may fall "
+                                          "this fraction below the best checkpoint's.")] = 0.1,
+    device: _ImgDevice = None,
+    copy_best: Annotated[Path | None, typer.Option("--copy-best", help="Write the best step's embedding here.",
+                                                   show_default=False)] = None,
+    force: ForceOpt = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON object.")] = False,
+) -> None:
+    """Score an embedding, or every checkpoint of a run, and pick the best step. Example: textinv eval logs/cat_2024-01-01T10-00-00
+
+    Generates SEEDS images of 'a photo of *' and of edit prompts ('* on a beach', ...) for each checkpoint and the init word; identity is CLIP (and DINO) similarity to the training pictures, editability CLIP similarity to the prompt with * replaced by the init word. On --model toy the toy's judge is the identity score.
+    """
+    from textinv import evaluation
+    from textinv.progress import CountProgress
+
+    settings = evaluation.EvalSettings(seeds=seeds, seed=seed, steps=steps, cfg=cfg, margin=margin,
+                                       clip=None if clip == "none" else clip, dino=None if dino == "none" else dino)
+    with user_errors():
+        result = evaluation.evaluate(targets, data=data, model=model, init_word=init_word, settings=settings,
+                                     device=device, reporter=CountProgress(err, quiet=_state["quiet"]))
+        written = evaluation.copy_best(result, copy_best, force=force) if copy_best else None
+    for note in result.notes:
+        info(f"note: {escape(note)}")
+    if as_json:
+        print_json(result.to_json())
+    else:
+        _print_eval(result)
+    if written:
+        info(f"wrote {written} ({result.best.label})")
+
+
+def _print_eval(result) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    from textinv.evaluation import best_rule_text
+
+    def fmt(x: float | None) -> str:
+        return "" if x is None else f"{x:.3f}"
+
+    table = Table("checkpoint", "identity", "clip", "dino", "editability", "", box=None, pad_edge=False)
+    for r in result.rows:
+        mark = "best" if result.best is not None and r.label == result.best.label else ""
+        table.add_row(Text(r.label), fmt(r.identity), fmt(r.identity_clip), fmt(r.identity_dino),
+                      fmt(r.editability), mark)
+    out.print(table)
+    if result.best is not None:
+        out.print(f"best: {result.best.label}" + (f" ({result.best.file})" if result.best.file else ""), markup=False)
+        info(f"rule: {best_rule_text(result.settings.margin, result.rows)}")
+
+
+@app.command(rich_help_panel="Evaluation")
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="The run folder (logs/<name>_<timestamp>).")],
+    *,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="The HTML file \\[default: "
+                                                "RUN_DIR/report.html].", show_default=False)] = None,
+) -> None:
+    """Write one self-contained HTML page about a run: config, loss curves, samples over steps, eval table.
+
+    Example: textinv report logs/cat_2024-01-01T10-00-00
+    """
+    from textinv.report import write_report
+
+    with user_errors():
+        path = write_report(run_dir, output)
+    out.print(str(path), markup=False)
 
 
 def main() -> None:

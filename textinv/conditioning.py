@@ -55,6 +55,11 @@ class Conditioning:
         ]
         return ids[0] if len(ids) == 1 else torch.stack(ids, dim=1)
 
+    def __call__(self, ids: torch.Tensor) -> dict:
+        """The UNet's conditioning keyword arguments for token ids."""
+        hidden, added = self.encode(ids)
+        return {"encoder_hidden_states": hidden} | ({"added_cond_kwargs": added} if added is not None else {})
+
     def encode(self, ids: torch.Tensor) -> tuple[torch.Tensor, dict | None]:
         """(encoder_hidden_states, added_cond_kwargs) for the UNet."""
         return self.encoders[0][1](ids)[0], None

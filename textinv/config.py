@@ -35,22 +35,32 @@ The schema (every key, its default and what it does; `configs/v1-finetune.yaml` 
       seed               seeds data order, flips, templates, noise and timesteps
       mixed_precision    auto | no | fp16 | bf16 (auto: bf16 on a GPU that has it, else fp16; no on CPU)
       device             auto | cpu | cuda | cuda:N | mps
+      gradient_checkpointing   true: recompute the UNet's activations in the backward pass (less memory, slower)
+      early_stop         stop when the validation loss has not improved for N checks (0: never)
     log:
       output_dir         runs go to <output_dir>/<name>_<timestamp>/
       name               run name; null takes the first data folder's name
       save_every         write a checkpoint embedding every N steps (0: only the final one)
       image_every        write image logs every N steps (0: never)
-      formats            embedding formats to write: pt (always), bin, safetensors
+      formats            embedding files to write: pt (always), bin, safetensors, a format name or a tool
+                         (a1111, invokeai, comfyui, kohya, diffusers, sd-concepts: the layout it loads)
       num_images         images per image log
       sample_steps       denoising steps for sample images
       guidance_scale     classifier-free guidance for `samples_scaled`
-      report_to          none | tensorboard
+      report_to          none | tensorboard | wandb | all (trackers through accelerate)
+      prompts            validation prompts (with the placeholder), rendered every image_every steps
+      negative_prompt    negative prompt for the validation prompts
+      val_loss_every     validation loss on fixed draws every N steps, to validation.csv (0: never)
+      val_samples        noisy latents in the validation loss (drawn once at the start)
+      eval_every         score the checkpoint as `textinv eval` does every N steps, to eval.json (0: never)
+      eval_clip, eval_dino   scoring models for eval_every (hub id or folder; null skips)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import types
 import typing
 from dataclasses import dataclass, field
@@ -60,6 +70,7 @@ from typing import Any
 import yaml
 
 from textinv.errors import ConfigError
+from textinv.formats import SHORTHANDS, TOOLS, WRITE_NAMES
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 
@@ -109,6 +120,8 @@ class TrainConfig:
     seed: int = 23  # the paper code's seed
     mixed_precision: str = "auto"  # auto | no | fp16 | bf16; the learned vectors stay float32 regardless
     device: str = "auto"
+    gradient_checkpointing: bool = False  # recompute the UNet's activations in the backward pass: less memory
+    early_stop: int = 0  # patience, in validation-loss checks; 0: train to max_steps
 
 
 @dataclass
@@ -121,7 +134,14 @@ class LogConfig:
     num_images: int = 4
     sample_steps: int = 50
     guidance_scale: float = 5.0  # the paper code's samples_scaled
-    report_to: str = "none"  # none | tensorboard
+    report_to: str = "none"  # none | tensorboard | wandb | all
+    prompts: list[str] = field(default_factory=list)  # validation prompts, e.g. ["* on a beach"]
+    negative_prompt: str = ""
+    val_loss_every: int = 100  # a few forward passes on fixed draws: cheap next to 100 training steps
+    val_samples: int = 8
+    eval_every: int = 0  # off: it generates and scores a grid, slow on a CPU
+    eval_clip: str | None = "openai/clip-vit-large-patch14"
+    eval_dino: str | None = None
 
 
 @dataclass
@@ -140,9 +160,10 @@ CHOICES = {
     "personalization.learnable_property": ("object", "style"),
     "optim.lr_scheduler": ("constant", "linear", "cosine"),
     "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
-    "log.report_to": ("none", "tensorboard"),
+    "log.report_to": ("none", "tensorboard", "wandb", "all"),
 }
-FORMATS = ("pt", "bin", "safetensors")
+# What `log.formats` takes, as `convert --to` or `--for` do; a picture is no training output.
+FORMATS = tuple(f for f in (*SHORTHANDS, *WRITE_NAMES, *TOOLS) if f not in ("png", "a1111-png"))
 
 
 def all_keys() -> list[str]:
@@ -325,7 +346,10 @@ def validate(cfg: Config) -> Config:
     _positive(cfg, "personalization.num_vectors_per_token", "train.max_steps", "data.resolution", "data.batch_size",
               "data.repeats", "optim.gradient_accumulation_steps", "log.num_images", "log.sample_steps")
     _non_negative(cfg, "optim.lr_warmup_steps", "optim.weight_decay", "optim.max_grad_norm", "log.save_every",
-                  "log.image_every", "train.seed")
+                  "log.image_every", "train.seed", "log.val_loss_every", "log.eval_every", "train.early_stop")
+    _positive(cfg, "log.val_samples")
+    if cfg.train.early_stop and not cfg.log.val_loss_every:
+        raise ConfigError("`train.early_stop` needs the validation loss; set `log.val_loss_every` (e.g. 100)")
     if p.num_vectors_per_token > 75:
         raise ConfigError("`personalization.num_vectors_per_token` is over 75; a prompt holds at most 75 tokens")
     if cfg.data.resolution % 8:
@@ -347,19 +371,22 @@ def validate(cfg: Config) -> Config:
     bad = [f for f in cfg.log.formats if f not in FORMATS]
     if bad:
         raise ConfigError(f"`log.formats` has {bad}; the training formats are {', '.join(FORMATS)}")
+    several = [f for f in cfg.log.formats if f not in ("pt", "paper-pt")] if len(p.placeholder_strings) > 1 else []
+    if several:
+        raise ConfigError(
+            f"`log.formats` has {several}, which hold one token, but there are {len(p.placeholder_strings)} "
+            "placeholders; keep pt (the paper layout holds them all) and split later with `textinv convert --split`"
+        )
     if "pt" not in cfg.log.formats:
         cfg.log.formats = ["pt", *cfg.log.formats]
     if cfg.log.name is not None and (not cfg.log.name.strip() or "/" in cfg.log.name):
         raise ConfigError(f"run name {cfg.log.name!r} must be non-empty and contain no '/'")
     if not cfg.model.source.strip():
         raise ConfigError("`model.source` is empty; pass --model with a hub id, a diffusers folder or a checkpoint")
-    if cfg.log.report_to == "tensorboard":
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                "--report-to tensorboard needs the tensorboard package: pip install 'textinv[tensorboard]'"
-            ) from None
+    for tracker in ("tensorboard", "wandb"):
+        if cfg.log.report_to in (tracker, "all") and importlib.util.find_spec(tracker) is None:
+            raise ConfigError(f"--report-to {cfg.log.report_to} needs the {tracker} package: "
+                              f"pip install 'textinv[{tracker}]'")
     return cfg
 
 
