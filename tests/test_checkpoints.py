@@ -53,7 +53,7 @@ def test_train_from_a_ckpt_offline_with_model_config(tmp_path, ckpt):
     assert res.exit_code == 0, res.output
     (run_dir,) = (tmp_path / "logs").iterdir()
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert saved["model"] == {"source": str(model), "prediction_type": None, "config": str(config)}
+    assert saved["model"] == {"source": str(model), "prediction_type": None, "config": str(config), "family": "SD1.x"}
 
     # the model's hash, as AUTOMATIC1111 computes it, is in every format that has room for it (not .bin: a
     # plain {token: tensor} dict), and travels through convert and merge

@@ -138,11 +138,11 @@ def test_packaged_config_names_and_missing_files():
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_v2_is_v1_with_five_keys_changed():
+def test_v2_is_v1_with_six_keys_changed():
     v1, v2 = c.to_dict(c.load_config("v1-finetune")), c.to_dict(c.load_config("v2-finetune"))
     changed = {f"{s}.{k}" for s in v1 for k in v1[s] if v1[s][k] != v2[s][k]}
-    assert changed == {"model.source", "model.prediction_type", "data.resolution", "data.batch_size",
-                       "optim.gradient_accumulation_steps"}
+    assert changed == {"model.source", "model.prediction_type", "model.family", "data.resolution",
+                       "data.batch_size", "optim.gradient_accumulation_steps"}
     assert v2["model"]["prediction_type"] == "v_prediction" and v2["data"]["resolution"] == 768
 
 

@@ -1,4 +1,5 @@
-"""Training configuration: typed dataclasses are the schema, a YAML file is a diff over them, flags win.
+"""Training configuration: typed dataclasses are the schema (`configs/v1-finetune.yaml` shows every key with its
+default and a comment; a test keeps the two in step), a YAML file is a diff over them, flags win.
 
 Flow: `load_config(path)` (dataclass defaults <- YAML) -> `apply_overrides(cfg, ["optim.learning_rate=1e-3"])`
 (<- `--set` <- named flags) -> `validate(cfg)` (before any model loads) -> `save_config(cfg, run_dir / "config.yaml")`.
@@ -6,9 +7,6 @@ Flow: `load_config(path)` (dataclass defaults <- YAML) -> `apply_overrides(cfg, 
 A YAML file may start from another with `base: FILE` (a path beside it or a packaged config name) and list only
 what differs. A file in the paper code's own OmegaConf layout (`model.params.personalization_config...`) is
 translated by `textinv.paper_config`; the keys it has no use for come back as a note.
-
-The schema is the dataclasses below; `configs/v1-finetune.yaml` shows every key with its default and a comment
-saying what it does (a test keeps the two in step).
 """
 
 from __future__ import annotations
@@ -37,6 +35,7 @@ class ModelConfig:
     source: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # hub id, diffusers folder, single file, or `toy`
     prediction_type: str | None = None  # None: whatever the model's scheduler says
     config: str | None = None  # for a .ckpt/.safetensors: a local diffusers folder whose configs describe it
+    family: str | None = "SD1.x"  # SD1.x | SD2.x | SDXL | None (any); checked against the model (families.py)
 
 
 @dataclass
@@ -113,6 +112,7 @@ class Config:
 
 CHOICES = {
     "model.prediction_type": (None, "epsilon", "v_prediction"),
+    "model.family": (None, "SD1.x", "SD2.x", "SDXL"),
     "personalization.learnable_property": ("object", "style"),
     "optim.lr_scheduler": ("constant", "linear", "cosine"),
     "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
@@ -144,7 +144,6 @@ def _section_types() -> dict[str, type]:
 _ABSENT = {
     "optimizer": "textinv trains with AdamW only; its settings are optim.adam_beta1, adam_beta2, adam_epsilon, "
                  "weight_decay",
-    "lr": "the learning rate is `optim.learning_rate`",
 }
 
 
@@ -202,6 +201,12 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return str(value)
         raise ConfigError(f"`{key}` must be a string, got {value!r}")
     return value
+
+
+def get_key(cfg: Config, key: str) -> Any:
+    """The value of one dotted key, e.g. `optim.learning_rate`."""
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
 
 
 def set_key(cfg: Config, key: str, value: Any) -> None:
@@ -286,8 +291,7 @@ def _read_yaml(p: Path, seen: tuple[Path, ...]) -> Any:
     base = data.pop("base")
     if not isinstance(base, str) or not base.strip():
         raise ConfigError(f"{p}: `base` must name a config file, e.g. base: v1-finetune.yaml")
-    beside = p.parent / base
-    base_path = beside if beside.is_file() else resolve_config_path(base)
+    base_path = p.parent / base if (p.parent / base).is_file() else resolve_config_path(base)
     if base_path.resolve() in seen:
         raise ConfigError(f"{p}: `base: {base}` leads back to itself")
     return _merged(_read_yaml(base_path, (*seen, p.resolve())), data)
@@ -296,10 +300,7 @@ def _read_yaml(p: Path, seen: tuple[Path, ...]) -> Any:
 def _merged(base: Any, over: dict) -> dict:
     if not isinstance(base, dict):
         return over
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return out
+    return {**base, **{k: _merged(base.get(k), v) if isinstance(v, dict) else v for k, v in over.items()}}
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -341,8 +342,7 @@ def validate(cfg: Config) -> Config:
     """Impossible values are errors here, before any model loads. Returns cfg."""
     _finite(cfg)
     for key, allowed in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
+        value = get_key(cfg, key)
         if value not in allowed:
             shown = " | ".join("null" if a is None else a for a in allowed)
             raise ConfigError(f"`{key}` is {value!r}; it must be one of {shown}")
@@ -388,9 +388,8 @@ def validate(cfg: Config) -> Config:
     if cfg.train.seed > MAX_SEED:
         raise ConfigError(f"`train.seed` is {cfg.train.seed}; it must be at most {MAX_SEED} (a 32-bit seed)")
     for key, bound in UPPER_BOUNDS.items():
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) > bound:
-            raise ConfigError(f"`{key}` is {getattr(getattr(cfg, section), name)}; it must be at most {bound}")
+        if get_key(cfg, key) > bound:
+            raise ConfigError(f"`{key}` is {get_key(cfg, key)}; it must be at most {bound}")
     most = max_batch_size(cfg.data.resolution)
     if cfg.data.batch_size > most:
         raise ConfigError(
@@ -437,18 +436,14 @@ def _finite(cfg: Config) -> None:
 
 def _positive(cfg: Config, *keys: str) -> None:
     for key in keys:
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value <= 0:
-            raise ConfigError(f"`{key}` is {value}; it must be 1 or more")
+        if get_key(cfg, key) <= 0:
+            raise ConfigError(f"`{key}` is {get_key(cfg, key)}; it must be 1 or more")
 
 
 def _non_negative(cfg: Config, *keys: str) -> None:
     for key in keys:
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value < 0:
-            raise ConfigError(f"`{key}` is {value}; it must not be negative")
+        if get_key(cfg, key) < 0:
+            raise ConfigError(f"`{key}` is {get_key(cfg, key)}; it must not be negative")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -466,10 +461,15 @@ DEFAULT_CONFIG = "v1-finetune"
 def build_config(
     path: str | Path | None, sets: list[str] | None = None, *, notes: list[str] | None = None, **named: Any
 ) -> Config:
-    """The config a run uses: the file (default: the packaged v1-finetune.yaml), then --set, then named flags
-    (dotted keys, None = not given), then validation. Local paths become absolute, so that the saved config
-    works from any folder. Nothing here loads a model."""
-    cfg = load_config(path or DEFAULT_CONFIG, notes=notes)
+    """The config a run uses: the file (default: the packaged one for the model's family, v1-finetune.yaml or
+    sdxl-finetune.yaml), then --set, then named flags (dotted keys, None = not given), then validation. Local
+    paths become absolute, so that the saved config works from any folder. Nothing here loads a model."""
+    if path is None:  # no --config: the packaged config for the model's family
+        from textinv.families import default_config
+
+        source = named.get("model.source") or dict(parse_override(s) for s in sets or []).get("model.source")
+        path = default_config(source) if source else DEFAULT_CONFIG
+    cfg = load_config(path, notes=notes)
     cfg = validate(apply_overrides(cfg, sets, **named))
     cfg.data.paths = [str(Path(d).expanduser().absolute()) for d in cfg.data.paths]
     if cfg.model.config:
