@@ -2,18 +2,18 @@
 
 Writes 4 pictures of the pair the toy model never saw (a purple triangle), learns `*` from them with the shipped
 `configs/toy.yaml`, generates with the init word and with `*`, and puts the three side by side. No printing here:
-the CLI passes a training reporter, an image-progress callback and a status callback.
+progress and one line per stage go to the `textinv.reporting.Reporter` the caller passes.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from textinv.reporting import SILENT, Reporter
 from textinv.toy import world
 
 PLACEHOLDER = "*"
@@ -46,17 +46,10 @@ def run_demo(
     max_steps: int | None = None,
     seed: int = 0,
     model: str = "toy",
-    reporter=None,
-    image_progress: Callable[[int, int, int, int], None] | None = None,
-    status: Callable[[str], None] | None = None,
+    reporter: Reporter = SILENT,
 ) -> DemoResult:
     """Teach the toy model `concept` from 4 rendered pictures and write the side-by-side picture into `out_dir`.
-
-    Args:
-        reporter: a `textinv.reporting.Reporter` for the training steps.
-        image_progress: `progress(image, images, step, steps)` while sampling, as `generate.txt2img` takes it.
-        status: one line per stage.
-    """
+    `reporter` hears the training's `train` task, the sampling's `images`/`steps` and a message per stage."""
     from textinv.config import build_config
     from textinv.generate import txt2img
     from textinv.models import add_embeddings, load_embeddings, load_pipeline
@@ -64,7 +57,7 @@ def run_demo(
     from textinv.train import train
 
     t0 = time.perf_counter()
-    say = status or (lambda _: None)
+    say = reporter.message
     out = Path(out_dir)
     colour, shape = concept
     inputs = world.write_concept(out / "inputs", colour, shape, n=4, seed=seed)
@@ -88,10 +81,10 @@ def run_demo(
     learned_prompt = f"a photo of {PLACEHOLDER}"
     say(f"generating {samples} pictures of '{init_prompt}' and {samples} of '{learned_prompt}'")
     before = [g.image for g in txt2img(pipe, init_prompt, n=samples, steps=gen.sample_steps,
-                                       cfg=gen.guidance_scale, seed=seed, progress=image_progress)]
+                                       cfg=gen.guidance_scale, seed=seed, reporter=reporter)]
     add_embeddings(pipe, load_embeddings([result.embedding_path]))
     after = [g.image for g in txt2img(pipe, learned_prompt, n=samples, steps=gen.sample_steps,
-                                      cfg=gen.guidance_scale, seed=seed, progress=image_progress)]
+                                      cfg=gen.guidance_scale, seed=seed, reporter=reporter)]
 
     picture = out / "demo.png"
     side_by_side([[Image.open(p) for p in inputs], before, after],
