@@ -33,6 +33,7 @@ demo: install
 bench: install
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/learning.py
+	$(BIN)/python bench/generate_speed.py
 
 toy-model: install
 	$(BIN)/python -m textinv.toy.build

@@ -21,6 +21,10 @@ PLACEHOLDER = "*"
 INIT_WORD = "triangle"
 CONFIG = "toy"  # the packaged textinv/configs/toy.yaml
 CELL = 96  # each 32 px picture is shown 3x, without smoothing
+# The toy model's tensors are small: on 2 cores shared with other work, generation ran 2.8x slower with 2 torch
+# threads than with 1, and training 1.7-4x (toy/build.py). One thread is the choice that does not collapse under
+# load, and it makes the run reproducible.
+THREADS = 1
 
 
 @dataclass
@@ -46,10 +50,23 @@ def run_demo(
     max_steps: int | None = None,
     seed: int = 0,
     model: str = "toy",
+    threads: int = THREADS,
     reporter: Reporter = SILENT,
 ) -> DemoResult:
     """Teach the toy model `concept` from 4 rendered pictures and write the side-by-side picture into `out_dir`.
-    `reporter` hears the training's `train` task, the sampling's `images`/`steps` and a message per stage."""
+    `reporter` hears the training's `train` task, the sampling's `images`/`steps` and a message per stage; torch
+    runs on `threads` threads meanwhile."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run_demo(out_dir, concept, init_word, samples, max_steps, seed, model, reporter)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_demo(out_dir, concept, init_word, samples, max_steps, seed, model, reporter: Reporter) -> DemoResult:
     from textinv.config import build_config
     from textinv.generate import txt2img
     from textinv.models import add_embeddings, load_embeddings, load_pipeline
