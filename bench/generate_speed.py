@@ -83,6 +83,7 @@ def main() -> None:
                     out.mkdir()
                     took = timed(commands(program, model, str(out), n, a.steps, seed=r), env)
                     times.setdefault((program, n), []).append(took)
+                    print(f"round {r + 1} -n {n} {program}: {took:.2f} s", flush=True)
     print(f"{'-n':>4} {'textinv s':>10} {'diffusers s':>12} {'ratio':>7}")
     for n in a.counts:
         ours, theirs = statistics.median(times[("textinv", n)]), statistics.median(times[("diffusers", n)])

@@ -470,3 +470,17 @@ def test_scheduler_that_needs_scipy_says_so(model_args, tmp_path):
     result = _run("--quiet", "generate", "x", *model_args["folder"], "-A", "lms", "-s", 1)
     assert result.exit_code == 1
     assert result.stderr.strip() == "error: --scheduler lms needs scipy (pip install scipy); pick another one"
+
+
+def test_a_hub_cached_model_is_checked_from_its_cached_config(tmp_path, monkeypatch):
+    import os
+
+    snapshot = Path(os.environ["HF_HOME"]) / "hub" / "models--someone--sd2" / "snapshots" / "abc123"
+    (snapshot / "text_encoder").mkdir(parents=True)
+    (snapshot / "text_encoder" / "config.json").write_text(json.dumps({"hidden_size": 1024}))
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc123")
+    save_embedding(_emb("<cat>", 1, seed=0, dim=768), tmp_path / "cat.pt")
+    result = _run("--quiet", "generate", "x", "--model", "someone/sd2", "-e", tmp_path / "cat.pt")
+    assert result.exit_code == 1
+    assert "cat.pt: embedding <cat> is SD1.x (768-dim) but the model is SD2.x (1024-dim)" in result.stderr
