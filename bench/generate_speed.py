@@ -6,13 +6,16 @@
 Each run is a fresh process timed from start to exit, as a user waits for it: imports, model loading, sampling
 and writing the PNGs. The bare pipeline is what a diffusers user writes: `from_pretrained`, one call with one
 generator per image (`generator=[...]`, seeds S..S+n-1, as textinv uses them), `image.save`. The two programs
-alternate within each round (this machine's speed drifts from minute to minute) and medians are compared.
+alternate within each round (this machine's speed drifts from minute to minute) and the medians of wall time
+and of CPU time are compared. On a shared machine pass `--threads 1`: two threads fighting for busy cores can run
+several times slower, and unevenly.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -37,10 +40,15 @@ for i, image in enumerate(images):
 """
 
 
-def timed(command: list[str], env: dict[str, str]) -> float:
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one run. CPU time (user + system) is the steadier figure on a shared machine:
+    it leaves out the time spent waiting for a core, though contention still inflates it a little."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def commands(program: str, model: str, out: str, n: int, steps: int, seed: int) -> list[str]:
@@ -73,7 +81,7 @@ def main() -> None:
     print(f"model {a.model}, {a.steps} steps, {a.rounds} alternating rounds, torch {torch.__version__} "
           f"({a.threads or torch.get_num_threads()} threads), diffusers {diffusers.__version__}, "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
-    times: dict[tuple[str, int], list[float]] = {}
+    times: dict[tuple[str, int], list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.rounds):
             for n in a.counts:
@@ -83,11 +91,13 @@ def main() -> None:
                     out.mkdir()
                     took = timed(commands(program, model, str(out), n, a.steps, seed=r), env)
                     times.setdefault((program, n), []).append(took)
-                    print(f"round {r + 1} -n {n} {program}: {took:.2f} s", flush=True)
-    print(f"{'-n':>4} {'textinv s':>10} {'diffusers s':>12} {'ratio':>7}")
+                    print(f"round {r + 1} -n {n} {program}: {took[0]:.2f} s wall, {took[1]:.2f} s CPU", flush=True)
+    print(f"{'-n':>4} {'':>5} {'textinv s':>10} {'diffusers s':>12} {'ratio':>7}")
     for n in a.counts:
-        ours, theirs = statistics.median(times[("textinv", n)]), statistics.median(times[("diffusers", n)])
-        print(f"{n:>4} {ours:>10.2f} {theirs:>12.2f} {ours / theirs:>6.2f}x")
+        for k, what in enumerate(("wall", "CPU")):
+            ours = statistics.median(t[k] for t in times[("textinv", n)])
+            theirs = statistics.median(t[k] for t in times[("diffusers", n)])
+            print(f"{n:>4} {what:>5} {ours:>10.2f} {theirs:>12.2f} {ours / theirs:>6.2f}x")
     print(f"load after: {os.getloadavg()[0]:.1f}")
 
 
