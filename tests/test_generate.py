@@ -379,15 +379,22 @@ def test_the_session_from_python(tiny_model_dir, emb_files, tmp_path):
     assert [read_parameters(p)["Seed"] for p in made.paths] == ["7", "8", "9"]
 
 
-def test_an_interrupted_run_keeps_the_images_it_finished(model_args, tmp_path, monkeypatch):
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_an_interrupted_run_keeps_the_images_it_finished(how, model_args, tmp_path, monkeypatch):
+    import os
+    import signal
+
     from textinv import generate
 
     real_call, calls = generate._call, []
 
     def interrupted_after_five(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 6:
-            raise KeyboardInterrupt  # Ctrl-C during the sixth image
+        if len(calls) == 6:  # during the sixth image
+            if how == "sigterm":
+                assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL, "a kill would skip all cleanup"
+                os.kill(os.getpid(), signal.SIGTERM)
+            raise KeyboardInterrupt
         return real_call(*args, **kwargs)
 
     monkeypatch.setattr(generate, "_call", interrupted_after_five)

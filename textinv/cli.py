@@ -69,6 +69,25 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """A kill (SIGTERM) ends the command as Ctrl-C does: cleanup runs, finished files stay, exit 130."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def info(message: str) -> None:
     """A status line on stderr, silenced by --quiet."""
     if not _state["quiet"]:
@@ -406,7 +425,7 @@ def generate(
     opts = dict(negative=negative, n=n, steps=steps, cfg=cfg, seed=seed, width=width, height=height,
                 scheduler=scheduler, batch_size=batch_size, init_img=init_img, strength=strength, out_dir=out_dir,
                 no_grid=no_grid, as_json=as_json)
-    with user_errors():
+    with user_errors(), sigterm_as_interrupt():
         request_of(prompt or "", opts).check()
         check_out_dir(out_dir)
         if prompt is None and not dream.stdin_is_terminal():
@@ -443,7 +462,9 @@ def generate(
 
     loaded_with = {"model": model, "model_config": model_config, "device": device, "dtype": dtype}
     info('dream> takes a prompt and flags, e.g. "a photo of *" -s 50 -n 4; q quits')
-    dream.run(dream_line, on_error=lambda m: err.print(f"[red]error:[/red] {escape(m)}"), history=dream.history_file())
+    with sigterm_as_interrupt():
+        dream.run(dream_line, on_error=lambda m: err.print(f"[red]error:[/red] {escape(m)}"),
+                  history=dream.history_file())
 
 
 @app.command(rich_help_panel="Images")
