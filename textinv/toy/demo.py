@@ -7,7 +7,9 @@ progress and one line per stage go to the `textinv.reporting.Reporter` the calle
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,68 +58,70 @@ def run_demo(
     """Teach the toy model `concept` from 4 rendered pictures and write the side-by-side picture into `out_dir`.
     `reporter` hears the training's `train` task, the sampling's `images`/`steps` and a message per stage; torch
     runs on `threads` threads meanwhile."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return _run_demo(out_dir, concept, init_word, samples, max_steps, seed, model, reporter)
-    finally:
-        torch.set_num_threads(before)
-
-
-def _run_demo(out_dir, concept, init_word, samples, max_steps, seed, model, reporter: Reporter) -> DemoResult:
     from textinv.config import build_config
     from textinv.generate import txt2img
     from textinv.models import add_embeddings, load_embeddings, load_pipeline
     from textinv.toy.judge import accuracy
     from textinv.train import train
 
-    t0 = time.perf_counter()
-    say = reporter.message
-    out = Path(out_dir)
-    colour, shape = concept
-    inputs = world.write_concept(out / "inputs", colour, shape, n=4, seed=seed)
-    say(f"wrote 4 pictures of a {colour} {shape} to {out / 'inputs'}")
+    with _torch_threads(threads):
+        t0 = time.perf_counter()
+        say = reporter.message
+        out = Path(out_dir)
+        colour, shape = concept
+        inputs = world.write_concept(out / "inputs", colour, shape, n=4, seed=seed)
+        say(f"wrote 4 pictures of a {colour} {shape} to {out / 'inputs'}")
 
-    cfg = build_config(CONFIG, None, **{
-        "data.paths": [str(out / "inputs")],
-        "personalization.placeholder_strings": [PLACEHOLDER],
-        "personalization.initializer_words": [init_word],
-        "model.source": model,
-        "log.output_dir": str(out / "runs"),
-        "log.name": f"{colour}-{shape}",
-        "train.max_steps": max_steps,
-    })
-    result = train(cfg, reporter=reporter)
-    say(f"learned {PLACEHOLDER} in {result.step} steps: {result.embedding_path}")
+        cfg = build_config(CONFIG, None, **{
+            "data.paths": [str(out / "inputs")],
+            "personalization.placeholder_strings": [PLACEHOLDER],
+            "personalization.initializer_words": [init_word],
+            "model.source": model,
+            "log.output_dir": str(out / "runs"),
+            "log.name": f"{colour}-{shape}",
+            "train.max_steps": max_steps,
+        })
+        result = train(cfg, reporter=reporter)
+        say(f"learned {PLACEHOLDER} in {result.step} steps: {result.embedding_path}")
 
-    pipe = load_pipeline(model)
-    gen = cfg.log
-    init_prompt = f"a photo of a {init_word}"
-    learned_prompt = f"a photo of {PLACEHOLDER}"
-    say(f"generating {samples} pictures of '{init_prompt}' and {samples} of '{learned_prompt}'")
-    before = [g.image for g in txt2img(pipe, init_prompt, n=samples, steps=gen.sample_steps,
-                                       cfg=gen.guidance_scale, seed=seed, reporter=reporter)]
-    add_embeddings(pipe, load_embeddings([result.embedding_path]))
-    after = [g.image for g in txt2img(pipe, learned_prompt, n=samples, steps=gen.sample_steps,
-                                      cfg=gen.guidance_scale, seed=seed, reporter=reporter)]
+        pipe = load_pipeline(model)
+        gen = cfg.log
+        init_prompt = f"a photo of a {init_word}"
+        learned_prompt = f"a photo of {PLACEHOLDER}"
+        say(f"generating {samples} pictures of '{init_prompt}' and {samples} of '{learned_prompt}'")
+        before = [g.image for g in txt2img(pipe, init_prompt, n=samples, steps=gen.sample_steps,
+                                           cfg=gen.guidance_scale, seed=seed, reporter=reporter)]
+        add_embeddings(pipe, load_embeddings([result.embedding_path]))
+        after = [g.image for g in txt2img(pipe, learned_prompt, n=samples, steps=gen.sample_steps,
+                                          cfg=gen.guidance_scale, seed=seed, reporter=reporter)]
 
-    picture = out / "demo.png"
-    side_by_side([[Image.open(p) for p in inputs], before, after],
-                 ["training pictures", f"'{init_prompt}'", f"'{learned_prompt}'"]).save(picture)
-    return DemoResult(
-        picture=picture,
-        inputs=inputs,
-        embedding=result.embedding_path,
-        run_dir=result.run_dir,
-        steps=result.step,
-        init_prompt=init_prompt,
-        learned_prompt=learned_prompt,
-        init_match=accuracy(before, colour, shape),
-        learned_match=accuracy(after, colour, shape),
-        seconds=time.perf_counter() - t0,
-    )
+        picture = out / "demo.png"
+        side_by_side([[Image.open(p) for p in inputs], before, after],
+                     ["training pictures", f"'{init_prompt}'", f"'{learned_prompt}'"]).save(picture)
+        return DemoResult(
+            picture=picture,
+            inputs=inputs,
+            embedding=result.embedding_path,
+            run_dir=result.run_dir,
+            steps=result.step,
+            init_prompt=init_prompt,
+            learned_prompt=learned_prompt,
+            init_match=accuracy(before, colour, shape),
+            learned_match=accuracy(after, colour, shape),
+            seconds=time.perf_counter() - t0,
+        )
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def side_by_side(columns: list[list[Image.Image]], titles: list[str]) -> Image.Image:
