@@ -491,3 +491,32 @@ def test_a_hub_cached_model_is_checked_from_its_cached_config(tmp_path, monkeypa
     result = _run("--quiet", "generate", "x", "--model", "someone/sd2", "-e", tmp_path / "cat.pt")
     assert result.exit_code == 1
     assert "cat.pt: embedding <cat> is SD1.x (768-dim) but the model is SD2.x (1024-dim)" in result.stderr
+
+
+@pytest.mark.parametrize(("scheduler", "evaluations"), [("ddim", 2), ("heun", 3)])
+def test_generation_reports_images_and_steps(scheduler, evaluations, tiny_model_dir):
+    from textinv.generate import txt2img
+    from textinv.reporting import Reporter
+
+    class Log(Reporter):
+        def __init__(self):
+            self.events = []
+
+        def start(self, task, total, *, done=0, note=""):
+            self.events.append(("start", task, total))
+
+        def advance(self, task, done, **values):
+            self.events.append(("advance", task, done))
+
+        def finish(self, task):
+            self.events.append(("finish", task))
+
+    log = Log()
+    pipe = models.load_pipeline(str(tiny_model_dir))
+    txt2img(pipe, "a photo", n=3, steps=2, seed=0, batch_size=2, scheduler=scheduler, reporter=log)
+    images = [e for e in log.events if e[1] == "images"]
+    assert images == [("start", "images", 3), ("advance", "images", 2), ("advance", "images", 3), ("finish", "images")]
+    steps = [e for e in log.events if e[1] == "steps"]
+    last_starts = [e for i, e in enumerate(steps) if e[0] == "start" and (i + 1 == len(steps) or steps[i + 1][0] != "start")]
+    assert [e[2] for e in last_starts] == [evaluations, evaluations]  # the count the bar runs to, per batch
+    assert [e[2] for e in steps if e[0] == "advance"] == list(range(1, evaluations + 1)) * 2

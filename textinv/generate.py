@@ -257,6 +257,14 @@ def _call(run, params: list[GenerationParams], init, reporter: Reporter) -> list
     """One pipeline call for a batch: one CPU generator per image (the same noise on every device and in any
     batch), so image i is the image `--seed S+i -n 1` makes, to float tolerance."""
     p = params[0]
+    steps = int(p.steps * p.strength) if init is not None else p.steps
+
+    def on_step(pipe, step: int, timestep, tensors: dict) -> dict:
+        if step == 0 and pipe.num_timesteps != steps:  # Heun and DPM2 evaluate the model twice per step
+            reporter.start("steps", pipe.num_timesteps)
+        reporter.advance("steps", step + 1)
+        return tensors
+
     kwargs = dict(
         prompt=p.prompt,
         negative_prompt=p.negative or None,
@@ -264,13 +272,13 @@ def _call(run, params: list[GenerationParams], init, reporter: Reporter) -> list
         num_inference_steps=p.steps,
         guidance_scale=p.cfg,
         generator=[torch.Generator("cpu").manual_seed(q.seed) for q in params],
-        callback_on_step_end=lambda pipe, step, timestep, tensors: reporter.advance("steps", step + 1) or tensors,
+        callback_on_step_end=on_step,
     )
     if init is not None:
         kwargs.update(image=init, strength=p.strength)
     else:
         kwargs.update(width=p.width, height=p.height)
-    reporter.start("steps", int(p.steps * p.strength) if init is not None else p.steps)
+    reporter.start("steps", steps)
     try:
         with torch.inference_mode():
             return run(**kwargs).images
