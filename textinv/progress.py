@@ -38,6 +38,7 @@ class ImageProgress(Reporter):
         self._bar: Progress | None = None
         self._tasks: dict[str, object] = {}
         self._images = self._done = self._steps = 0
+        self._in_batch = False
         self._started = time.perf_counter()
 
     def __enter__(self) -> ImageProgress:
@@ -63,8 +64,9 @@ class ImageProgress(Reporter):
                 self._bar.start()
                 self._tasks = {name: self._bar.add_task(name, total=None) for name in ("images", "steps")}
         elif task == "steps":
-            self._steps = total
-            self._started = time.perf_counter()
+            if not self._in_batch:  # a restart within a batch only corrects its total
+                self._started = time.perf_counter()
+            self._steps, self._in_batch = total, True
         if self._bar is not None and task in self._tasks:
             self._bar.reset(self._tasks[task], total=total, completed=done)
 
@@ -81,6 +83,8 @@ class ImageProgress(Reporter):
             self._done = done
 
     def finish(self, task: str) -> None:
+        if task == "steps":
+            self._in_batch = False
         if task == "images":
             self._stop()
 
