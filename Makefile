@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch; override for a GPU, e.g. `make install TORCH="torch --index-url ..."`.
 TORCH ?= torch==2.13.0
 
-.PHONY: install test test-slow test-all lint demo bench toy-model clean
+.PHONY: install test test-slow test-all lint demo bench toy-model interop clean
 
 install: $(VENV)/.installed
 
@@ -39,5 +39,20 @@ toy-model: install
 	$(BIN)/python -m textinv.toy.build
 	$(BIN)/python -m textinv.toy.evaluate
 
+# InvokeAI's own probe and loader on the files textinv writes, in a venv of its own (invokeai pins its own
+# diffusers/transformers and needs Python 3.11 or 3.12). Heavy, so not part of `make test`.
+INTEROP_VENV ?= .venv-interop
+interop: $(INTEROP_VENV)/.installed
+	TQDM_DISABLE=1 PYTHONPATH=$(CURDIR) $(INTEROP_VENV)/bin/python interop/invokeai_check.py
+
+# PyPI's torchvision is built against PyPI's CUDA torch and does not load with the CPU torch; the embedding probe
+# and loader do not use it, and transformers skips it when it is absent.
+$(INTEROP_VENV)/.installed:
+	$(PYTHON) -m venv $(INTEROP_VENV)
+	$(INTEROP_VENV)/bin/pip install -q --upgrade pip
+	$(INTEROP_VENV)/bin/pip install -q $(TORCH) invokeai typer rich pyyaml
+	$(INTEROP_VENV)/bin/pip uninstall -q -y torchvision
+	touch $@
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) $(INTEROP_VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info

@@ -115,7 +115,7 @@ def test_convert_refuses_to_overwrite_without_force(real_embeddings, tmp_path):
 
 def test_convert_of_a_multi_token_file_to_a_single_token_format(tmp_path):
     both = save_embedding(
-        Embedding([Token("<a>", torch.ones(1, 8)), Token("<b>", torch.zeros(2, 8))]), tmp_path / "both.safetensors"
+        Embedding([Token("<a>", torch.ones(1, 8)), Token("<b>", torch.zeros(2, 8))]), tmp_path / "both.pt"
     )
     bad = runner.invoke(app, ["convert", str(both), str(tmp_path / "x.png")])
     assert bad.exit_code == 1 and "holds one token but this embedding has 2" in bad.stderr
@@ -166,3 +166,53 @@ def test_merge_of_different_families_is_refused(real_embeddings, tmp_path):
          "-o", str(tmp_path / "m.pt")],
     )
     assert result.exit_code == 1 and "different widths" in result.stderr
+
+
+# --- convert/merge --for and --split ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("tool", "written", "word"), [
+    ("a1111", "my_cat.pt", "my_cat"),
+    ("invokeai", "my_cat.pt", "<my_cat>"),
+    ("comfyui", "my_cat.safetensors", "embedding:my_cat"),
+    ("kohya", "my_cat.safetensors", "my_cat"),
+    ("diffusers", "my_cat.safetensors", "<cat>"),
+])
+def test_convert_for_a_tool_writes_its_layout_and_prints_the_trigger_word(tmp_path, tool, written, word):
+    src = save_embedding(Embedding([Token("<cat>", torch.ones(2, 8))]), tmp_path / "src.bin")
+    result = runner.invoke(app, ["convert", str(src), str(tmp_path / "out" / "my_cat"), "--for", tool])
+    assert result.exit_code == 0, result.output
+    assert f"use {word} in the prompt" in result.stdout
+    assert torch.equal(load_embedding(tmp_path / "out" / written).tokens[0].vectors, torch.ones(2, 8))
+
+
+def test_convert_for_refuses_a_mismatched_extension_and_a_second_choice(tmp_path):
+    src = save_embedding(Embedding([Token("<cat>", torch.ones(2, 8))]), tmp_path / "src.bin")
+    result = runner.invoke(app, ["convert", str(src), str(tmp_path / "x.safetensors"), "--for", "a1111"])
+    assert result.exit_code == 1 and "--for a1111 writes a .pt file; name the output x.pt" in result.stderr
+    both = runner.invoke(app, ["convert", str(src), str(tmp_path / "x.pt"), "--for", "a1111", "--to", "pt"])
+    assert both.exit_code == 2 and "give one" in both.stderr and not (tmp_path / "x.pt").exists()
+
+
+def test_merge_to_a_one_token_format_says_how_to_split_and_split_works(tmp_path, two_stars):
+    a, b = two_stars
+    refused = runner.invoke(app, ["merge", str(a), str(b), "-o", str(tmp_path / "m.safetensors"),
+                                  "--on-conflict", "rename"])
+    assert refused.exit_code == 1 and "--split" in refused.stderr and not (tmp_path / "m.safetensors").exists()
+    split = runner.invoke(app, ["merge", str(a), str(b), "-o", str(tmp_path / "m.safetensors"),
+                                "--on-conflict", "rename", "--split"])
+    assert split.exit_code == 0, split.output
+    assert load_embedding(tmp_path / "m-2.safetensors").tokens[0].name == "*_2"
+    assert torch.equal(load_embedding(tmp_path / "m-2.safetensors").tokens[0].vectors, torch.full((2, 8), 2.0))
+    assert load_embedding(tmp_path / "m-token1.safetensors").tokens[0].name == "*"
+
+
+def test_malformed_metadata_is_one_warning_line(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "x.safetensors"
+    save_file({"<cat>": torch.ones(1, 8)}, str(path), metadata={"textinv.placeholders": "[not json"})
+    result = runner.invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"warning: {path}: ignored the malformed metadata field 'textinv.placeholders'"]

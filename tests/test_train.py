@@ -409,3 +409,18 @@ def test_captions_replace_templates_and_must_name_the_placeholder(tmp_path):
     (folder / "img1.txt").unlink()
     with pytest.raises(trainmod.DataError, match="img1.png has no caption file, and with 2 placeholders in one folder"):
         trainmod.build_items(two, R())
+
+
+def test_log_formats_takes_tools(tmp_path, tiny_model_dir, images):
+    cfg = tiny_config(tmp_path, tiny_model_dir, log={"formats": ["kohya", "invokeai", "sd-concepts"]})
+    result = runner.invoke(app, ["train", str(images), "--init-word", "cat", "--config", str(cfg),
+                                 "--set", "log.image_every=0"])
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "logs").iterdir()
+    folder = run_dir / "embeddings"
+    assert {p.name for p in folder.iterdir()} >= {"my_cat.pt", "my_cat.safetensors", "my_cat"}
+    pt = load_embedding(folder / "my_cat.pt")
+    assert load_embedding(folder / "my_cat.safetensors").source_format == "kohya"
+    concept = load_embedding(folder / "my_cat")
+    assert concept.source_format == "sd-concepts-folder" and concept.tokens[0].name == "*"
+    assert torch.equal(concept.tokens[0].vectors, pt.tokens[0].vectors)

@@ -21,6 +21,7 @@ _API = {
     "merge_embeddings": "embeddings",
     "detect_format": "embeddings",
     "describe_embedding": "embeddings",
+    "trigger_words": "embeddings",
     "load_pipeline": "models",
     "add_embeddings": "models",
     "load_embeddings": "models",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,13 +40,39 @@ def write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+# AUTOMATIC1111's webui refuses a torch zip holding any record but data.pkl, version and data/N under the
+# archive's top folder (modules/safe.py `allowed_zip_names_re`, read at commits 2d2edc11 and 05933840; v1.10.1
+# adds byteorder and .data/serialization_id), calling it possibly malicious. torch 2.x also writes
+# .format_version, .storage_alignment, byteorder and .data/serialization_id; torch reads a zip without them as
+# it reads one from torch 1.x (little-endian, no mmap alignment needed).
+A1111_ZIP_RECORD = re.compile(r"^[^/]+/(data/\d+|version|data\.pkl)$")
+
+
 def torch_save(obj: object, path: str | Path) -> None:
-    """torch.save, atomically. Saved through a file object so that the zip's record prefix is torch's usual
-    'archive' rather than the temporary file's name."""
+    """torch.save, atomically, into a zip with only the records every reader (AUTOMATIC1111's included) allows."""
+    import io
+    import zipfile
+
     import torch
 
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+
     def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
+        with zipfile.ZipFile(buffer) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as dst:
+            for info in src.infolist():
+                if A1111_ZIP_RECORD.match(info.filename):
+                    dst.writestr(_stored(info.filename, src.getinfo(info.filename)), src.read(info))
 
     atomic_write(path, write)
+
+
+def _stored(name: str, like):
+    """A zip entry for `name`, uncompressed, with a fixed date so that equal objects give equal bytes."""
+    import zipfile
+
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_STORED
+    info.external_attr = like.external_attr
+    return info

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
@@ -16,7 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from textinv import __version__
-from textinv.errors import TextinvError
+from textinv.errors import MetadataWarning, TextinvError, UsageError
+from textinv.formats import SHORTHANDS, TOOLS, WRITE_NAMES
 
 app = typer.Typer(
     name="textinv",
@@ -50,6 +52,18 @@ def _main(
     """Textual inversion for Stable Diffusion: teach a model a new word from a few pictures."""
     _state["debug"] = debug or bool(os.environ.get("TEXTINV_DEBUG"))
     _state["quiet"] = quiet
+    warnings.showwarning = _show_warning
+
+
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A file's malformed-but-ignored field is one `warning:` line; other warnings print as Python prints them."""
+    if issubclass(category, MetadataWarning):
+        err.print(f"[yellow]warning:[/yellow] {escape(str(message))}")
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
 
 
 @contextlib.contextmanager
@@ -144,33 +158,53 @@ def _print_description(desc: dict) -> None:
     out.print(table)
 
 
-class WriteFormat(str, Enum):
-    pt = "pt"
-    bin = "bin"
-    safetensors = "safetensors"
-    kohya = "kohya"
-    png = "png"
-
+WriteFormat = Enum("WriteFormat", {n: n for n in (*WRITE_NAMES, *SHORTHANDS)}, type=str)
+ForTool = Enum("ForTool", {n: n for n in TOOLS}, type=str)
 
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite the output if it exists.")]
-ToOpt = Annotated[WriteFormat | None, typer.Option("--to", help="Output format (default: from the extension).")]
+ToOpt = Annotated[
+    WriteFormat | None,
+    typer.Option("--to", help="Output layout (default: from the extension; pt/bin/safetensors/png are shorthands)."),
+]
+ForOpt = Annotated[
+    ForTool | None,
+    typer.Option("--for", help="Write the layout this tool loads, and print the word that triggers it there."),
+]
+SplitOpt = Annotated[bool, typer.Option("--split", help="Write one file per token: OUT-<token>.ext.")]
+
+
+def _write(emb, dst: Path, to, for_tool, force: bool, split: bool) -> None:
+    """Write `emb` (each of its tokens with --split) and say which word triggers each file in which tool."""
+    from textinv.embeddings import write_files
+
+    if to is not None and for_tool is not None:
+        raise UsageError("--to and --for both choose the layout; give one")
+    tool = for_tool.value if for_tool else None
+    for w in write_files(emb, dst, format=to.value if to else None, for_tool=tool, split=split, force=force):
+        info(f"wrote {w.path} ({w.format}: {', '.join(t.name for t in w.embedding.tokens)}; {w.embedding.family})")
+        if tool is not None:
+            out.print(f"{TOOLS[tool]}: use [bold]{escape(w.triggers.get(tool, '?'))}[/bold] in the prompt")
+        elif w.triggers:
+            info("  loads in " + "; ".join(f"{TOOLS[t]} as {escape(word)}" for t, word in w.triggers.items()))
 
 
 @app.command(rich_help_panel="Embeddings")
 def convert(
     src: Annotated[Path, typer.Argument(help="Embedding file to read (any supported format).")],
-    dst: Annotated[Path, typer.Argument(help="Output file; its format follows the extension unless --to says.")],
+    dst: Annotated[Path, typer.Argument(help="Output file; its format follows --for, --to or the extension.")],
     *,
     to: ToOpt = None,
+    for_tool: ForOpt = None,
     token: Annotated[
         str | None,
         typer.Option(help="Rename the token (OLD=NEW for one of several), or pick one token of several by name."),
     ] = None,
+    split: SplitOpt = False,
     force: ForceOpt = False,
 ) -> None:
     """Convert an embedding between formats, losslessly.
 
-    Example: textinv convert learned_embeds.bin my_cat.pt --token '<my-cat>'
+    Example: textinv convert learned_embeds.bin my_cat.pt --for a1111
     """
     from textinv import embeddings
 
@@ -183,8 +217,7 @@ def convert(
             embeddings.select_tokens(emb, [token])
         elif token:
             embeddings.rename_token(emb, token)
-        written = embeddings.save_embedding(emb, dst, format=to.value if to else None, force=force)
-    info(f"wrote {written} ({', '.join(t.name for t in emb.tokens)}; {emb.family})")
+        _write(emb, dst, to, for_tool, force, split)
 
 
 class Conflict(str, Enum):
@@ -204,10 +237,13 @@ def merge(
         typer.Option(help="A placeholder in two files: error, rename (* -> *_2), skip, or ask (terminal only)."),
     ] = Conflict.error,
     to: ToOpt = None,
+    for_tool: ForOpt = None,
+    split: SplitOpt = False,
     force: ForceOpt = False,
 ) -> None:
     """Merge several embedding files into one; needs no model and no GPU.
 
+    Several tokens in one file load only in the paper layout (.pt); for other tools pass --split.
     Example: textinv merge cat.pt dog.bin -o pets.pt --on-conflict rename
     """
     from textinv import embeddings
@@ -217,8 +253,7 @@ def merge(
             raise TextinvError("--on-conflict ask needs a terminal; use error, rename or skip in scripts")
         loaded = [embeddings.load_embedding(f) for f in files]
         merged = embeddings.merge_embeddings(loaded, on_conflict=on_conflict.value, ask=_ask_placeholder)
-        written = embeddings.save_embedding(merged, output, format=to.value if to else None, force=force)
-    info(f"wrote {written} with {len(merged.tokens)} tokens: {', '.join(t.name for t in merged.tokens)}")
+        _write(merged, output, to, for_tool, force, split)
 
 
 def _ask_placeholder(placeholder: str, source: str) -> str:

@@ -24,15 +24,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from textinv.atomic import atomic_write
-from textinv.embeddings import WRITE_FORMATS, Embedding, load_embedding, save_embedding
+from textinv.embeddings import Embedding, load_embedding, save_embedding
 from textinv.errors import ConceptError, EmbeddingFormatError, OutputExistsError
+from textinv.formats.diffusers import TOKEN_FILE, TYPE_FILE, apply_concept_files, read_word_file
 
 SD_CONCEPTS = "sd-concepts-library"
 # What diffusers writes now, then what the 2022 sd-concepts notebooks wrote (anchors-detailed.md F4/F5).
 STANDARD_FILES = ("learned_embeds.safetensors", "learned_embeds.bin")
 EMBEDDING_SUFFIXES = (".safetensors", ".bin", ".pt")
-TOKEN_FILE = "token_identifier.txt"
-TYPE_FILE = "type_of_concept.txt"
 SIDECAR = ".concept.json"
 FETCH_FORMATS = ("pt", "bin", "safetensors")
 # Hub repo names: letters, digits, '-', '_', '.'; no '--' or '..' (the hub refuses them too), at most 96 chars.
@@ -520,23 +519,12 @@ def _download_and_read(
         raise ConceptError(
             f"{repo_id}/{emb_file} is not a usable embedding: {reason}; nothing was saved"
         ) from e
-    if token_path is not None and len(emb.tokens) == 1:
-        emb.tokens[0].name = _read_text(token_path) or emb.tokens[0].name
-    concept_type = _read_text(type_path) if type_path is not None else None
-    if concept_type:
-        emb.extra["concept_type"] = concept_type.lower()
-    return emb
-
-
-def _read_text(path: Path) -> str:
-    # These files are a word or two; anything long or binary is not a token.
-    text = path.read_bytes()[:1000].decode("utf-8", errors="replace").strip()
-    return text if text and "\n" not in text and "\ufffd" not in text else ""
+    return apply_concept_files(emb, token_path, type_path)
 
 
 def _format_of(filename: str) -> str:
     suffix = Path(filename).suffix.lstrip(".")
-    return suffix if suffix in FETCH_FORMATS and suffix in WRITE_FORMATS else "safetensors"
+    return suffix if suffix in FETCH_FORMATS else "safetensors"
 
 
 def _write_sidecar(path: Path, result: FetchResult, tokens: list[str]) -> None:
@@ -614,6 +602,6 @@ def search_concepts(
 
 def _small_file(hub: _Hub, repo_id: str, filename: str) -> str | None:
     try:
-        return _read_text(hub.download(repo_id, filename)) or None
+        return read_word_file(hub.download(repo_id, filename)) or None
     except _hub_exceptions():  # a missing or unreadable file only leaves a blank in the listing
         return None

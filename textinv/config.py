@@ -38,7 +38,8 @@ The schema (every key, its default and what it does; `configs/v1-finetune.yaml` 
       name               run name; null takes the first data folder's name
       save_every         write a checkpoint embedding every N steps (0: only the final one)
       image_every        write image logs every N steps (0: never)
-      formats            embedding formats to write: pt (always), bin, safetensors
+      formats            embedding files to write: pt (always), bin, safetensors, a format name or a tool
+                         (a1111, invokeai, comfyui, kohya, diffusers, sd-concepts: the layout it loads)
       num_images         images per image log
       sample_steps       denoising steps for sample images
       guidance_scale     classifier-free guidance for `samples_scaled`
@@ -58,6 +59,7 @@ from typing import Any
 import yaml
 
 from textinv.errors import ConfigError
+from textinv.formats import SHORTHANDS, TOOLS, WRITE_NAMES
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 
@@ -138,7 +140,8 @@ CHOICES = {
     "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
     "log.report_to": ("none", "tensorboard"),
 }
-FORMATS = ("pt", "bin", "safetensors")
+# What `log.formats` takes, as `convert --to` or `--for` do; a picture is no training output.
+FORMATS = tuple(f for f in (*SHORTHANDS, *WRITE_NAMES, *TOOLS) if f not in ("png", "a1111-png"))
 
 
 def all_keys() -> list[str]:
@@ -343,6 +346,12 @@ def validate(cfg: Config) -> Config:
     bad = [f for f in cfg.log.formats if f not in FORMATS]
     if bad:
         raise ConfigError(f"`log.formats` has {bad}; the training formats are {', '.join(FORMATS)}")
+    several = [f for f in cfg.log.formats if f not in ("pt", "paper-pt")] if len(p.placeholder_strings) > 1 else []
+    if several:
+        raise ConfigError(
+            f"`log.formats` has {several}, which hold one token, but there are {len(p.placeholder_strings)} "
+            "placeholders; keep pt (the paper layout holds them all) and split later with `textinv convert --split`"
+        )
     if "pt" not in cfg.log.formats:
         cfg.log.formats = ["pt", *cfg.log.formats]
     if cfg.log.name is not None and (not cfg.log.name.strip() or "/" in cfg.log.name):

@@ -41,6 +41,11 @@ class UsageError(TextinvError):
     exit_code = 2
 
 
+class MetadataWarning(UserWarning):
+    """A malformed field in a file from elsewhere (an embedding's metadata, a concept's token file) that was
+    ignored; the CLI prints it as one `warning:` line."""
+
+
 def first_line(e: BaseException, limit: int | None = None) -> str:
     """The first line of an exception's message (or its type's name), for quoting a library's error in ours."""
     text = str(e).strip()

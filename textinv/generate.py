@@ -9,7 +9,6 @@ Saving them, with a loaded model kept between requests, is `textinv.session`.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import secrets
@@ -19,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from textinv import __version__
-from textinv.errors import ConfigError, DataError, UsageError
+from textinv.errors import ConfigError, UsageError
+from textinv.png_metadata import a1111_parameters, dream_command, invoke_metadata, png_info, read_parameters  # noqa: F401
 from textinv.reporting import SILENT, Reporter
 
 # name -> (diffusers class, extra config, AUTOMATIC1111's sampler name). InvokeAI's k_ names are accepted too.
@@ -295,120 +294,3 @@ def _embeddings_in(pipe, *texts: str) -> list[tuple[str, str]]:
         if any(placeholder in t for t in texts):
             used.append((placeholder, loaded.hash))  # the word the prompt uses, as A1111 names them
     return list(dict.fromkeys(used))
-
-
-# --- metadata and files ---------------------------------------------------------------------------------------
-
-
-def a1111_parameters(p: GenerationParams) -> str:
-    """AUTOMATIC1111's `parameters` text: prompt, `Negative prompt: ...`, then one line of `Key: value` pairs."""
-    lines = [p.prompt]
-    if p.negative:
-        lines.append(f"Negative prompt: {p.negative}")
-    pairs = [
-        ("Steps", p.steps),
-        ("Sampler", p.sampler),
-        ("CFG scale", _num(p.cfg)),
-        ("Seed", p.seed),
-        ("Size", f"{p.width}x{p.height}"),
-        ("Model", p.model),
-    ]
-    if p.strength is not None:
-        pairs.append(("Denoising strength", _num(p.strength)))
-    if p.embeddings:
-        # A1111 quotes a value holding commas or colons, as its `TI hashes: "name: hash, name2: hash2"` does
-        pairs.append(("TI hashes", json.dumps(", ".join(f"{name}: {h}" for name, h in p.embeddings))))
-    pairs.append(("Version", f"textinv {__version__}"))
-    lines.append(", ".join(f"{k}: {v}" for k, v in pairs))
-    return "\n".join(lines)
-
-
-def dream_command(p: GenerationParams) -> str:
-    """InvokeAI 2.x's `Dream` chunk: the dream> command that makes this image again."""
-    prompt = f"{p.prompt} [{p.negative}]" if p.negative else p.prompt
-    parts = [
-        _double_quoted(prompt),
-        f"-s {p.steps}",
-        f"-S {p.seed}",
-        f"-W {p.width}",
-        f"-H {p.height}",
-        f"-C {_num(p.cfg)}",
-        f"-A {_invoke_sampler(p.sampler)}",
-    ]
-    if p.init_image is not None:
-        parts += [f"-I {_double_quoted(p.init_image)}", f"-f {_num(p.strength)}"]
-    return " ".join(parts)
-
-
-def _double_quoted(text: str) -> str:
-    """InvokeAI writes `"a photo of *" -s 50 ...`; its readers (and shlex) take backslash-escaped quotes."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def invoke_metadata(p: GenerationParams) -> dict:
-    """InvokeAI 2.x's `sd-metadata` JSON."""
-    image = {
-        "type": p.kind,
-        "prompt": [{"prompt": p.prompt, "weight": 1.0}],
-        "negative_prompt": p.negative,
-        "steps": p.steps,
-        "cfg_scale": p.cfg,
-        "seed": p.seed,
-        "width": p.width,
-        "height": p.height,
-        "sampler": _invoke_sampler(p.sampler),
-        "embeddings": [{"name": n, "hash": h} for n, h in p.embeddings],
-    }
-    if p.init_image is not None:
-        image.update(init_image_path=p.init_image, strength=p.strength)
-    return {
-        "model": "stable diffusion",
-        "model_weights": p.model,
-        "app_id": "textinv",
-        "app_version": __version__,
-        "image": image,
-    }
-
-
-def _invoke_sampler(a1111: str) -> str:
-    for key, (_, _, name) in SCHEDULERS.items():
-        if name == a1111:
-            return key if key in ("ddim", "plms") else f"k_{key}"
-    return a1111.lower()
-
-
-def _num(x: float | None) -> str:
-    return f"{x:g}"
-
-
-def png_info(p: GenerationParams):
-    from PIL import PngImagePlugin
-
-    info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", a1111_parameters(p))
-    info.add_text("Dream", dream_command(p))
-    info.add_text("sd-metadata", json.dumps(invoke_metadata(p)))
-    return info
-
-
-def read_parameters(path: str | Path) -> dict[str, str]:
-    """The A1111 `parameters` of a PNG as a dict: 'Prompt', 'Negative prompt', 'Steps', 'Seed', ... (strings)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        text = im.info.get("parameters")
-    if text is None:
-        raise DataError(f"{path}: carries no generation parameters")
-    *head, last = text.split("\n")
-    out: dict[str, str] = {}
-    prompt_lines = []
-    for line in head:
-        if line.startswith("Negative prompt: "):
-            out["Negative prompt"] = line.removeprefix("Negative prompt: ")
-        else:
-            prompt_lines.append(line)
-    out["Prompt"] = "\n".join(prompt_lines)
-    for m in re.finditer(r'\s*([\w \-/]+): ("(?:\\.|[^"])*"|[^,]*)(?:,|$)', last):
-        value = m.group(2)
-        out[m.group(1).strip()] = json.loads(value) if value.startswith('"') else value.strip()
-    return out

@@ -22,6 +22,7 @@ import torch
 
 from textinv.embeddings import Embedding, family_for, load_embedding
 from textinv.errors import ConfigError, EmbeddingFormatError, ModelError
+from textinv.formats.container import detect_container
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth")
@@ -386,7 +387,8 @@ def _checkpoint_for_diffusers(path: Path, tmp: Path, notes: list[str]) -> tuple[
     objects; those are read with every non-tensor object replaced by an inert stand-in, and the weights are
     written to a temporary .safetensors file for diffusers.
     """
-    if path.suffix.lower() == ".safetensors" or _is_safetensors(path):
+    container = detect_container(path)
+    if path.suffix.lower() == ".safetensors" or container == "safetensors":
         try:
             return path, _LazySafetensors(path)
         except Exception as e:
@@ -394,7 +396,7 @@ def _checkpoint_for_diffusers(path: Path, tmp: Path, notes: list[str]) -> tuple[
                 f"{path.name}: unreadable safetensors file ({_first_line(e)}); download it again"
             ) from None
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=container == "torch-zip")
         return path, _state_dict(data, path)
     except pickle.UnpicklingError:
         pass
@@ -446,17 +448,6 @@ def _state_dict(data, path: Path) -> dict:
             f"{path.name}: holds no model weights; is it an embedding? Pass those with --embedding"
         )
     return data
-
-
-def _is_zip(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == b"PK\x03\x04"
-
-
-def _is_safetensors(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{"
 
 
 def _load_with_stand_ins(path: Path):

@@ -21,6 +21,7 @@ from textinv import generate, models
 from textinv.atomic import atomic_write
 from textinv.errors import DataError
 from textinv.generate import GeneratedImage, Request
+from textinv.png_metadata import png_info
 from textinv.reporting import SILENT, Reporter
 
 
@@ -118,7 +119,7 @@ def next_index(out_dir: Path) -> int:
 def _save(image, params: generate.GenerationParams, path: Path) -> Path:
     """Write a PNG with its parameters atomically: a full disk or a kill leaves no partial file, one error line."""
     try:
-        atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=generate.png_info(params)))
+        atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=png_info(params)))
     except OSError as e:
         raise DataError(f"--out {path.parent}: cannot write {path.name} ({e.strerror or e})") from None
     return path

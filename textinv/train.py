@@ -496,12 +496,13 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
     checkpoint(step)
     files = []
     if dist.main:
-        from textinv.embeddings import save_embedding
+        from textinv.embeddings import save_embedding, with_extension
 
-        ext = {"pt": ".pt", "bin": ".bin", "safetensors": ".safetensors"}
-        for fmt in cfg.log.formats:
-            files.append(save_embedding(embedding_at(step), run_dir / "embeddings" / f"{name}{ext[fmt]}",
-                                        format=fmt, force=True))
+        final = embedding_at(step)
+        for fmt in cfg.log.formats:  # a format or a tool (`--for`); two naming the same file write it once
+            path = with_extension(final, run_dir / "embeddings" / name, format=fmt)
+            if path not in files:
+                files.append(save_embedding(final, path, format=fmt, force=True))
         if cfg.log.image_every and step % cfg.log.image_every:
             sample_images(step)
         logger.plot()

@@ -1,0 +1,70 @@
+"""The original paper code's `.pt` (rinongal/textual_inversion): string_to_param is a pickled ParameterDict or a
+dict keyed by placeholder; several tokens in one file are read by it and by InvokeAI 2.x."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from textinv.atomic import torch_save
+from textinv.embeddings import Embedding
+from textinv.errors import EmbeddingFormatError
+from textinv.formats.common import Source, require_single_encoder
+from textinv.formats.record import Format
+from textinv.safe_pickle import ParameterDictState
+
+CLIP_ID_STAR = 265
+
+
+@cache
+def _byte_characters() -> list[str]:
+    """CLIP's 256 byte characters in vocabulary order: the printable bytes as themselves, then the others mapped
+    to chr(256), chr(257), ... (GPT-2's byte-level BPE table)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    return [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
+
+
+def clip_id(placeholder: str) -> int:
+    """CLIP's id for a one-character placeholder ('*' -> 265); other strings are not single CLIP tokens."""
+    chars = _byte_characters()
+    if len(placeholder) == 1 and placeholder in chars:
+        return 256 + chars.index(placeholder)  # the end-of-word forms follow the 256 byte characters
+    return CLIP_ID_STAR
+
+
+def _params(data) -> dict | None:
+    params = data.get("string_to_param") if isinstance(data, dict) else None
+    return params.parameters if isinstance(params, ParameterDictState) else params
+
+
+def _recognise(data, metadata, source: Source) -> bool:
+    return source.container != "png" and isinstance(data, dict) and "string_to_param" in data
+
+
+def _read(data, metadata, source: Source) -> Embedding:
+    from textinv.formats.a1111 import from_string_to_param
+
+    params = _params(data)
+    if not isinstance(params, dict) or not params:
+        raise EmbeddingFormatError(f"{source.path}: 'string_to_param' holds no tensors; it is not a usable embedding")
+    return from_string_to_param({**data, "string_to_param": params}, [str(k) for k in params], source, "paper-pt")
+
+
+def _write(emb: Embedding, path: Path) -> None:
+    from textinv.formats.a1111 import a1111_dict
+
+    require_single_encoder(emb, "paper-pt")
+    torch_save(a1111_dict(emb, {t.name: t.vectors.clone() for t in emb.tokens}), path)
+
+
+FORMATS = [
+    Format(
+        name="paper-pt",
+        description="original paper code / InvokeAI 2.x .pt, one key per placeholder (several tokens allowed)",
+        recognise=_recognise,
+        read=_read,
+        write=_write,
+        extension=".pt",
+        loads_in={},
+    )
+]

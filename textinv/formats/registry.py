@@ -1,0 +1,161 @@
+"""The registry of embedding file formats: every `Format` record, in the order they are tried on a file.
+
+Reading opens the container (`container.py`, which bounds every size a file declares), refuses what is plainly
+not an embedding (a LoRA, model weights, a T5 prompt embedding), then asks each record in turn whether it
+recognises the data. Writing picks a record by name, by extension shorthand (`pt`, `bin`, ...) or by the tool
+the file is for (`--for a1111`). The CLI's choices and the README's format table are derived from here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from textinv.embeddings import Embedding
+from textinv.errors import EmbeddingFormatError, TextinvError
+from textinv.formats import (
+    FOR_TOOL,
+    SHORTHANDS,
+    TOOLS,
+    WRITE_NAMES,
+    a1111,
+    diffusers,
+    kohya,
+    paper,
+    png,
+    sdxl,
+)
+from textinv.formats.common import Source
+from textinv.formats.container import MAX_FILE_BYTES, detect_container, read_container
+from textinv.formats.record import Format
+
+__all__ = ["FORMATS", "TOOLS", "Format", "detect_container", "read_embedding", "resolve", "write_embedding"]
+
+_ALL = {f.name: f for family in (a1111, paper, png, sdxl, kohya, diffusers) for f in family.FORMATS}
+# The order records are tried on a file: the most specific layouts first, plain {token: tensor} last.
+_ORDER = ["xl-inversion-list", "a1111-png", "a1111-pt", "paper-pt", "sdxl-pt", "kohya-sdxl", "sdxl-safetensors",
+          "xl-inversion", "emb_params-pt", "kohya", "a1111-safetensors", "diffusers-bin", "diffusers-safetensors",
+          "sd-concepts-folder"]
+FORMATS: dict[str, Format] = {name: _ALL[name] for name in _ORDER}
+WRITABLE = [name for name in WRITE_NAMES if FORMATS[name].write is not None]
+if len(WRITABLE) != len(WRITE_NAMES) or any(FORMATS[n].name != n for n in [*SHORTHANDS.values(), *FOR_TOOL.values()]):
+    raise RuntimeError("textinv.formats names a format that has no writer")
+_EXTENSIONS = {".pt": "pt", ".bin": "bin", ".safetensors": "safetensors", ".png": "png"}
+
+
+# --- reading ---------------------------------------------------------------------------------------------
+
+
+def read_embedding(path: Path) -> Embedding:
+    """Read any supported format (detected by content), safely: no pickle code is ever run."""
+    if path.is_dir():
+        return FORMATS["sd-concepts-folder"].read(None, {}, Source(path, "folder"))
+    if not path.exists():
+        raise EmbeddingFormatError(f"{path}: no such file")
+    size = path.stat().st_size
+    if size == 0:
+        raise EmbeddingFormatError(f"{path}: the file is empty (0 bytes); download it again")
+    if size > MAX_FILE_BYTES:
+        raise EmbeddingFormatError(
+            f"{path}: {size / 2**20:.0f} MiB is far too large for an embedding (they are kilobytes); "
+            "is it a model checkpoint? Pass it with --model instead"
+        )
+    container = detect_container(path)
+    if container is None:
+        raise EmbeddingFormatError(
+            f"{path}: not an embedding file (neither a torch pickle, safetensors nor a PNG); "
+            "supported formats are listed in the README"
+        )
+    try:
+        data, metadata = read_container(path, container)
+    except TextinvError as e:
+        raise type(e)(f"{path}: {e}") from None
+    source = Source(path, container)
+    if isinstance(data, torch.Tensor):
+        data = {path.stem: data}
+    if not isinstance(data, dict | list) or not data:
+        raise EmbeddingFormatError(f"{path}: holds no tensors ({type(data).__name__}); it is not an embedding")
+    _refuse_non_embeddings(data, path)
+    for fmt in FORMATS.values():
+        if fmt.recognise(data, metadata, source):
+            emb = fmt.read(data, metadata, source)
+            emb.path = str(path)
+            return emb
+    keys = [str(k) for k, v in data.items() if not isinstance(v, torch.Tensor)] if isinstance(data, dict) else []
+    raise EmbeddingFormatError(
+        f"{path}: not a textual-inversion embedding (unexpected keys {', '.join(keys[:5]) or type(data).__name__})"
+    )
+
+
+_LORA_PREFIXES = ("lora_unet_", "lora_te", "lora_transformer_")  # kohya's LoRA key names
+_LORA_PARTS = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", ".lora.down.", ".lora.up.")  # peft, diffusers
+_WEIGHT_ENDINGS = (".weight", ".bias", ".alpha", ".running_mean", ".running_var")
+
+
+def _refuse_non_embeddings(data, path: Path) -> None:
+    """A LoRA, model weights or a T5 prompt embedding are refused by name, before any layout is tried."""
+    if not isinstance(data, dict) or "string_to_param" in data:
+        return
+    keys = [str(k) for k in data]
+    if "t5xxl" in data:
+        raise EmbeddingFormatError(
+            f"{path}: a T5-XXL prompt embedding (for Flux/Chroma), not a CLIP textual-inversion embedding; "
+            "textinv supports SD1.x, SD2.x and SDXL"
+        )
+    if any(k.startswith(_LORA_PREFIXES) or any(p in k for p in _LORA_PARTS) for k in keys):
+        raise EmbeddingFormatError(
+            f"{path}: this is a LoRA, not an embedding (it holds {keys[0]!r}); load it with your tool's LoRA loader"
+        )
+    weights = [k for k in keys if "." in k and k.endswith(_WEIGHT_ENDINGS)]
+    if weights:
+        raise EmbeddingFormatError(
+            f"{path}: holds model weights ({weights[0]!r}), not an embedding; a model goes to --model"
+        )
+
+
+# --- writing ---------------------------------------------------------------------------------------------
+
+
+def resolve(choice: str | None, emb: Embedding, path: Path) -> Format:
+    """The record to write: a format name, an extension shorthand, a tool from TOOLS, or (None) the extension."""
+    if choice is None:
+        choice = _EXTENSIONS.get(path.suffix.lower())
+        if choice is None:
+            raise EmbeddingFormatError(
+                f"{path}: cannot tell the output format from {path.suffix or 'no extension'!r}; "
+                f"use .pt, .bin, .safetensors or .png, --to {'|'.join(WRITABLE)}, or --for {'|'.join(TOOLS)}"
+            )
+    name = FOR_TOOL.get(choice) or SHORTHANDS.get(choice) or choice
+    if name == "a1111-pt" and choice == "pt" and len(emb.tokens) > 1:
+        name = "paper-pt"
+    fmt = FORMATS.get(name)
+    if fmt is None or fmt.write is None:
+        raise EmbeddingFormatError(
+            f"cannot write {choice!r}; the formats are {', '.join(WRITABLE)} and the tools {', '.join(TOOLS)}"
+        )
+    return fmt
+
+
+def write_embedding(emb: Embedding, path: Path, fmt: Format) -> Path:
+    if not emb.tokens:
+        raise EmbeddingFormatError("nothing to write: the embedding has no tokens")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt.write(emb, path)
+    return path
+
+
+def readme_table() -> str:
+    """The README's table of written formats: for each, the tools that load it and the word that triggers it."""
+    pick = {fmt: [t for t, f in FOR_TOOL.items() if f == fmt] for fmt in WRITABLE}
+    lines = ["| `--to` | extension | what it is | loads in (trigger word) | `--for` |", "|---|---|---|---|---|"]
+    for name in WRITABLE:
+        fmt = FORMATS[name]
+        shorthand = [s for s, n in SHORTHANDS.items() if n == name]
+        loads = [f"{TOOLS[t]}: `{w}`" for t, w in fmt.loads_in.items()]
+        loads += [f"{TOOLS[t]}: `{c.trigger}` ({c.condition})" for t, c in fmt.loads_if.items()]
+        ext = f"`{fmt.extension}`" if fmt.extension else "a folder"
+        names = ", ".join(f"`{n}`" for n in [name, *shorthand])
+        lines.append(f"| {names} | {ext} | {fmt.description} | {'; '.join(loads) or '–'} | "
+                     f"{', '.join(f'`{t}`' for t in pick[name]) or '–'} |")
+    return "\n".join(lines)
