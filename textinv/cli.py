@@ -119,27 +119,45 @@ def print_json(obj: object) -> None:
 def inspect(
     files: Annotated[list[Path], typer.Argument(help="Embedding files (any supported format) or concept folders.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per file.")] = False,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Also compare each vector with this model's "
+                                              "vocabulary: norms, nearest tokens, cosine to the init word.",
+                                              show_default=False)] = None,
 ) -> None:
     """Show what embedding files hold: format, model family, and each token's vectors.
 
-    Example: textinv inspect my_cat.pt learned_embeds.bin
+    Example: textinv inspect my_cat.pt learned_embeds.bin (--model M adds checks against the model's vocabulary)
     """
     from textinv.embeddings import describe_embedding, load_embedding
 
+    pipe = None
+    if model is not None:
+        from textinv.models import load_pipeline
+
+        with user_errors():
+            pipe = load_pipeline(model)
     failed = 0
     for path in files:
         try:
-            desc = describe_embedding(load_embedding(path))
+            emb = load_embedding(path)
+            desc = describe_embedding(emb)
+            if pipe is not None:
+                from textinv.vocabulary import diagnose
+
+                desc["model_check"] = diagnose(emb, pipe)
         except TextinvError as e:
             failed += 1
             if as_json:
                 print_json({"path": str(path), "error": str(e)})
             err.print(f"[red]error:[/red] {escape(str(e))}")
             continue
+        for warning in desc.get("model_check", {}).get("warnings", []):
+            err.print(f"[yellow]warning:[/yellow] {escape(warning)}")
         if as_json:
             print_json(desc)
         else:
             _print_description(desc)
+            if "model_check" in desc:
+                _print_model_check(desc["model_check"])
     if failed:
         raise typer.Exit(1)
 
@@ -156,6 +174,22 @@ def _print_description(desc: dict) -> None:
         norm = f"{t['norm']}" + (f" / {t['norm_2']}" if "norm_2" in t else "")
         table.add_row(t["name"], str(t["vectors"]), dim, t["dtype"], norm)
     out.print(table)
+
+
+def _print_model_check(check: dict) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    for t in check["tokens"]:
+        out.print(f"{t['name']} against {check['model']} ({t['encoder']}): vocabulary median norm "
+                  f"{t['vocab_median_norm']}" + (f", init word {t['init_word']}" if t["init_word"] else ""),
+                  markup=False)
+        table = Table("vector", "norm", "percentile", "cos to init", "nearest tokens", box=None, pad_edge=False)
+        for v in t["vectors"]:
+            near = ", ".join(f"{n['token']} {n['cosine']:.2f}" for n in v["nearest"])
+            init = f"{v['init_word_cosine']:.3f}" if "init_word_cosine" in v else ""
+            table.add_row(str(v["index"]), f"{v['norm']:.4g}", f"{v['norm_percentile']:.1f}%", init, Text(near))
+        out.print(table)
 
 
 WriteFormat = Enum("WriteFormat", {n: n for n in (*WRITE_NAMES, *SHORTHANDS)}, type=str)
@@ -664,6 +698,97 @@ def demo(
         f"{result.init_match:.0%} of '{result.init_prompt}' ({result.seconds:.0f} s in all)"
     )
     out.print(str(result.picture))
+
+
+# --- evaluation: eval, report --------------------------------------------------------------------------------
+
+
+@app.command(name="eval", rich_help_panel="Evaluation")
+def eval_(
+    targets: Annotated[list[Path], typer.Argument(help="A run folder (every checkpoint, plus step 0) or embedding "
+                                                  "files.", metavar="RUN_DIR|EMBEDDING...")],
+    *,
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="The training pictures \\[default: the run's].",
+                                              show_default=False)] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Hub id, diffusers folder, .ckpt/.safetensors "
+                                              "file, or toy \\[default: the run's model].", show_default=False)] = None,
+    init_word: Annotated[str | None, typer.Option("--init-word", "-i", help="The init word, for the baseline and "
+                                                  "the text side \\[default: as recorded].", show_default=False)] = None,
+    clip: Annotated[str, typer.Option("--clip", help="CLIP model (hub id or folder) for identity and editability; "
+                                      "none skips it.")] = "openai/clip-vit-large-patch14",
+    dino: Annotated[str, typer.Option("--dino", help="DINO model (hub id or folder) for a second identity score; "
+                                      "none skips it.")] = "none",
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Images per prompt (seeds SEED, SEED+1, ...).")] = 4,
+    seed: Annotated[int, typer.Option("--seed", "-S", help="The first seed.")] = 0,
+    steps: Annotated[int, typer.Option("--steps", "-s", min=1, help="Denoising steps.")] = 50,
+    cfg: Annotated[float, typer.Option("--cfg", "-C", help="Classifier-free guidance scale.")] = 7.5,
+    margin: Annotated[float, typer.Option("--margin", min=0.0, max=1.0, help="Best step: editability may fall "
+                                          "this fraction below the best checkpoint's.")] = 0.1,
+    device: _ImgDevice = None,
+    copy_best: Annotated[Path | None, typer.Option("--copy-best", help="Write the best step's embedding here.",
+                                                   show_default=False)] = None,
+    force: ForceOpt = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON object.")] = False,
+) -> None:
+    """Score an embedding, or every checkpoint of a run, and pick the best step. Example: textinv eval logs/cat_2024-01-01T10-00-00
+
+    Generates SEEDS images of 'a photo of *' and of edit prompts ('* on a beach', ...) for each checkpoint and the init word; identity is CLIP (and DINO) similarity to the training pictures, editability CLIP similarity to the prompt with * replaced by the init word. On --model toy the toy's judge is the identity score.
+    """
+    from textinv import evaluation
+    from textinv.progress import CountProgress
+
+    settings = evaluation.EvalSettings(seeds=seeds, seed=seed, steps=steps, cfg=cfg, margin=margin,
+                                       clip=None if clip == "none" else clip, dino=None if dino == "none" else dino)
+    with user_errors():
+        result = evaluation.evaluate(targets, data=data, model=model, init_word=init_word, settings=settings,
+                                     device=device, reporter=CountProgress(err, quiet=_state["quiet"]))
+        written = evaluation.copy_best(result, copy_best, force=force) if copy_best else None
+    for note in result.notes:
+        info(f"note: {escape(note)}")
+    if as_json:
+        print_json(result.to_json())
+    else:
+        _print_eval(result)
+    if written:
+        info(f"wrote {written} ({result.best.label})")
+
+
+def _print_eval(result) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    from textinv.evaluation import best_rule_text
+
+    def fmt(x: float | None) -> str:
+        return "" if x is None else f"{x:.3f}"
+
+    table = Table("checkpoint", "identity", "clip", "dino", "editability", "", box=None, pad_edge=False)
+    for r in result.rows:
+        mark = "best" if result.best is not None and r.label == result.best.label else ""
+        table.add_row(Text(r.label), fmt(r.identity), fmt(r.identity_clip), fmt(r.identity_dino),
+                      fmt(r.editability), mark)
+    out.print(table)
+    if result.best is not None:
+        out.print(f"best: {result.best.label}" + (f" ({result.best.file})" if result.best.file else ""), markup=False)
+        info(f"rule: {best_rule_text(result.settings.margin, result.rows)}")
+
+
+@app.command(rich_help_panel="Evaluation")
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="The run folder (logs/<name>_<timestamp>).")],
+    *,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="The HTML file \\[default: "
+                                                "RUN_DIR/report.html].", show_default=False)] = None,
+) -> None:
+    """Write one self-contained HTML page about a run: config, loss curves, samples over steps, eval table.
+
+    Example: textinv report logs/cat_2024-01-01T10-00-00
+    """
+    from textinv.report import write_report
+
+    with user_errors():
+        path = write_report(run_dir, output)
+    out.print(str(path), markup=False)
 
 
 def main() -> None:

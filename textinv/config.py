@@ -33,6 +33,7 @@ The schema (every key, its default and what it does; `configs/v1-finetune.yaml` 
       seed               seeds data order, flips, templates, noise and timesteps
       mixed_precision    auto | no | fp16 | bf16 (auto: bf16 on a GPU that has it, else fp16; no on CPU)
       device             auto | cpu | cuda | cuda:N | mps
+      early_stop         stop when the validation loss has not improved for N checks (0: never)
     log:
       output_dir         runs go to <output_dir>/<name>_<timestamp>/
       name               run name; null takes the first data folder's name
@@ -44,6 +45,12 @@ The schema (every key, its default and what it does; `configs/v1-finetune.yaml` 
       sample_steps       denoising steps for sample images
       guidance_scale     classifier-free guidance for `samples_scaled`
       report_to          none | tensorboard
+      prompts            validation prompts (with the placeholder), rendered every image_every steps
+      negative_prompt    negative prompt for the validation prompts
+      val_loss_every     validation loss on fixed draws every N steps, to validation.csv (0: never)
+      val_samples        noisy latents in the validation loss (drawn once at the start)
+      eval_every         score the checkpoint as `textinv eval` does every N steps, to eval.json (0: never)
+      eval_clip, eval_dino   scoring models for eval_every (hub id or folder; null skips)
 """
 
 from __future__ import annotations
@@ -108,6 +115,7 @@ class TrainConfig:
     seed: int = 23  # the paper code's seed
     mixed_precision: str = "auto"  # auto | no | fp16 | bf16; the learned vectors stay float32 regardless
     device: str = "auto"
+    early_stop: int = 0  # patience, in validation-loss checks; 0: train to max_steps
 
 
 @dataclass
@@ -121,6 +129,13 @@ class LogConfig:
     sample_steps: int = 50
     guidance_scale: float = 5.0  # the paper code's samples_scaled
     report_to: str = "none"  # none | tensorboard
+    prompts: list[str] = field(default_factory=list)  # validation prompts, e.g. ["* on a beach"]
+    negative_prompt: str = ""
+    val_loss_every: int = 100  # a few forward passes on fixed draws: cheap next to 100 training steps
+    val_samples: int = 8
+    eval_every: int = 0  # off: it generates and scores a grid, slow on a CPU
+    eval_clip: str | None = "openai/clip-vit-large-patch14"
+    eval_dino: str | None = None
 
 
 @dataclass
@@ -324,7 +339,10 @@ def validate(cfg: Config) -> Config:
     _positive(cfg, "personalization.num_vectors_per_token", "train.max_steps", "data.resolution", "data.batch_size",
               "data.repeats", "optim.gradient_accumulation_steps", "log.num_images", "log.sample_steps")
     _non_negative(cfg, "optim.lr_warmup_steps", "optim.weight_decay", "optim.max_grad_norm", "log.save_every",
-                  "log.image_every", "train.seed")
+                  "log.image_every", "train.seed", "log.val_loss_every", "log.eval_every", "train.early_stop")
+    _positive(cfg, "log.val_samples")
+    if cfg.train.early_stop and not cfg.log.val_loss_every:
+        raise ConfigError("`train.early_stop` needs the validation loss; set `log.val_loss_every` (e.g. 100)")
     if p.num_vectors_per_token > 75:
         raise ConfigError("`personalization.num_vectors_per_token` is over 75; a prompt holds at most 75 tokens")
     if cfg.data.resolution % 8:

@@ -169,3 +169,24 @@ class TrainProgress(Reporter):
         if task == "train" and self.bar is not None:
             self.bar.stop()
             self.bar = None
+
+
+class CountProgress(Reporter):
+    """One status line per finished item of a counted task (`eval 3/7`), and the job's messages."""
+
+    def __init__(self, console: Console, *, quiet: bool = False):
+        self.console, self.quiet = console, quiet
+        self.totals: dict[str, int] = {}
+
+    def start(self, task: str, total: int, *, done: int = 0, note: str = "") -> None:
+        self.totals[task] = total
+        if note and not self.quiet:
+            self.console.print(note, highlight=False, markup=False)
+
+    def advance(self, task: str, done: int, **values: float) -> None:
+        if not self.quiet:
+            self.console.print(f"{task} {done}/{self.totals.get(task, '?')}", highlight=False, markup=False)
+
+    def message(self, text: str) -> None:
+        if not self.quiet or text.startswith("warning:"):
+            self.console.print(text, highlight=False, markup=False)

@@ -450,6 +450,13 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
                         autocast_dtype, device)
             logger.plot()
 
+    # textinv.validation hook (1/2): validation loss, prompts, checkpoint scores, early stop
+    from textinv.validation import Validation
+
+    validation = Validation(cfg, run_dir, batches, pipe=pipe, expansions=expansions, embedding_at=embedding_at,
+                            forward=lambda *d: compute_loss(unet, text_encoder, *d, autocast_dtype, device),
+                            reporter=reporter, autocast_dtype=autocast_dtype, enabled=dist.main, start_step=step)
+
     verb = "resuming" if step else "training"
     reporter.start("train", cfg.train.max_steps, done=step,
                    note=f"{verb} in {run_dir} from step {step} to {cfg.train.max_steps}")
@@ -484,6 +491,8 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
                     checkpoint(step)
                 if cfg.log.image_every and step % cfg.log.image_every == 0:
                     sample_images(step)
+                if validation.after_step(step):  # textinv.validation hook (2/2): early stop
+                    break
                 if stop.is_set() and step < cfg.train.max_steps:
                     checkpoint(step)
                     raise TrainingInterrupted(run_dir, step, saved=True)

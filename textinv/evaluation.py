@@ -1,0 +1,361 @@
+"""`textinv eval`: score embeddings (or every checkpoint of a run) on a fixed grid of seeds x prompts, and pick
+the best step.
+
+Each candidate (a checkpoint, or the run's step 0: the init word's vectors) generates `seeds` images of each
+prompt, the same seeds for every candidate. Scores (see `textinv.scoring`):
+
+- identity: samples of the identity prompt (`a photo of *`) against the training pictures, CLIP and (when a
+  DINO model is given) DINO; on the shipped toy model, the share of those samples the toy's judge sees as the
+  concept of the training pictures;
+- editability: the CLIP text-image score of the edit prompts' samples against the same prompts with the
+  placeholder replaced by the init word (as the paper does); not measured on the toy model;
+- the init word itself is scored the same way as a baseline row.
+
+The best step (`best_row`): among the checkpoints whose editability is at least (1 - margin) x the best
+checkpoint editability, the one with the highest identity; ties go to the earlier step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from textinv.errors import ConfigError, DataError
+from textinv.reporting import SILENT, Reporter
+
+IDENTITY_PROMPT = "a photo of {}"
+EDIT_PROMPTS = (
+    "a photo of {} on a beach",  # background
+    "a watercolor painting of {}",  # style
+    "a photo of {} with a red hat",  # an added object
+    "a {} made of gold",  # material
+)
+DEFAULT_MARGIN = 0.1
+RESULTS_FILE = "eval.json"  # in a run folder
+GRIDS_DIR = "eval"  # in a run folder: one contact sheet per candidate (rows: prompts, columns: seeds)
+_CHECKPOINT = re.compile(r"^(?P<name>.+)-(?P<step>\d+)$")
+
+
+@dataclass
+class Candidate:
+    """One embedding to score; `embedding` None is the init-word baseline."""
+
+    label: str
+    step: int | None
+    embedding: object | None  # textinv.embeddings.Embedding
+    file: str | None = None
+
+
+@dataclass
+class Row:
+    label: str
+    step: int | None
+    file: str | None
+    baseline: bool
+    identity: float | None  # the metric the best step uses: CLIP identity, or the toy judge's share
+    identity_clip: float | None = None
+    identity_dino: float | None = None
+    editability: float | None = None
+    per_prompt: dict[str, float] = field(default_factory=dict)  # editability of each edit prompt
+    grid: str | None = None  # the contact sheet written for it, relative to the run folder
+
+
+@dataclass
+class EvalSettings:
+    seeds: int = 4
+    seed: int = 0
+    steps: int = 50
+    cfg: float = 7.5
+    identity_prompt: str = IDENTITY_PROMPT
+    edit_prompts: tuple[str, ...] = EDIT_PROMPTS
+    margin: float = DEFAULT_MARGIN
+    clip: str | None = None  # hub id or folder; None: no CLIP scores
+    dino: str | None = None
+
+
+@dataclass
+class EvalResult:
+    rows: list[Row]
+    best: Row | None
+    init_word: str
+    model: str
+    data: str
+    settings: EvalSettings
+    notes: list[str] = field(default_factory=list)
+    embeddings: dict[str, object] = field(default_factory=dict, repr=False)  # label -> Embedding
+
+    def to_json(self) -> dict:
+        s = asdict(self.settings)
+        s["edit_prompts"] = list(s["edit_prompts"])
+        return {
+            "model": self.model,
+            "data": self.data,
+            "init_word": self.init_word,
+            "settings": s,
+            "rule": best_rule_text(self.settings.margin, self.rows),
+            "rows": [asdict(r) for r in self.rows],
+            "best": None if self.best is None else {"label": self.best.label, "step": self.best.step,
+                                                    "file": self.best.file},
+            "notes": self.notes,
+        }
+
+
+def best_rule_text(margin: float, rows: list[Row] | None = None) -> str:
+    """The best-step rule in words; without editability scores in `rows`, the part that applies."""
+    if rows is not None and all(r.editability is None for r in rows):
+        return "highest identity among the checkpoints (ties: the earlier step); editability was not measured"
+    return (f"highest identity among the checkpoints whose editability is at least {1 - margin:.0%} of the best "
+            "checkpoint's editability (ties: the earlier step)")
+
+
+def best_row(rows: list[Row], margin: float = DEFAULT_MARGIN) -> Row | None:
+    """The checkpoint to keep: highest identity among those that kept their editability (see module doc)."""
+    candidates = [r for r in rows if not r.baseline and r.identity is not None]
+    edits = [r.editability for r in candidates if r.editability is not None]
+    if edits:
+        top = max(edits)
+        floor = top - margin * abs(top)
+        candidates = [r for r in candidates if r.editability is None or r.editability >= floor]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda r: (r.identity, -(r.step if r.step is not None else 0)))
+
+
+# --- what to score ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Targets:
+    candidates: list[Candidate]
+    run_dir: Path | None = None  # set when a run folder was given: results and grids are written into it
+    model: str | None = None
+    data: str | None = None
+    init_word: str | None = None
+    num_vectors: int = 1
+    placeholder: str = "*"
+
+
+def find_targets(paths: list[Path]) -> Targets:
+    """Candidates from run folders (their checkpoints, plus step 0) and embedding files, in step order."""
+    from textinv.config import config_for_resume
+    from textinv.embeddings import load_embedding
+
+    t = Targets(candidates=[])
+    runs = [p for p in paths if p.is_dir() and (p / "config.yaml").is_file()]
+    if len(runs) > 1:
+        raise ConfigError("pass one run folder at a time (or embedding files)")
+    for path in paths:
+        if path in runs:
+            cfg = config_for_resume(path)
+            t.run_dir = path
+            t.model, t.init_word = cfg.model.source, cfg.personalization.initializer_words[0]
+            t.data = cfg.data.paths[0] if cfg.data.paths else None
+            t.num_vectors = cfg.personalization.num_vectors_per_token
+            t.placeholder = cfg.personalization.placeholder_strings[0]
+            t.candidates.append(Candidate(label="step 0", step=0, embedding=None))  # built once the model loads
+            t.candidates += _run_checkpoints(path)
+            continue
+        if not path.exists():
+            raise ConfigError(f"{path}: no such file or folder; pass a run folder (logs/<name>_<time>) or embeddings")
+        emb = load_embedding(path)
+        t.candidates.append(Candidate(label=path.name, step=emb.step, embedding=emb, file=str(path)))
+        if t.init_word is None and emb.init_words:
+            t.init_word = next(iter(emb.init_words.values()))
+    return t
+
+
+def _run_checkpoints(run_dir: Path) -> list[Candidate]:
+    from textinv.embeddings import load_embedding
+
+    found: dict[int, Candidate] = {}
+    for f in sorted((run_dir / "embeddings").glob("*.pt")):
+        m = _CHECKPOINT.match(f.stem)
+        emb = load_embedding(f)
+        step = int(m["step"]) if m else emb.step
+        if step is not None and step not in found:
+            found[step] = Candidate(label=f"step {step}", step=step, embedding=emb, file=str(f))
+    if not found:
+        raise ConfigError(f"{run_dir} has no embeddings yet; train it first (or pass embedding files)")
+    return [found[s] for s in sorted(found)]
+
+
+# --- scoring ----------------------------------------------------------------------------------------------------
+
+
+def evaluate(
+    paths: list[Path],
+    *,
+    data: Path | None = None,
+    model: str | None = None,
+    init_word: str | None = None,
+    settings: EvalSettings | None = None,
+    device: str | None = None,
+    write: bool = True,
+    reporter: Reporter = SILENT,
+) -> EvalResult:
+    """Score every candidate in `paths`; with a run folder and `write`, save eval.json and the grids into it."""
+    from textinv import models
+
+    s = settings or EvalSettings()
+    t = find_targets(paths)
+    data = data or (Path(t.data) if t.data else None)
+    if data is None:
+        raise ConfigError("pass --data DIR: the folder of training pictures to compare the samples with")
+    init_word = init_word or t.init_word
+    if not init_word:
+        raise ConfigError("the embedding does not record its init word; pass --init-word WORD (e.g. cat)")
+    pipe = models.load_pipeline(model or t.model, device=device)
+    toy = pipe.textinv.kind == "toy"
+    if toy:  # the judge scores `a photo of *` only: no edit prompts to generate
+        s = dataclasses.replace(s, edit_prompts=())
+    notes: list[str] = []
+    if t.run_dir is not None:
+        t.candidates[0].embedding = _initial_embedding(pipe, t.placeholder, init_word, t.num_vectors)
+    scorer = Evaluator(pipe, data, s, toy, notes, reporter)
+    grids = t.run_dir / GRIDS_DIR if (write and t.run_dir is not None) else None
+    todo = [Candidate(label=f"init word ({init_word})", step=None, embedding=None), *t.candidates]
+    reporter.start("eval", len(todo), note=f"scoring {len(todo)} candidate(s), {s.seeds} seed(s) per prompt")
+    rows, embeddings = [], {}
+    try:
+        for i, cand in enumerate(todo):
+            rows.append(scorer.score(cand, i, init_word, grids, t.run_dir))
+            if cand.embedding is not None:
+                embeddings[cand.label] = cand.embedding
+            reporter.advance("eval", i + 1)
+    finally:
+        reporter.finish("eval")
+    result = EvalResult(rows=rows, best=best_row(rows, s.margin), init_word=init_word, model=pipe.textinv.name,
+                        data=str(data), settings=s, notes=notes, embeddings=embeddings)
+    if grids is not None:
+        from textinv.atomic import write_text
+
+        write_text(t.run_dir / RESULTS_FILE, json.dumps(result.to_json(), indent=2) + "\n")
+    return result
+
+
+def _initial_embedding(pipe, placeholder: str, init_word: str, n: int):
+    """The run's step 0: the init word's token vectors, spread over the placeholder's vectors as training does."""
+    from textinv.embeddings import Embedding, Token
+    from textinv.train import init_vectors
+
+    table = pipe.text_encoder.get_input_embeddings().weight
+    vectors, _ = init_vectors(pipe.tokenizer, table, init_word, n)
+    return Embedding(tokens=[Token(name=placeholder, vectors=vectors.cpu())], step=0,
+                     init_words={placeholder: init_word})
+
+
+class Evaluator:
+    """The fixed parts of an evaluation (model, references, scoring models), and the scoring of one candidate."""
+
+    def __init__(self, pipe, data: Path, s: EvalSettings, toy: bool, notes: list[str], reporter: Reporter):
+        from textinv.data import load_folder
+
+        self.pipe, self.s, self.toy = pipe, s, toy
+        self.scratch = None
+        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        found, warnings = load_folder(data, size)
+        for w in warnings:
+            reporter.message(f"warning: {w}")
+        self.references = [_to_pil(img.pixels) for img in found]
+        self.clip = self.dino = None
+        self.concept = None
+        if toy:
+            from textinv.toy.judge import judge
+
+            verdicts = [judge(im) for im in self.references]
+            self.concept = max(set(verdicts), key=verdicts.count)
+            if self.concept.colour is None or self.concept.shape is None:
+                raise DataError(f"the toy judge sees no one colour and shape in {data}; pass toy-world pictures")
+            notes.append(f"toy model: identity is the share of samples the toy's judge sees as a "
+                         f"{self.concept.colour} {self.concept.shape}; CLIP and DINO are skipped")
+            return
+        from textinv.scoring import load_clip, load_dino
+
+        if s.clip:
+            self.clip = load_clip(s.clip)
+            self.ref_clip = self.clip.image_features(self.references)
+        else:
+            notes.append("no CLIP model: no identity or editability scores (pass --clip)")
+        if s.dino:
+            self.dino = load_dino(s.dino)
+            self.ref_dino = self.dino.image_features(self.references)
+
+    def _unsaved(self, emb, index: int) -> Path:
+        """A file for an embedding made here (step 0): loading records the file and its hash."""
+        import tempfile
+
+        from textinv.embeddings import save_embedding
+
+        if self.scratch is None:
+            self.scratch = tempfile.TemporaryDirectory(prefix="textinv-eval-")
+        return save_embedding(emb, Path(self.scratch.name) / f"candidate-{index}.pt", force=True)
+
+    def _images(self, prompt: str) -> list:
+        from textinv.generate import txt2img
+
+        return [g.image for g in txt2img(self.pipe, prompt, n=self.s.seeds, steps=self.s.steps, cfg=self.s.cfg,
+                                         seed=self.s.seed)]
+
+    def score(self, cand: Candidate, index: int, init_word: str, grids: Path | None, run_dir: Path | None) -> Row:
+        from textinv import models
+        from textinv.scoring import image_similarity, text_similarity
+
+        word = init_word
+        if cand.embedding is not None:  # a fresh placeholder per candidate, so no two collide in the tokenizer
+            import copy
+
+            emb = copy.deepcopy(cand.embedding)
+            emb.tokens = emb.tokens[:1]
+            word = emb.tokens[0].name = f"<textinv-eval-{index}>"
+            path = Path(cand.file) if cand.file else self._unsaved(emb, index)
+            models.add_embeddings(self.pipe, [(path, emb)])
+        row = Row(label=cand.label, step=cand.step, file=cand.file, baseline=cand.embedding is None, identity=None)
+        samples = self._images(self.s.identity_prompt.format(word))
+        sheet = [samples]
+        if self.toy:
+            from textinv.toy.judge import judge
+
+            row.identity = sum(judge(im) == self.concept for im in samples) / len(samples)
+        else:
+            if self.clip is not None:
+                row.identity = row.identity_clip = image_similarity(self.clip.image_features(samples), self.ref_clip)
+            if self.dino is not None:
+                row.identity_dino = image_similarity(self.dino.image_features(samples), self.ref_dino)
+            if self.clip is not None:
+                for prompt in self.s.edit_prompts:
+                    images = self._images(prompt.format(word))
+                    sheet.append(images)
+                    text = self.clip.text_features([prompt.format(init_word)])
+                    row.per_prompt[prompt] = text_similarity(self.clip.image_features(images), text)
+                row.editability = sum(row.per_prompt.values()) / len(row.per_prompt)
+        if grids is not None:
+            from textinv.atomic import atomic_path
+            from textinv.generate import contact_sheet
+
+            name = "init-word" if cand.embedding is None else f"step-{cand.step:06d}" if cand.step is not None \
+                else Path(cand.label).stem
+            with atomic_path(grids / f"{name}.png") as tmp:
+                contact_sheet([im for line in sheet for im in line], columns=self.s.seeds).save(tmp, format="PNG")
+            row.grid = str((grids / f"{name}.png").relative_to(run_dir))
+        return row
+
+
+def _to_pil(x: torch.Tensor):
+    from PIL import Image
+
+    arr = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(arr)
+
+
+def copy_best(result: EvalResult, out: Path, *, force: bool = False) -> Path:
+    """Write the best step's embedding to `out` (format from the extension)."""
+    from textinv.embeddings import save_embedding
+
+    if result.best is None:
+        raise ConfigError("no step has an identity score, so none is best; pass --clip (or use the toy model)")
+    return save_embedding(result.embeddings[result.best.label], out, force=force)
