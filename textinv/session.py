@@ -11,7 +11,6 @@ what it finished; the contact sheet comes last.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -95,7 +94,7 @@ class Session:
         sheet = None
         if (grid if grid is not None else len(images) > 1) and images:
             name = f"{start:06d}.{images[0].seed}.grid.png"
-            sheet = _save(contact_sheet([m.image for m in images]), images[0].params, out_dir / name)
+            sheet = _save(generate.contact_sheet([m.image for m in images]), images[0].params, out_dir / name)
         return Made(images=images, paths=paths, grid=sheet)
 
 
@@ -123,16 +122,3 @@ def _save(image, params: generate.GenerationParams, path: Path) -> Path:
     except OSError as e:
         raise DataError(f"--out {path.parent}: cannot write {path.name} ({e.strerror or e})") from None
     return path
-
-
-def contact_sheet(images: list, *, columns: int | None = None):
-    """The images in a grid, as square as their count allows, row by row."""
-    from PIL import Image
-
-    columns = columns or math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / columns)
-    w, h = images[0].size
-    sheet = Image.new("RGB", (columns * w, rows * h), (0, 0, 0))
-    for i, im in enumerate(images):
-        sheet.paste(im, ((i % columns) * w, (i // columns) * h))
-    return sheet
