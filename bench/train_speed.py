@@ -192,7 +192,7 @@ def parts(a: argparse.Namespace) -> dict[str, float]:
     import torch
 
     from textinv.models import load_pipeline, resolve_device
-    from textinv.train import SplicedEmbedding, add_new_tokens, replace_module
+    from textinv.tokens import SplicedEmbedding, add_new_tokens, replace_module
 
     device = resolve_device(a.device)
     pipe = load_pipeline(a.model, device=device, dtype=torch.float32)

@@ -6,7 +6,11 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +21,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from textinv import config as cfgmod
+from textinv import data as datamod
+from textinv import tokens
 from textinv import train as trainmod
 from textinv.cli import app
 from textinv.embeddings import load_embedding
@@ -88,7 +94,8 @@ def test_cli_run_writes_every_file(tmp_path, tiny_model_dir, images):
     names = {p.name for p in (run_dir / "embeddings").iterdir()}
     assert names == {"my_cat-3.pt", "my_cat-6.pt", "my_cat.pt", "my_cat.bin", "my_cat.safetensors"}
     images_written = {p.name for p in (run_dir / "images").iterdir()}
-    assert images_written == {f"{k}_gs-{s:06d}.png" for k in IMAGE_KEYS for s in (3, 6)}
+    assert images_written == ({f"{k}_gs-{s:06d}.png" for k in IMAGE_KEYS for s in (3, 6)}
+                              | {f"conditioning_gs-{s:06d}.txt" for s in (3, 6)})
     with Image.open(run_dir / "images" / "samples_gs-000006.png") as im:
         assert im.size == (64, 32)  # num_images=2 side by side at 32 px
     assert [s for s, _, _ in read_losses(run_dir)] == [1, 2, 3, 4, 5, 6]
@@ -149,9 +156,9 @@ def denoising_loss(model_dir: Path, images: Path, vectors: torch.Tensor) -> floa
     pipe = StableDiffusionPipeline.from_pretrained(model_dir)
     tok, te = pipe.tokenizer, pipe.text_encoder
     first = len(tok)
-    trainmod.add_new_tokens(tok, ["<x>"], first)
+    tokens.add_new_tokens(tok, ["<x>"], first)
     base = te.get_input_embeddings()
-    trainmod.replace_module(te, base, trainmod.SplicedEmbedding(base, vectors, first))
+    tokens.replace_module(te, base, tokens.SplicedEmbedding(base, vectors, first))
     pics, _ = load_folder(images, 32)
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
     ids = tok(["a photo of a <x>"] * len(pics), padding="max_length", max_length=77, return_tensors="pt").input_ids
@@ -357,7 +364,10 @@ def test_lr_schedules():
         (["--init-word", "cat", "--init-word", "dog"], "1 placeholder(s) ['*'] but 2 init word(s)"),
         (["--model", "/nonexistent/model"], "model /nonexistent/model: no such file or folder"),
         (["--config", "nope.yaml"], "config file nope.yaml not found"),
-        (["--report-to", "wandb"], "`log.report_to` is 'wandb'; it must be one of none | tensorboard"),
+        (["--report-to", "mlflow"], "`log.report_to` is 'mlflow'; it must be one of none | tensorboard | wandb | all"),
+        pytest.param(["--report-to", "wandb"], "--report-to wandb needs the wandb package: pip install 'textinv[wandb]'",
+                     marks=pytest.mark.skipif(__import__("importlib").util.find_spec("wandb") is not None,
+                                              reason="wandb is installed")),
     ],
 )
 def test_errors_are_one_clear_line(tmp_path, images, args, message):
@@ -394,21 +404,407 @@ def test_captions_replace_templates_and_must_name_the_placeholder(tmp_path):
         def message(self, text):
             messages.append(text)
 
-    images, items = trainmod.build_items(cfg, R())
+    images, items = datamod.build_items(cfg.personalization, cfg.data, R())
     assert [it.prompts for it in items][0] == ["a photo of <c> on a sofa"]
     assert len(items[1].prompts) == 27 and items[1].prompts[0] == "a photo of a <c>"
-    assert trainmod.expand_placeholders("a photo of <c>, big", {"<c>": "<t-0> <t-1>"}) == "a photo of <t-0> <t-1>, big"
+    assert tokens.expand_placeholders("a photo of <c>, big", {"<c>": "<t-0> <t-1>"}) == "a photo of <t-0> <t-1>, big"
     assert messages == []
 
     (folder / "img1.txt").write_text("a photo of a sofa")
-    with pytest.raises(trainmod.DataError, match="caption img1.txt does not mention the placeholder"):
-        trainmod.build_items(cfg, R())
+    with pytest.raises(datamod.DataError, match="caption img1.txt does not mention the placeholder"):
+        datamod.build_items(cfg.personalization, cfg.data, R())
     two = cfgmod.build_config(None, ["data.resolution=32"], **{
         "data.paths": [str(folder)], "personalization.placeholder_strings": ["<a>", "<b>"],
         "personalization.initializer_words": ["cat", "dog"]})
     (folder / "img1.txt").unlink()
-    with pytest.raises(trainmod.DataError, match="img1.png has no caption file, and with 2 placeholders in one folder"):
-        trainmod.build_items(two, R())
+    with pytest.raises(datamod.DataError, match="img1.png has no caption file, and with 2 placeholders in one folder"):
+        datamod.build_items(two.personalization, two.data, R())
+
+
+# --- issue 13: attention, checkpointing, the latent cache ---------------------------------------------------------
+
+
+def test_training_unet_attention_stays_on_sdpa(tmp_path, tiny_model_dir, images, monkeypatch):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    seen = []
+    real = trainmod.compute_loss
+
+    def spy(unet, *args, **kwargs):
+        seen.append({type(proc) for proc in unet.attn_processors.values()})
+        return real(unet, *args, **kwargs)
+
+    monkeypatch.setattr(trainmod, "compute_loss", spy)
+    trainmod.train(library_config(tmp_path, tiny_model_dir, images, "train.max_steps=1", "log.image_every=0"))
+    assert seen and all(kinds == {AttnProcessor2_0} for kinds in seen), seen
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tmp_path, tiny_model_dir, images, monkeypatch):
+    sets = ("train.max_steps=3", "log.image_every=0", "log.save_every=0")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plain = trainmod.train(library_config(tmp_path / "a", tiny_model_dir, images, *sets))
+    checkpointed = []
+    real = trainmod.compute_loss
+
+    def spy(unet, *args, **kwargs):
+        checkpointed.append(unet.is_gradient_checkpointing)
+        return real(unet, *args, **kwargs)
+
+    monkeypatch.setattr(trainmod, "compute_loss", spy)
+    ckpt = trainmod.train(library_config(tmp_path / "b", tiny_model_dir, images, *sets,
+                                         "train.gradient_checkpointing=true"))
+    assert checkpointed == [True] * 3
+    assert ckpt.losses == pytest.approx(plain.losses, rel=1e-5, abs=1e-7)
+    a = load_embedding(plain.embedding_path).tokens[0].vectors
+    b = load_embedding(ckpt.embedding_path).tokens[0].vectors
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_gradient_checkpointing_flag_reaches_the_config(tmp_path, tiny_model_dir, images):
+    cfg = str(tiny_config(tmp_path, tiny_model_dir, train={"max_steps": 1}, log={"image_every": 0}))
+    result = runner.invoke(app, ["train", str(images), "-i", "cat", "-c", cfg, "--gradient-checkpointing"])
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "logs").iterdir()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["gradient_checkpointing"] is True
+
+
+def test_latent_cache_size_and_large_caches_go_to_the_cpu_in_half(tmp_path, tiny_model_dir, images, monkeypatch):
+    from diffusers import AutoencoderKL
+
+    from textinv.data import load_folder
+
+    vae = AutoencoderKL.from_pretrained(tiny_model_dir / "vae")
+    pics, _ = load_folder(images, 32)
+    cache = datamod.cache_latents(vae, pics, torch.device("cpu"))
+    side = 32 // 2 ** (len(vae.config.block_out_channels) - 1)
+    assert cache.mean.dtype == torch.float32
+    assert cache.nbytes == datamod.cache_bytes(len(pics), vae.config.latent_channels, side)
+    # the sizes the README quotes: SD's 4-channel latents, 1/8 of the image side
+    assert datamod.cache_bytes(500, 4, 512 // 8) == 125 * 2**20
+    assert datamod.cache_bytes(5, 4, 1024 // 8) == 5 * 2**20
+    monkeypatch.setattr(datamod, "CACHE_ON_DEVICE_BYTES", cache.nbytes - 1)
+    big = datamod.cache_latents(vae, pics, torch.device("cpu"))
+    assert big.mean.dtype == torch.float16 and big.nbytes == cache.nbytes // 2
+    assert torch.allclose(big.mean.float(), cache.mean, atol=1e-2)
+
+
+# --- issue 14: accelerate, effective batch, trackers ----------------------------------------------------------------
+
+
+def test_effective_batch_and_lr_are_printed_and_recorded(tmp_path, tiny_model_dir, images):
+    cfg = str(tiny_config(tmp_path, tiny_model_dir, train={"max_steps": 1}, log={"image_every": 0}))
+    result = runner.invoke(app, ["train", str(images), "-i", "cat", "-c", cfg, "--set",
+                                 "optim.gradient_accumulation_steps=3", "--set", "optim.learning_rate=0.001"])
+    assert result.exit_code == 0, result.output
+    line = ("effective batch 6 = 2 per process x 3 accumulation x 1 process(es); learning rate 0.006 = 0.001 x 6 "
+            "(optim.scale_lr)")
+    assert line in " ".join(result.stderr.split())
+    (run_dir,) = (tmp_path / "logs").iterdir()
+    assert (run_dir / "config.yaml").read_text().splitlines()[0] == f"# {line}"
+    assert read_losses(run_dir)[0][2] == pytest.approx(0.006)
+
+
+def test_report_to_tensorboard_writes_events_tensorboard_reads(tmp_path, tiny_model_dir, images):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = library_config(tmp_path, tiny_model_dir, images, "train.max_steps=3", "log.image_every=0",
+                         "log.report_to=tensorboard")
+    result = trainmod.train(cfg)
+    acc = EventAccumulator(str(result.run_dir / "tensorboard" / "textinv"))
+    acc.Reload()
+    loss = acc.Scalars("train/loss")
+    assert [e.step for e in loss] == [1, 2, 3]
+    assert [e.value for e in loss] == pytest.approx(result.losses, rel=1e-5)
+
+
+# --- issue 11: image logs ---------------------------------------------------------------------------------------
+
+
+def test_conditioning_logs_the_prompts_drawn_and_every_placeholder_is_sampled(tmp_path, tiny_model_dir, monkeypatch):
+    from diffusers import StableDiffusionPipeline
+
+    cats, dogs = make_images(tmp_path / "cats", 2, seed=1), make_images(tmp_path / "dogs", 2, seed=2)
+    cfg = cfgmod.build_config(tiny_config(tmp_path, tiny_model_dir, train={"max_steps": 3},
+                                          log={"image_every": 3, "save_every": 0, "num_images": 2}), None, **{
+        "data.paths": [str(cats), str(dogs)], "personalization.placeholder_strings": ["<c>", "<d>"],
+        "personalization.initializer_words": ["cat", "dog"], "data.batch_size": 4})
+    drawn: list[str] = []
+    real_draw = datamod.Batches.draw
+
+    def spy_draw(self, batch):
+        out = real_draw(self, batch)
+        drawn.extend(self.items[i].prompts[c] for i, (_, c) in list(self.drawn.items())[-batch:])
+        return out
+
+    prompts: list[str] = []
+    real_call = StableDiffusionPipeline.__call__
+
+    def spy_call(self, prompt, *args, **kwargs):
+        prompts.append(prompt)
+        return real_call(self, prompt, *args, **kwargs)
+
+    monkeypatch.setattr(datamod.Batches, "draw", spy_draw)
+    monkeypatch.setattr(StableDiffusionPipeline, "__call__", spy_call)
+    result = trainmod.train(cfg)
+    text = (result.run_dir / "images" / "conditioning_gs-000003.txt").read_text()
+    rows = [block.splitlines() for block in text.strip().split("\n\n")]
+    assert len(rows) == 2 and all(len(r) == 2 for r in rows)
+    assert all("<c>" in line for line in rows[0]) and all("<d>" in line for line in rows[1])
+    assert all(line in drawn[-4:] for row in rows for line in row)  # the prompts of the last step's draws
+    # samples, samples_scaled and init_word: one pipeline call per placeholder each, one row of the grid each
+    assert len(prompts) == 6
+    assert sum("cat" in p for p in prompts) >= 1 and sum("dog" in p for p in prompts) >= 1
+    samples = Image.open(result.run_dir / "images" / "samples_gs-000003.png")
+    inputs = Image.open(result.run_dir / "images" / "inputs_gs-000003.png")
+    assert samples.size == (2 * 32, 2 * 32) and inputs.size == (2 * 32, 2 * 32)
+
+
+# --- issue 12: resume faults ----------------------------------------------------------------------------------------
+
+
+def _finished_run(tmp_path, tiny_model_dir, images, *sets):
+    cfg = library_config(tmp_path, tiny_model_dir, images, "log.save_every=2", "log.image_every=0",
+                         "train.max_steps=6", *sets)
+    return trainmod.train(cfg)
+
+
+class Messages(Reporter):
+    def __init__(self):
+        self.lines = []
+
+    def message(self, text):
+        self.lines.append(text)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "wrong keys", "pointer"])
+def test_resume_falls_back_to_the_previous_intact_state(tmp_path, tiny_model_dir, images, damage):
+    whole = _finished_run(tmp_path, tiny_model_dir, images)
+    run = whole.run_dir
+    # as if killed after the step-4 state: state.json points at state-000004, state-000002 is kept beside it
+    for f in (run / "embeddings").glob("my_cat.*"):
+        f.unlink()
+    (run / "state" / "state-000006.pt").unlink()
+    torch.save(torch.load(run / "state" / "state-000004.pt", weights_only=True), run / "state" / "state-000002.pt")
+    (tmp_path / "two").mkdir()
+    two = _finished_run(tmp_path / "two", tiny_model_dir, images, "train.max_steps=2")
+    (run / "state" / "state-000002.pt").write_bytes((two.run_dir / "state" / "state-000002.pt").read_bytes())
+    (run / "state.json").write_text('{"step": 4, "state": "state/state-000004.pt"}\n')
+    latest = run / "state" / "state-000004.pt"
+    if damage == "truncated":
+        latest.write_bytes(latest.read_bytes()[:300])
+    elif damage == "empty":
+        latest.write_bytes(b"")
+    elif damage == "wrong keys":
+        torch.save({"step": 4, "learned": torch.zeros(1)}, latest)
+    else:
+        latest.write_bytes(latest.read_bytes()[:300])
+        (run / "state.json").write_text('{"step": 4, "sta')
+    said = Messages()
+    resumed = trainmod.train(cfgmod.config_for_resume(run), resume=run, reporter=said)
+    assert any(line.startswith("warning: state-000004.pt is ") and "resuming from state-000002.pt (step 2)" in line
+               for line in said.lines), said.lines
+    assert resumed.losses == pytest.approx(whole.losses[2:], rel=1e-6)
+    assert [s for s, _, _ in read_losses(run)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_a_hostile_state_file(tmp_path, tiny_model_dir, images):
+    whole = _finished_run(tmp_path, tiny_model_dir, images, "train.max_steps=4")
+    (whole.run_dir / "embeddings" / "my_cat.pt").unlink()
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    import pickle
+
+    with open(whole.run_dir / "state" / "state-000004.pt", "wb") as f:
+        pickle.dump({"step": 4, "x": Boom()}, f)
+    result = runner.invoke(app, ["train", "--resume", str(whole.run_dir)])
+    assert result.exit_code == 1, result.output
+    assert "holds Python code, not only tensors" in result.stderr and result.stderr.count("\n") == 1
+    assert "weights_only" not in result.stderr
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_kill_after_the_last_state_then_resume_writes_the_final_files(tmp_path, tiny_model_dir, images):
+    whole = _finished_run(tmp_path, tiny_model_dir, images, "log.formats=[pt,safetensors]")
+    finals = {p.name: load_embedding(p).tokens[0].vectors for p in (whole.run_dir / "embeddings").glob("my_cat.*")}
+    assert set(finals) == {"my_cat.pt", "my_cat.safetensors"}
+    for name in finals:
+        (whole.run_dir / "embeddings" / name).unlink()
+    result = runner.invoke(app, ["train", "--resume", str(whole.run_dir)])
+    assert result.exit_code == 0, result.output
+    assert "final files were not written; writing them" in result.stderr
+    assert "already finished" not in result.stderr
+    for name, vectors in finals.items():
+        assert torch.equal(load_embedding(whole.run_dir / "embeddings" / name).tokens[0].vectors, vectors)
+    done = runner.invoke(app, ["train", "--resume", str(whole.run_dir)])
+    assert done.exit_code == 1 and "already finished at step 6" in done.stderr
+
+
+def test_a_bad_loss_row_does_not_break_later_resumes(tmp_path, tiny_model_dir, images):
+    whole = _finished_run(tmp_path, tiny_model_dir, images)
+    csv_path = whole.run_dir / "loss.csv"
+    lines = csv_path.read_text().splitlines()
+    csv_path.write_text("\n".join([*lines[:3], "3,0.1", "garbage,,", *lines[3:5], "5,0.2"]) + "\n")
+    (whole.run_dir / "state.json").write_text('{"step": 4, "state": "state/state-000004.pt"}\n')
+    for _ in range(2):
+        resumed = trainmod.train(cfgmod.config_for_resume(whole.run_dir, max_steps=6 + _), resume=whole.run_dir)
+        assert resumed.losses
+        (whole.run_dir / "state.json").write_text('{"step": 4, "state": "state/state-000004.pt"}\n')
+    assert [s for s, _, _ in read_losses(whole.run_dir)] == [1, 2, 3, 4, 5, 6, 7]
+
+
+# --- several processes: accelerate launch, two CPU processes on gloo --------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accelerate_launch(args: list[str], prefix: Path, n: int = 2) -> subprocess.CompletedProcess:
+    """`accelerate launch` N CPU processes of tests/launch_probe.py: on a machine without GPUs accelerate starts
+    several processes only through its torchrun path (`--multi_gpu`); textinv then joins them over gloo."""
+    launcher = Path(sys.executable).parent / "accelerate"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", str(n), "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+           str(Path(__file__).with_name("launch_probe.py")), str(prefix), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_two_processes_under_accelerate_launch_learn_what_one_process_learns(tmp_path, tiny_model_dir, images):
+    cfg = str(tiny_config(tmp_path, tiny_model_dir, train={"max_steps": 4},
+                          log={"save_every": 2, "image_every": 4, "formats": ["pt", "safetensors"]}))
+    one = runner.invoke(app, ["train", str(images), "-i", "cat", "-c", cfg, "-n", "one", "--set", "data.batch_size=2"])
+    assert one.exit_code == 0, one.output
+    two = accelerate_launch(["train", str(images), "-i", "cat", "-c", cfg, "-n", "two", "--set", "data.batch_size=1"],
+                            tmp_path / "rows")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "effective batch 2 = 1 per process x 1 accumulation x 2 process(es)" in " ".join(two.stderr.split())
+    (one_dir,) = (tmp_path / "logs").glob("one_*")
+    (two_dir,) = (tmp_path / "logs").glob("two_*")  # one run folder, written once
+
+    # every step, both processes hold the same learned rows
+    r0, r1 = torch.load(f"{tmp_path / 'rows'}-rank0.pt"), torch.load(f"{tmp_path / 'rows'}-rank1.pt")
+    assert r0.shape[0] == 4 and torch.equal(r0, r1)
+    # the same files as the one-process run, and the same learning to float tolerance
+    def names(run):
+        return sorted(str(p.relative_to(run)).replace(run.name.split("_")[0], "NAME") for p in run.rglob("*")
+                      if p.is_file() and "tensorboard" not in p.parts)
+    assert names(two_dir) == names(one_dir)
+    assert [s for s, _, _ in read_losses(two_dir)] == [1, 2, 3, 4]
+    assert [v for _, v, _ in read_losses(two_dir)] == pytest.approx([v for _, v, _ in read_losses(one_dir)], rel=1e-4)
+    a = load_embedding(one_dir / "embeddings" / "one.pt").tokens[0].vectors
+    b = load_embedding(two_dir / "embeddings" / "two.pt").tokens[0].vectors
+    assert torch.allclose(a, b, atol=1e-5) and torch.equal(b[0], r0[-1][0])
+
+    # --resume with the same process count continues; with another count it says so in one line
+    more = accelerate_launch(["train", "--resume", str(two_dir), "--max-steps", "6"], tmp_path / "more")
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert [s for s, _, _ in read_losses(two_dir)] == [1, 2, 3, 4, 5, 6]
+    alone = runner.invoke(app, ["train", "--resume", str(two_dir), "--max-steps", "8"])
+    assert alone.exit_code == 1 and "trained by 2 process(es); resume it with as many" in alone.stderr
+
+
+# --- fault injection: SIGKILL at random points, then --resume ---------------------------------------------------------
+
+
+def _train_process(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.Popen([sys.executable, "-m", "textinv", "train", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _rows_done(logs: Path) -> int:
+    runs_ = list(logs.glob("run_*/loss.csv"))
+    return len(runs_[0].read_text().splitlines()) - 1 if runs_ else 0
+
+
+def _check_every_file_is_whole(run: Path) -> None:
+    """What a kill may leave: whole files and hidden temp files, never a half-written visible one."""
+    for f in run.rglob("*"):
+        if not f.is_file() or f.name.startswith("."):
+            continue
+        if f.suffix == ".pt":
+            torch.load(f, weights_only=True)
+        elif f.suffix == ".png":
+            Image.open(f).load()
+        elif f.suffix == ".yaml":
+            assert yaml.safe_load(f.read_text())
+        elif f.suffix == ".json":
+            json.loads(f.read_text())
+
+
+def _run_files(run: Path) -> dict[str, Path]:
+    return {str(f.relative_to(run)): f for f in run.rglob("*") if f.is_file() and not f.name.startswith(".")}
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_ends_as_an_uninterrupted_run(tmp_path, tiny_model_dir, images):
+    import random
+
+    cfg = str(tiny_config(tmp_path, tiny_model_dir, train={"max_steps": 12},
+                          log={"save_every": 2, "image_every": 4, "formats": ["pt", "bin", "safetensors"]}))
+    base = [str(images), "-i", "cat", "-c", cfg, "-n", "run"]
+    whole = _train_process([*base, "-o", str(tmp_path / "whole")])
+    assert whole.wait(timeout=600) == 0, whole.stderr.read()
+    (whole_dir,) = (tmp_path / "whole").iterdir()
+
+    rng = random.Random(0)
+    logs = tmp_path / "cut"
+    kills = 0
+    history: list = []
+    args = [*base, "-o", str(logs)]
+    while True:
+        proc = _train_process(args)
+        target = rng.randint(0, 12)
+        while proc.poll() is None and _rows_done(logs) < target:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0, 0.4))
+        if proc.poll() is None and kills < 6:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        elif proc.wait(timeout=600) == 0:
+            break
+        history.append((args[:2], target, proc.returncode, proc.stderr.read()[-300:]))
+        found = list(logs.glob("run_*"))
+        for run in found:
+            _check_every_file_is_whole(run)
+        if found and (found[0] / "state.json").is_file():
+            args = ["--resume", str(found[0])]
+        else:  # killed before the first checkpoint: nothing to resume, start again
+            for run in found:
+                shutil.rmtree(run)
+            args = [*base, "-o", str(logs)]
+    assert kills >= 3
+    (cut_dir,) = logs.iterdir()
+    want, got = _run_files(whole_dir), _run_files(cut_dir)
+    assert sorted(got) == sorted(want), (sorted(set(got) ^ set(want)), history)
+    for name, path in want.items():
+        if name.endswith(".pt"):  # torch zips: compare what they hold
+            a, b = torch.load(path, weights_only=True), torch.load(got[name], weights_only=True)
+            assert repr(a) == repr(b), name
+        elif name.endswith(".safetensors"):  # the metadata's order differs from process to process
+            from safetensors import safe_open
+
+            with safe_open(path, "pt") as a, safe_open(got[name], "pt") as b:
+                assert a.metadata() == b.metadata() and a.keys() == b.keys(), name
+                assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys()), name  # noqa: SIM118
+        elif name == "config.yaml":  # the same but for the output folder
+            a, b = yaml.safe_load(path.read_text()), yaml.safe_load(got[name].read_text())
+            assert a["log"].pop("output_dir") != b["log"].pop("output_dir") and a == b
+        else:
+            assert path.read_bytes() == got[name].read_bytes(), name
 
 
 def test_log_formats_takes_tools(tmp_path, tiny_model_dir, images):

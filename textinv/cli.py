@@ -624,8 +624,13 @@ def train(
                                  rich_help_panel="Output", show_default=False),
     ] = None,
     report_to: Annotated[
-        str | None, typer.Option("--report-to", help="tensorboard: also write TensorBoard events.",
+        str | None, typer.Option("--report-to", help="tensorboard, wandb or all: also log to these trackers.",
                                  rich_help_panel="Output", show_default=False),
+    ] = None,
+    gradient_checkpointing: Annotated[
+        bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing",
+                                  help="Recompute the UNet's activations in the backward pass: less memory, slower.",
+                                  rich_help_panel="Training", show_default=False),
     ] = None,
     resume: Annotated[
         Path | None, typer.Option("--resume", metavar="LOGDIR", help="Continue a run from its last checkpoint.",
@@ -645,7 +650,8 @@ def train(
         if resume is not None:
             given = {"DIR": data_dirs, "--init-word": init_word, "--placeholder": placeholder, "--name": name,
                      "--config": config, "--model": model, "--set": set_, "--device": device,
-                     "--output-dir": output_dir, "--report-to": report_to}
+                     "--output-dir": output_dir, "--report-to": report_to,
+                     "--gradient-checkpointing": gradient_checkpointing is not None}
             extra = [flag for flag, value in given.items() if value]
             if extra:
                 raise cfgmod.ConfigError(
@@ -661,11 +667,13 @@ def train(
                 "personalization.placeholder_strings": placeholder or None,
                 "log.name": name, "model.source": model, "train.max_steps": max_steps, "train.device": device,
                 "log.output_dir": output_dir, "log.report_to": report_to,
+                "train.gradient_checkpointing": gradient_checkpointing,
             })
         try:
             result = run_training(cfg, reporter=TrainProgress(err, quiet=_state["quiet"]), resume=resume)
         except TrainingInterrupted as e:
-            err.print(f"[yellow]{e}[/yellow]", highlight=False)
+            if not e.quiet:
+                err.print(f"[yellow]{e}[/yellow]", highlight=False)
             raise typer.Exit(e.exit_code) from None
     out.print(f"{result.embedding_path}", highlight=False)
     info(f"trained to step {result.step}; run folder {result.run_dir}")

@@ -33,6 +33,7 @@ The schema (every key, its default and what it does; `configs/v1-finetune.yaml` 
       seed               seeds data order, flips, templates, noise and timesteps
       mixed_precision    auto | no | fp16 | bf16 (auto: bf16 on a GPU that has it, else fp16; no on CPU)
       device             auto | cpu | cuda | cuda:N | mps
+      gradient_checkpointing   true: recompute the UNet's activations in the backward pass (less memory, slower)
       early_stop         stop when the validation loss has not improved for N checks (0: never)
     log:
       output_dir         runs go to <output_dir>/<name>_<timestamp>/
@@ -44,7 +45,7 @@ The schema (every key, its default and what it does; `configs/v1-finetune.yaml` 
       num_images         images per image log
       sample_steps       denoising steps for sample images
       guidance_scale     classifier-free guidance for `samples_scaled`
-      report_to          none | tensorboard
+      report_to          none | tensorboard | wandb | all (trackers through accelerate)
       prompts            validation prompts (with the placeholder), rendered every image_every steps
       negative_prompt    negative prompt for the validation prompts
       val_loss_every     validation loss on fixed draws every N steps, to validation.csv (0: never)
@@ -57,6 +58,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import types
 import typing
 from dataclasses import dataclass, field
@@ -115,6 +117,7 @@ class TrainConfig:
     seed: int = 23  # the paper code's seed
     mixed_precision: str = "auto"  # auto | no | fp16 | bf16; the learned vectors stay float32 regardless
     device: str = "auto"
+    gradient_checkpointing: bool = False  # recompute the UNet's activations in the backward pass: less memory
     early_stop: int = 0  # patience, in validation-loss checks; 0: train to max_steps
 
 
@@ -128,7 +131,7 @@ class LogConfig:
     num_images: int = 4
     sample_steps: int = 50
     guidance_scale: float = 5.0  # the paper code's samples_scaled
-    report_to: str = "none"  # none | tensorboard
+    report_to: str = "none"  # none | tensorboard | wandb | all
     prompts: list[str] = field(default_factory=list)  # validation prompts, e.g. ["* on a beach"]
     negative_prompt: str = ""
     val_loss_every: int = 100  # a few forward passes on fixed draws: cheap next to 100 training steps
@@ -153,7 +156,7 @@ CHOICES = {
     "personalization.learnable_property": ("object", "style"),
     "optim.lr_scheduler": ("constant", "linear", "cosine"),
     "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
-    "log.report_to": ("none", "tensorboard"),
+    "log.report_to": ("none", "tensorboard", "wandb", "all"),
 }
 # What `log.formats` takes, as `convert --to` or `--for` do; a picture is no training output.
 FORMATS = tuple(f for f in (*SHORTHANDS, *WRITE_NAMES, *TOOLS) if f not in ("png", "a1111-png"))
@@ -376,13 +379,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"run name {cfg.log.name!r} must be non-empty and contain no '/'")
     if not cfg.model.source.strip():
         raise ConfigError("`model.source` is empty; pass --model with a hub id, a diffusers folder or a checkpoint")
-    if cfg.log.report_to == "tensorboard":
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                "--report-to tensorboard needs the tensorboard package: pip install 'textinv[tensorboard]'"
-            ) from None
+    for tracker in ("tensorboard", "wandb"):
+        if cfg.log.report_to in (tracker, "all") and importlib.util.find_spec(tracker) is None:
+            raise ConfigError(f"--report-to {cfg.log.report_to} needs the {tracker} package: "
+                              f"pip install 'textinv[{tracker}]'")
     return cfg
 
 

@@ -1,19 +1,22 @@
 """Images in: the one reader for training pictures and img2img's init image (any mode, EXIF rotation applied,
 absurd sizes refused before decoding), a training folder read honestly (non-images skipped with a warning),
-plus the prompt templates and per-image captions that go with them."""
+plus the prompt templates and per-image captions that go with them; then, for the training loop, the items
+(image + prompts), the latent cache and the micro-batch drawing."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from warnings import catch_warnings, simplefilter
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from textinv.errors import DataError
+from textinv.errors import ConfigError, DataError
+from textinv.reporting import Reporter
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 # The paper found 3-5 images best; more rarely helps and slows nothing but the first encode.
@@ -169,3 +172,168 @@ def _caption(image_path: Path) -> str | None:
             text = " ".join(p.read_text(errors="replace").split())
             return text or None
     return None
+
+
+# --- what the training loop draws from ---------------------------------------------------------------------------
+
+# Latent caches above this stay on the CPU in float16 (a batch is moved to the device as it is drawn); below it they
+# sit on the device in float32. 500 images at 512 px are 125 MiB in float32, 5 at 1024 px 5 MiB.
+CACHE_ON_DEVICE_BYTES = 256 * 2**20
+_WORD_END = r"(?=[\s,.;:!?]|$)"
+
+
+@dataclass
+class Item:
+    """One training image: its index into the latent cache, the placeholder it shows and its prompts."""
+
+    image: int
+    prompts: list[str]
+    placeholder: int = 0
+
+
+def build_items(p, data, reporter: Reporter) -> tuple[list[TrainImage], list[Item]]:
+    """Read the image folders (`data` config section) and work out each image's prompts (templates, or its caption)
+    for the placeholders of the `p` (personalization) section."""
+    paths = data.paths
+    if not paths:
+        raise DataError("no image folder given; pass one: textinv train ./my_cat --init-word cat")
+    if len(paths) not in (1, len(p.placeholder_strings)):
+        raise ConfigError(
+            f"{len(paths)} image folders for {len(p.placeholder_strings)} placeholders; pass one folder per "
+            "placeholder, in the same order, or one folder with caption files"
+        )
+    templates = load_templates(p.learnable_property)
+    images: list[TrainImage] = []
+    items: list[Item] = []
+    for j, folder in enumerate(paths):
+        found, warnings = load_folder(folder, data.resolution, center_crop=data.center_crop)
+        for w in warnings:
+            reporter.message(f"warning: {w}")
+        own = j if len(paths) > 1 or len(p.placeholder_strings) == 1 else None
+        for img in found:
+            if img.caption:
+                prompt = fill_prompt(img.caption, p.placeholder_strings[own or 0])
+                named = [k for k, s in enumerate(p.placeholder_strings)
+                         if re.search(rf"(?<!\S){re.escape(s)}{_WORD_END}", prompt)]
+                if not named:
+                    raise DataError(
+                        f"caption {img.path.with_suffix('.txt').name} does not mention the placeholder; write * or "
+                        f"[name] where it goes, e.g. 'a photo of * on a sofa'"
+                    )
+                items.append(Item(image=len(images), prompts=[prompt], placeholder=own if own is not None else named[0]))
+            elif own is None:
+                raise DataError(
+                    f"{img.path.name} has no caption file, and with {len(p.placeholder_strings)} placeholders in one "
+                    "folder textinv cannot tell which it shows; pass one folder per placeholder"
+                )
+            else:
+                prompts = [fill_prompt(t, p.placeholder_strings[own]) for t in templates]
+                items.append(Item(image=len(images), prompts=prompts, placeholder=own))
+            images.append(img)
+    return images, items
+
+
+@dataclass
+class LatentCache:
+    """Latent mean and std of every image and its mirror, [N, 2 (flip), C, h, w] each: the VAE runs once per image.
+    Kept on the device in float32, or on the CPU in float16 when larger than CACHE_ON_DEVICE_BYTES."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return self.mean.nbytes + self.std.nbytes
+
+
+def cache_bytes(n_images: int, latent_channels: int, latent_side: int) -> int:
+    """The float32 size of the cache for `n_images` (mean and std, each image and its mirror)."""
+    return n_images * 2 * 2 * latent_channels * latent_side * latent_side * 4
+
+
+@torch.no_grad()
+def cache_latents(vae, images: list[TrainImage], device: torch.device) -> LatentCache:
+    """Encode every image and its mirror once."""
+    means, stds = [], []
+    for img in images:
+        pixels = torch.stack([img.pixels, img.pixels.flip(-1)]).to(device=device, dtype=vae.dtype)
+        dist = vae.encode(pixels).latent_dist
+        means.append(dist.mean.float())
+        stds.append(dist.std.float())
+    mean, std = torch.stack(means), torch.stack(stds)
+    if mean.nbytes + std.nbytes > CACHE_ON_DEVICE_BYTES:
+        mean, std = mean.to("cpu", torch.float16), std.to("cpu", torch.float16)
+    return LatentCache(mean=mean, std=std)
+
+
+class EpochSampler:
+    """Item order: every item `repeats` times per epoch, shuffled by the run's generator; its state checkpoints."""
+
+    def __init__(self, n_items: int, repeats: int, generator: torch.Generator):
+        self.n, self.repeats, self.g = n_items, repeats, generator
+        self.order: list[int] = []
+        self.pos = 0
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        for _ in range(k):
+            if self.pos >= len(self.order):
+                self.order = (torch.randperm(self.n * self.repeats, generator=self.g) % self.n).tolist()
+                self.pos = 0
+            out.append(self.order[self.pos])
+            self.pos += 1
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": list(self.order), "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order, self.pos = list(state["order"]), int(state["pos"])
+
+
+@dataclass
+class Batches:
+    """Draws a training micro-batch: items in epoch order, a flip each, a latent sampled from the cached
+    distribution, noise, timesteps and a prompt each; every draw from the run's one generator. `noise_scheduler`
+    (diffusers' DDPMScheduler) noises the latents and gives the v target.
+
+    With several processes every one draws the whole global batch from the same generator and keeps its own
+    slice, so N processes at batch b train on exactly what one process at batch N*b would."""
+
+    items: list[Item]
+    prompt_ids: list[torch.Tensor]  # per item: [n_prompts, 77] on device
+    cache: LatentCache
+    scaling: float
+    noise_scheduler: Any
+    prediction: str
+    flip_p: float
+    sampler: EpochSampler
+    generator: torch.Generator
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    drawn: dict[int, tuple[int, int]] = field(default_factory=dict)  # item -> (flip, prompt) of its latest draw
+
+    def draw(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(noisy latents, timesteps, prompt ids, target) of this process's `batch` samples: target is the noise,
+        or v for v-prediction models."""
+        g, dev, n = self.generator, self.device, batch * self.world
+        idx = self.sampler.take(n)
+        flips = (torch.rand(n, generator=g) < self.flip_p).long()
+        img = torch.tensor([self.items[i].image for i in idx])
+        mean, std = self.cache.mean[img, flips], self.cache.std[img, flips]
+        eps = torch.randn(mean.shape, generator=g)
+        noise = torch.randn(mean.shape, generator=g)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,), generator=g)
+        choice = [int(torch.randint(0, len(self.items[i].prompts), (1,), generator=g)) for i in idx]
+        for i, f, c in zip(idx, flips.tolist(), choice, strict=True):
+            self.drawn.pop(i, None)  # re-insert: the dict's order is the order of the latest draws
+            self.drawn[i] = (f, c)
+        mine = slice(self.rank * batch, (self.rank + 1) * batch)
+        ids = torch.stack([self.prompt_ids[i][c] for i, c in zip(idx[mine], choice[mine], strict=True)])
+        mean, std = mean[mine].to(dev, torch.float32), std[mine].to(dev, torch.float32)
+        latents = (mean + std * eps[mine].to(dev)) * self.scaling
+        noise, t = noise[mine].to(dev), t[mine].to(dev)
+        noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        target = noise if self.prediction == "epsilon" else self.noise_scheduler.get_velocity(latents, noise, t)
+        return noisy, t, ids, target

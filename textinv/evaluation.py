@@ -241,7 +241,7 @@ def evaluate(
 def _initial_embedding(pipe, placeholder: str, init_word: str, n: int):
     """The run's step 0: the init word's token vectors, spread over the placeholder's vectors as training does."""
     from textinv.embeddings import Embedding, Token
-    from textinv.train import init_vectors
+    from textinv.tokens import init_vectors
 
     table = pipe.text_encoder.get_input_embeddings().weight
     vectors, _ = init_vectors(pipe.tokenizer, table, init_word, n)

@@ -35,8 +35,8 @@ class Validation:
     def __init__(self, cfg: Config, run_dir: Path, batches, *, pipe, expansions: dict[str, str], forward: Callable,
                  embedding_at: Callable, reporter: Reporter, autocast_dtype=None, enabled: bool = True,
                  start_step: int = 0):
+        from textinv.data import EpochSampler
         from textinv.runs import truncate_csv
-        from textinv.train import EpochSampler
 
         self.cfg, self.run_dir, self.enabled = cfg, run_dir, enabled
         self.pipe, self.expansions, self.autocast_dtype = pipe, expansions, autocast_dtype
@@ -50,7 +50,7 @@ class Validation:
         self.fixed: list[tuple] = []
         if cfg.log.val_loss_every:
             g = torch.Generator().manual_seed(cfg.train.seed + 10_000)
-            own = dataclasses.replace(batches, generator=g, sampler=EpochSampler(len(batches.items), 1, g))
+            own = dataclasses.replace(batches, generator=g, sampler=EpochSampler(len(batches.items), 1, g), drawn={})
             left = cfg.log.val_samples
             while left > 0:  # in micro-batches, as training draws them
                 k = min(left, cfg.data.batch_size)
@@ -96,7 +96,7 @@ class Validation:
     def render(self, prompt: str, negative: str) -> list:
         """`log.num_images` images of `prompt` from the training pipeline, seeds train.seed, train.seed+1, ..."""
         from textinv.generate import txt2img
-        from textinv.train import expand_placeholders
+        from textinv.tokens import expand_placeholders
 
         log, dev = self.cfg.log, self.pipe.device
         size = self.cfg.data.resolution
