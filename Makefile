@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch; override for a GPU, e.g. `make install TORCH="torch --index-url ..."`.
 TORCH ?= torch==2.13.0
 
-.PHONY: install test test-slow test-all lint demo bench toy-model interop clean
+.PHONY: install test test-slow test-all lint demo bench bench-sd gpu-check toy-model interop clean
 
 install: $(VENV)/.installed
 
@@ -30,10 +30,25 @@ lint: install
 demo: install
 	$(BIN)/textinv demo
 
+# The example script for the comparisons comes from a git clone of huggingface/diffusers (DIFFUSERS_REPO=...).
+DIFFUSERS_REPO ?=
+EXAMPLE := $(if $(DIFFUSERS_REPO),--diffusers-repo $(DIFFUSERS_REPO))
+
 bench: install
-	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/train_speed.py $(EXAMPLE)
 	$(BIN)/python bench/learning.py
 	$(BIN)/python bench/generate_speed.py
+
+# SD-scale training on random weights (hours on 2 CPU cores; builds 4-5 GB models in /tmp on first use)
+bench-sd: install
+	$(BIN)/python bench/train_speed.py --shape sd15 --resolution 512 --steps 4 --warmup 1 --rounds 2 \
+		--programs textinv,diffusers,textinv-gc $(EXAMPLE)
+	$(BIN)/python bench/train_speed.py --shape sd15 --resolution 256 --steps 6 --warmup 2 --rounds 3 $(EXAMPLE)
+	$(BIN)/python bench/train_speed.py --shape sd2 --resolution 768 --steps 3 --warmup 1 --rounds 1 $(EXAMPLE)
+	$(BIN)/python bench/latent_cache.py
+
+gpu-check: install
+	DIFFUSERS_REPO=$(DIFFUSERS_REPO) PYTHON=$(BIN)/python bench/gpu_check.sh
 
 toy-model: install
 	$(BIN)/python -m textinv.toy.build

@@ -1,15 +1,21 @@
-"""Training speed: textinv's steps/s, seconds per step split into parts, peak memory; optionally against the
-diffusers example `examples/textual_inversion/textual_inversion.py`, run as published, in alternating rounds.
+"""Training speed: textinv's steps/s, time to the first step, peak memory and seconds per step split into parts;
+optionally against the diffusers example `examples/textual_inversion/textual_inversion.py`, run as published, in
+alternating rounds.
 
-    python bench/train_speed.py                              # textinv only, a small SD-shaped model on the CPU
-    python bench/train_speed.py --diffusers-script PATH      # + the diffusers example, alternating rounds
-    python bench/train_speed.py --shape sd15 --resolution 512 --batch-size 1 --device cuda ...
+    python bench/train_speed.py                                   # textinv only, a small SD-shaped model, CPU
+    python bench/train_speed.py --diffusers-repo CLONE            # + the example, taken from a diffusers clone
+    python bench/train_speed.py --shape sd15 --resolution 512 --diffusers-repo CLONE --programs textinv,diffusers,textinv-gc
+    python bench/train_speed.py --shape sd2 --resolution 768 --diffusers-repo CLONE
+    bench/gpu_check.sh                                            # SD1.5 shape, 512 px, bf16, on a CUDA machine
 
 The model is random (the cost of a step does not depend on the weights), built from real diffusers/transformers
-classes with a CLIP-sized 49k-token vocabulary, so that an optimizer over the whole embedding matrix costs what it
-costs on a real model. Each run is a fresh process; steps/s is measured between the first `--warmup` steps and the
-last one, from timestamps taken at each optimizer step, so model loading and start-up are not counted. This
-machine's speed drifts from minute to minute, so the rounds alternate and medians are reported.
+classes of the real architectures' sizes with CLIP's 49k-token vocabulary (bench/random_models.py). Each run is a
+fresh process; steps/s is measured between the first `--warmup` steps and the last one, from timestamps taken at
+each optimizer step, so model loading and start-up are not counted; the time to the first step counts from the
+process's launch to the end of its first optimizer step. Peak memory is the process's maximum resident set on the
+CPU (the allocator's peak on a GPU); "above the weights and libraries" subtracts the model files' size and the
+process's memory after importing torch, diffusers and transformers. This machine's speed drifts from minute to
+minute, so the rounds alternate and medians are reported.
 """
 
 from __future__ import annotations
@@ -25,44 +31,14 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-CACHE = Path(tempfile.gettempdir()) / "textinv-bench"
+import random_models
 
-SHAPES = {
-    # about SD1.x's layout at a fraction of the width: fast enough for CPU rounds
-    "small": dict(text_dim=256, text_layers=4, text_heads=4, unet_channels=(64, 128, 256), unet_layers_per_block=1,
-                  unet_head_dim=32, vae_channels=(32, 64, 128, 128), norm_groups=32),
-    # SD1.5's sizes: 768-wide 12-layer text encoder, 320-1280 UNet, 128-512 VAE (for a GPU)
-    "sd15": dict(text_dim=768, text_layers=12, text_heads=12, unet_channels=(320, 640, 1280, 1280),
-                 unet_layers_per_block=2, unet_head_dim=8, vae_channels=(128, 256, 512, 512), norm_groups=32),
-}
-VOCAB = 49408  # CLIP's
-
-
-def build_model(shape: str, resolution: int) -> Path:
-    folder = CACHE / f"{shape}-{resolution}"
-    if (folder / "model_index.json").is_file():
-        return folder
-    from transformers import CLIPTextModel
-
-    from textinv.toy.pipeline import PipelineShape, build_pipeline
-
-    tmp = folder.with_suffix(".tmp")
-    build_pipeline(["cat", "a", "photo", "of", "the"], tmp, shape=PipelineShape(resolution=resolution,
-                                                                                **SHAPES[shape]), seed=0)
-    # Pad the vocabulary to CLIP's 49408 entries (tokens no text reaches) and the embedding matrix with it, so that
-    # an optimizer over the whole matrix costs what it costs on a real model.
-    vocab_path = tmp / "tokenizer" / "vocab.json"
-    vocab = json.loads(vocab_path.read_text())
-    for i in range(VOCAB - len(vocab)):
-        vocab[f"pad{i}</w>"] = len(vocab)
-    vocab_path.write_text(json.dumps(vocab))
-    (tmp / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)  # rebuilt from vocab.json + merges.txt on load
-    te = CLIPTextModel.from_pretrained(tmp / "text_encoder")
-    te.resize_token_embeddings(VOCAB)
-    te.save_pretrained(tmp / "text_encoder")
-    tmp.rename(folder)
-    return folder
+DIFFUSERS_COMMIT = "58eb52c0803ea9af3abec60841c2a093bdf1f951"  # the example script as measured in the README
+EXAMPLE_PATH = "examples/textual_inversion/textual_inversion.py"
+PROGRAMS = ("textinv", "textinv-gc", "diffusers", "diffusers-gc")  # -gc: with gradient checkpointing
+# model FLOPs of one SD1.5 training sample at 512 px with cached latents: UNet forward 677 GFLOP, the backward to
+# its input (no weight gradients) 657, text encoder 26; other resolutions are scaled by pixel count (approximate)
+SD15_FLOPS_512 = 1.36e12
 
 
 def make_images(folder: Path, n: int = 4) -> Path:
@@ -74,6 +50,16 @@ def make_images(folder: Path, n: int = 4) -> Path:
     for i in range(n):
         Image.fromarray(rng.integers(0, 255, (600, 700, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     return folder
+
+
+def extract_example(repo: str, commit: str, into: Path) -> Path:
+    """Write diffusers' textual-inversion example, as of `commit`, from a git clone of diffusers into `into`."""
+    proc = subprocess.run(["git", "-C", repo, "show", f"{commit}:{EXAMPLE_PATH}"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"cannot read {EXAMPLE_PATH} at {commit} from {repo}: {proc.stderr.strip()}")
+    path = into / "textual_inversion.py"
+    path.write_text(proc.stdout)
+    return path
 
 
 # --- workers: one run each, in a fresh process, printing one JSON line ---------------------------------------
@@ -88,6 +74,24 @@ def _peak_memory(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _base_memory(device: str) -> float:
+    """Memory in MiB before any model is loaded (the libraries' own, on the CPU): subtracted to get what training
+    needs above the model's weights."""
+    if device.startswith("cuda"):
+        return 0.0
+    import diffusers  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    status = Path("/proc/self/status").read_text()
+    return next(int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmRSS:")) / 1024
+
+
+def _result(stamps: list[float], first_wall: list[float], losses: list[float], base: float, device: str) -> dict:
+    return {"stamps": stamps, "first_step_at": first_wall[0] if first_wall else None, "losses": losses,
+            "peak_mib": _peak_memory(device), "base_mib": base}
+
+
 def worker_textinv(a: argparse.Namespace) -> dict:
     import torch
 
@@ -95,22 +99,26 @@ def worker_textinv(a: argparse.Namespace) -> dict:
     from textinv.reporting import Reporter
     from textinv.train import train
 
+    base = _base_memory(a.device)
     stamps: list[float] = []
+    first_wall: list[float] = []
 
     class Stamp(Reporter):
         def advance(self, task, done, **values):
             if a.device.startswith("cuda"):
                 torch.cuda.synchronize()
             stamps.append(time.perf_counter())
+            first_wall[:] = first_wall or [time.time()]
 
     cfg = cfgmod.build_config(None, [
         f"model.source={a.model}", f"data.paths=[{a.images}]", f"data.resolution={a.resolution}",
         f"data.batch_size={a.batch_size}", f"train.max_steps={a.steps}", "log.save_every=0", "log.image_every=0",
         f"log.output_dir={a.out}", "optim.learning_rate=5e-3", "optim.scale_lr=false", f"train.device={a.device}",
         f"train.mixed_precision={a.mixed_precision}", "personalization.initializer_words=[cat]", "train.seed=0",
+        f"train.gradient_checkpointing={str(a.worker.endswith('-gc')).lower()}",
     ])
     result = train(cfg, reporter=Stamp())
-    return {"stamps": stamps, "losses": result.losses, "peak_mib": _peak_memory(a.device)}
+    return _result(stamps, first_wall, result.losses, base, a.device)
 
 
 def worker_diffusers(a: argparse.Namespace) -> dict:
@@ -120,13 +128,16 @@ def worker_diffusers(a: argparse.Namespace) -> dict:
     import torch
     import tqdm.auto
 
+    base = _base_memory(a.device)
     stamps: list[float] = []
+    first_wall: list[float] = []
     original = tqdm.auto.tqdm.update
 
     def update(self, n=1):
         if a.device.startswith("cuda"):
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())
+        first_wall[:] = first_wall or [time.time()]
         return original(self, n)
 
     losses: list[float] = []
@@ -169,6 +180,8 @@ def worker_diffusers(a: argparse.Namespace) -> dict:
                 "--save_steps", "1000000", "--checkpointing_steps", "1000000", "--dataloader_num_workers", "0",
                 "--seed", "0", "--mixed_precision", {"auto": "no"}.get(a.mixed_precision, a.mixed_precision),
                 "--report_to", "tensorboard"]  # its default; accelerate skips it when tensorboard is absent
+    if a.worker.endswith("-gc"):
+        sys.argv.append("--gradient_checkpointing")
     if a.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     try:
@@ -176,7 +189,7 @@ def worker_diffusers(a: argparse.Namespace) -> dict:
     finally:
         tqdm.auto.tqdm.update = original
         tqdm.auto.tqdm.set_postfix = original_postfix
-    return {"stamps": stamps, "losses": losses, "peak_mib": _peak_memory(a.device)}
+    return _result(stamps, first_wall, losses, base, a.device)
 
 
 def _has_torchvision() -> bool:
@@ -263,29 +276,70 @@ def run_worker(kind: str, a: argparse.Namespace, out: Path) -> dict:
            "--threads", str(a.threads)]
     if a.diffusers_script:
         cmd += ["--diffusers-script", a.diffusers_script]
+    launched = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{\"stamps\"")]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"{kind} run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    res = json.loads(lines[-1])
+    res["first_step_s"] = res["first_step_at"] - launched
+    return res
+
+
+def _flops_per_sample(a: argparse.Namespace) -> float | None:
+    if a.flops_per_sample:
+        return a.flops_per_sample
+    return SD15_FLOPS_512 * (a.resolution / 512) ** 2 if a.shape == "sd15" else None
+
+
+def _peak_tflops(a: argparse.Namespace) -> float | None:
+    """The accelerator's dense bf16 peak in TFLOP/s: --peak-tflops, else from the device's name."""
+    if a.peak_tflops:
+        return a.peak_tflops
+    if not a.device.startswith("cuda"):
+        return None
+    import torch
+
+    name = torch.cuda.get_device_name(a.device)
+    return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+
+
+# dense bf16 tensor-core peaks (no sparsity), from the vendors' data sheets; the first name contained in the
+# device name wins, so the longer names come first
+BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0,
+                    "L40S": 362.0, "L4": 121.0, "A10G": 70.0, "A10": 125.0, "RTX 4090": 165.0, "RTX 3090": 71.0,
+                    "T4": 65.0, "V100": 125.0}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="diffusers folder (default: build a random one of --shape)")
-    ap.add_argument("--shape", choices=sorted(SHAPES), default="small")
+    ap.add_argument("--shape", choices=random_models.SHAPES, default="small")
     ap.add_argument("--resolution", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--steps", type=int, default=30, help="steps per run")
     ap.add_argument("--warmup", type=int, default=5, help="steps not timed at the start of each run")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (textinv, diffusers) x N")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of the programs")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--mixed-precision", default="no", help="no | fp16 | bf16 (the same for both)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--programs", default=None,
+                    help=f"comma-separated, from {', '.join(PROGRAMS)} (-gc: gradient checkpointing on); default: "
+                         "textinv, and diffusers when the example is given")
     ap.add_argument("--diffusers-script", default=os.environ.get("DIFFUSERS_TI_SCRIPT"),
                     help="path to diffusers' examples/textual_inversion/textual_inversion.py "
-                         "(default: $DIFFUSERS_TI_SCRIPT; without it only textinv runs)")
-    ap.add_argument("--worker", choices=["textinv", "diffusers"], help=argparse.SUPPRESS)
+                         "(default: $DIFFUSERS_TI_SCRIPT)")
+    ap.add_argument("--diffusers-repo", default=os.environ.get("DIFFUSERS_REPO"),
+                    help="a git clone of huggingface/diffusers to take the example from, at --diffusers-commit "
+                         "(default: $DIFFUSERS_REPO)")
+    ap.add_argument("--diffusers-commit", default=DIFFUSERS_COMMIT)
+    ap.add_argument("--parts", action=argparse.BooleanOptionalAction, default=None,
+                    help="also time the parts of a step in this process (default: on for the small shape)")
+    ap.add_argument("--peak-tflops", type=float, help="the device's bf16 peak, for the model-FLOPs utilisation "
+                                                      "(default: from the CUDA device's name)")
+    ap.add_argument("--flops-per-sample", type=float,
+                    help="model FLOPs of one training sample (default: SD1.5's 1.36e12 at 512 px, by pixel count)")
+    ap.add_argument("--worker", choices=PROGRAMS, help=argparse.SUPPRESS)
     ap.add_argument("--images", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -294,41 +348,63 @@ def main() -> None:
 
         torch.set_num_threads(a.threads)
     if a.worker:
-        fn = worker_textinv if a.worker == "textinv" else worker_diffusers
+        fn = worker_textinv if a.worker.startswith("textinv") else worker_diffusers
         result = fn(a)
         print(json.dumps(result), flush=True)
         return
 
-    CACHE.mkdir(parents=True, exist_ok=True)
-    a.model = a.model or str(build_model(a.shape, a.resolution))
-    a.images = str(make_images(CACHE / "images"))
-    kinds = ["textinv"] + (["diffusers"] if a.diffusers_script else [])
-    rates: dict[str, list[float]] = {k: [] for k in kinds}
-    peaks: dict[str, list[float]] = {k: [] for k in kinds}
-    mean_losses: dict[str, list[float]] = {k: [] for k in kinds}
-    print(f"model {a.model} ({a.shape if a.model.startswith(str(CACHE)) else 'given'}), resolution {a.resolution}, "
-          f"batch {a.batch_size}, {a.steps} steps/run ({a.warmup} untimed), device {a.device}, "
+    with tempfile.TemporaryDirectory(prefix="textinv-bench-example-") as tmp:
+        if a.diffusers_repo and not a.diffusers_script:
+            a.diffusers_script = str(extract_example(a.diffusers_repo, a.diffusers_commit, Path(tmp)))
+        compare(a)
+
+
+def compare(a: argparse.Namespace) -> None:
+    """Run the programs in alternating rounds, each run a fresh process; print each run and the medians."""
+    given = bool(a.model)
+    a.model = a.model or str(random_models.build_model(a.shape, a.resolution))
+    a.images = str(make_images(random_models.CACHE / "images"))
+    kinds = a.programs.split(",") if a.programs else ["textinv"] + (["diffusers"] if a.diffusers_script else [])
+    if unknown := [k for k in kinds if k not in PROGRAMS]:
+        raise SystemExit(f"unknown program(s) {', '.join(unknown)}; choose from {', '.join(PROGRAMS)}")
+    if any(k.startswith("diffusers") for k in kinds) and not a.diffusers_script:
+        raise SystemExit("the diffusers example needs --diffusers-script PATH or --diffusers-repo CLONE")
+    runs: dict[str, list[dict]] = {k: [] for k in kinds}
+    weights = random_models.weights_mib(Path(a.model))
+    print(f"model {a.model} ({'given' if given else a.shape}; weights {weights:.0f} MiB), resolution "
+          f"{a.resolution}, batch {a.batch_size}, {a.steps} steps/run ({a.warmup} untimed), device {a.device}, "
           f"mixed precision {a.mixed_precision}, threads {a.threads or 'default'}", flush=True)
     for r in range(a.rounds):
         for kind in kinds if r % 2 == 0 else kinds[::-1]:
             with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as out:
                 res = run_worker(kind, a, Path(out))
-            rates[kind].append(_rate(res["stamps"], a.warmup))
-            peaks[kind].append(res["peak_mib"])
-            mean_losses[kind].append(statistics.mean(res["losses"]) if res.get("losses") else float("nan"))
-            print(f"round {r + 1} {kind:9s} {rates[kind][-1]:.3f} steps/s  peak {res['peak_mib']:.0f} MiB  "
-                  f"mean loss {mean_losses[kind][-1]:.4f}", flush=True)
+            res["rate"] = _rate(res["stamps"], a.warmup)
+            res["mean_loss"] = statistics.mean(res["losses"]) if res.get("losses") else float("nan")
+            runs[kind].append(res)
+            print(f"round {r + 1} {kind:12s} {res['rate']:.4f} steps/s  first step at {res['first_step_s']:.1f} s  "
+                  f"peak {res['peak_mib']:.0f} MiB ({res['peak_mib'] - weights - res['base_mib']:.0f} above the "
+                  f"weights and libraries)  mean loss {res['mean_loss']:.4f}", flush=True)
     print()
+    flops, peak = _flops_per_sample(a), _peak_tflops(a)
+    medians = {}
+    for kind, rs in runs.items():
+        rate = medians[kind] = statistics.median(r["rate"] for r in rs)
+        peak_mib = max(r["peak_mib"] for r in rs)
+        above = peak_mib - weights - statistics.median(r["base_mib"] for r in rs)
+        line = (f"{kind:12s} median {rate:.4f} steps/s ({1 / rate:.2f} s/step, {rate * a.batch_size:.4f} samples/s) "
+                f"over {a.rounds} rounds; first step at {statistics.median(r['first_step_s'] for r in rs):.1f} s; "
+                f"peak memory {peak_mib:.0f} MiB, {above:.0f} MiB above the weights and libraries; "
+                f"mean loss {statistics.mean(r['mean_loss'] for r in rs):.4f}")
+        if flops and peak:
+            line += f"; model-FLOPs utilisation {rate * a.batch_size * flops / (peak * 1e12):.1%} of {peak:.0f} TFLOP/s"
+        print(line)
     for kind in kinds:
-        med = statistics.median(rates[kind])
-        print(f"{kind:9s} median {med:.3f} steps/s ({1 / med:.3f} s/step) over {a.rounds} rounds; "
-              f"peak memory {max(peaks[kind]):.0f} MiB; mean loss {statistics.mean(mean_losses[kind]):.4f}")
-    if a.diffusers_script:
-        ratio = statistics.median(rates["textinv"]) / statistics.median(rates["diffusers"])
-        print(f"textinv / diffusers example: {ratio:.2f}x steps/s")
-    print("\nseconds per step, by part (medians of 5 timed steps, in this process):")
-    for k, v in parts(a).items():
-        print(f"  {k:36s} {v:.4f}")
+        if kind.startswith("textinv") and "diffusers" in medians:
+            print(f"{kind} / diffusers example: {medians[kind] / medians['diffusers']:.2f}x steps/s")
+    if a.parts if a.parts is not None else a.shape == "small":
+        print("\nseconds per step, by part (medians of 5 timed steps, in this process):")
+        for k, v in parts(a).items():
+            print(f"  {k:36s} {v:.4f}")
 
 
 if __name__ == "__main__":
