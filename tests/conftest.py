@@ -34,6 +34,17 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory) -> Path:
+    """A tiny SDXL-shaped pipeline saved as a diffusers folder: `text_encoder` 32 wide, `text_encoder_2` (with a
+    projection) 64 wide, a UNet with `addition_embed_type="text_time"` over both, a tiny VAE; 32 px."""
+    from textinv.toy.pipeline import build_sdxl_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-sdxl")
+    build_sdxl_pipeline(TINY_WORDS, folder, seed=0)
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path, monkeypatch):
     """No test reads or writes the user's caches or reaches the network."""

@@ -477,6 +477,8 @@ def test_latent_cache_size_and_large_caches_go_to_the_cpu_in_half(tmp_path, tiny
     vae = AutoencoderKL.from_pretrained(tiny_model_dir / "vae")
     pics, _ = load_folder(images, 32)
     cache = datamod.cache_latents(vae, pics, torch.device("cpu"))
+    every = ([i for i in range(len(pics)) for _ in (0, 1)], [0, 1] * len(pics))
+    cache.lookup(*every)
     side = 32 // 2 ** (len(vae.config.block_out_channels) - 1)
     assert cache.mean.dtype == torch.float32
     assert cache.nbytes == datamod.cache_bytes(len(pics), vae.config.latent_channels, side)
@@ -485,8 +487,32 @@ def test_latent_cache_size_and_large_caches_go_to_the_cpu_in_half(tmp_path, tiny
     assert datamod.cache_bytes(5, 4, 1024 // 8) == 5 * 2**20
     monkeypatch.setattr(datamod, "CACHE_ON_DEVICE_BYTES", cache.nbytes - 1)
     big = datamod.cache_latents(vae, pics, torch.device("cpu"))
+    big.lookup(*every)
     assert big.mean.dtype == torch.float16 and big.nbytes == cache.nbytes // 2
     assert torch.allclose(big.mean.float(), cache.mean, atol=1e-2)
+
+
+def test_latents_are_encoded_when_first_drawn_one_pair_at_a_time(tiny_model_dir, images):
+    """The first step waits for the pairs it draws, not for the whole folder (the time to first step at SD scale),
+    and a pair's latents do not depend on what was encoded with it."""
+    from diffusers import AutoencoderKL
+
+    from textinv.data import load_folder
+
+    vae = AutoencoderKL.from_pretrained(tiny_model_dir / "vae")
+    pics, _ = load_folder(images, 32)
+    calls = []
+    encode = vae.encode
+    vae.encode = lambda x: calls.append(x.shape[0]) or encode(x)
+    cache = datamod.cache_latents(vae, pics, torch.device("cpu"))
+    assert calls == [] and not cache.encoded.any()
+    mean, std = cache.lookup([1, 1], [1, 1])
+    assert calls == [1] and cache.encoded.sum() == 1 and bool(cache.encoded[1, 1])
+    with torch.no_grad():
+        direct = encode(pics[1].pixels.flip(-1)[None]).latent_dist
+    assert torch.equal(mean[0], direct.mean[0]) and torch.equal(std[1], direct.std[0])
+    cache.lookup([0, 1, 2], [0, 1, 0])
+    assert calls == [1, 1, 1] and cache.encoded.sum() == 3
 
 
 # --- issue 14: accelerate, effective batch, trackers ----------------------------------------------------------------

@@ -599,7 +599,7 @@ def train(
     ] = None,
     config: Annotated[
         str | None,
-        typer.Option("--config", "-c", help="YAML config: a file, or v1-finetune (default) / v2-finetune.",
+        typer.Option("--config", "-c", help="YAML config: a file, or v1-finetune / v2-finetune / sdxl-finetune \\[default: by the model's family].",
                      rich_help_panel="Training", show_default=False),
     ] = None,
     model: Annotated[

@@ -8,6 +8,8 @@ The schema (every key, its default and what it does; `configs/v1-finetune.yaml` 
     model:
       source            hub id, diffusers folder, single-file checkpoint, or `toy`
       prediction_type   null (read the model's scheduler) | epsilon | v_prediction
+      family            SD1.x | SD2.x | SDXL | null (any): the family the config is written for; an SD1/SD2 config
+                        on an SDXL model, or the reverse, is refused before anything is written
     personalization:    (names follow the original paper code's config)
       placeholder_strings    words to learn, one per concept: ["*"]
       initializer_words      one init word per placeholder; a multi-token word is spread over the vectors
@@ -77,6 +79,7 @@ PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 class ModelConfig:
     source: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # hub id, diffusers folder, single file, or `toy`
     prediction_type: str | None = None  # None: whatever the model's scheduler says
+    family: str | None = "SD1.x"  # SD1.x | SD2.x | SDXL | None (any); checked against the model (families.py)
 
 
 @dataclass
@@ -153,6 +156,7 @@ class Config:
 
 CHOICES = {
     "model.prediction_type": (None, "epsilon", "v_prediction"),
+    "model.family": (None, "SD1.x", "SD2.x", "SDXL"),
     "personalization.learnable_property": ("object", "style"),
     "optim.lr_scheduler": ("constant", "linear", "cosine"),
     "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
@@ -415,9 +419,15 @@ DEFAULT_CONFIG = "v1-finetune"
 
 
 def build_config(path: str | Path | None, sets: list[str] | None = None, **named: Any) -> Config:
-    """The config a run uses: the file (default: the packaged v1-finetune.yaml), then --set, then named flags
+    """The config a run uses: the file (default: the packaged one for the model's family, v1-finetune.yaml or
+    sdxl-finetune.yaml), then --set, then named flags
     (dotted keys, None = not given), then validation. Nothing here loads a model."""
-    cfg = load_config(path or DEFAULT_CONFIG)
+    if path is None:  # no --config: the packaged config for the model's family
+        from textinv.families import default_config
+
+        source = named.get("model.source") or dict(parse_override(s) for s in sets or []).get("model.source")
+        path = default_config(source) if source else DEFAULT_CONFIG
+    cfg = load_config(path)
     return validate(apply_overrides(cfg, sets, **named))
 
 

@@ -233,17 +233,40 @@ def build_items(p, data, reporter: Reporter) -> tuple[list[TrainImage], list[Ite
     return images, items
 
 
-@dataclass
 class LatentCache:
-    """Latent mean and std of every image and its mirror, [N, 2 (flip), C, h, w] each: the VAE runs once per image.
-    Kept on the device in float32, or on the CPU in float16 when larger than CACHE_ON_DEVICE_BYTES."""
+    """Latent mean and std of every image and its mirror, [N, 2 (flip), C, h, w] each.
 
-    mean: torch.Tensor
-    std: torch.Tensor
+    A pair (image, flip) is encoded the first time a batch or an image log asks for it, one at a time (so the values
+    do not depend on which pairs were asked for together, and a resumed run reads the same latents): the VAE runs at
+    most once per pair, and the first step waits for the pairs it draws, not for the whole folder. Kept on the
+    device in float32, or on the CPU in float16 when larger than CACHE_ON_DEVICE_BYTES."""
+
+    def __init__(self, vae, images: list[TrainImage], device: torch.device):
+        self.vae, self.images, self.device = vae, images, device
+        side = images[0].pixels.shape[-1] // 2 ** (len(vae.config.block_out_channels) - 1)
+        shape = (len(images), 2, vae.config.latent_channels, side, side)
+        small = cache_bytes(len(images), vae.config.latent_channels, side) <= CACHE_ON_DEVICE_BYTES
+        where, dtype = (device, torch.float32) if small else (torch.device("cpu"), torch.float16)
+        self.mean = torch.zeros(shape, device=where, dtype=dtype)
+        self.std = torch.zeros(shape, device=where, dtype=dtype)
+        self.encoded = torch.zeros(shape[:2], dtype=torch.bool)
 
     @property
     def nbytes(self) -> int:
         return self.mean.nbytes + self.std.nbytes
+
+    @torch.no_grad()
+    def lookup(self, images: list[int], flips: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of each (image, flip) pair, encoding the pairs not seen before."""
+        for i, f in zip(images, flips, strict=True):
+            if not self.encoded[i, f]:
+                pixels = self.images[i].pixels
+                pixels = (pixels.flip(-1) if f else pixels)[None].to(device=self.device, dtype=self.vae.dtype)
+                dist = self.vae.encode(pixels).latent_dist
+                self.mean[i, f] = dist.mean[0].to(self.mean.device, self.mean.dtype)
+                self.std[i, f] = dist.std[0].to(self.std.device, self.std.dtype)
+                self.encoded[i, f] = True
+        return self.mean[images, flips], self.std[images, flips]
 
 
 def cache_bytes(n_images: int, latent_channels: int, latent_side: int) -> int:
@@ -251,19 +274,9 @@ def cache_bytes(n_images: int, latent_channels: int, latent_side: int) -> int:
     return n_images * 2 * 2 * latent_channels * latent_side * latent_side * 4
 
 
-@torch.no_grad()
 def cache_latents(vae, images: list[TrainImage], device: torch.device) -> LatentCache:
-    """Encode every image and its mirror once."""
-    means, stds = [], []
-    for img in images:
-        pixels = torch.stack([img.pixels, img.pixels.flip(-1)]).to(device=device, dtype=vae.dtype)
-        dist = vae.encode(pixels).latent_dist
-        means.append(dist.mean.float())
-        stds.append(dist.std.float())
-    mean, std = torch.stack(means), torch.stack(stds)
-    if mean.nbytes + std.nbytes > CACHE_ON_DEVICE_BYTES:
-        mean, std = mean.to("cpu", torch.float16), std.to("cpu", torch.float16)
-    return LatentCache(mean=mean, std=std)
+    """The latent cache of `images`; pairs are encoded as they are first drawn (see LatentCache)."""
+    return LatentCache(vae, images, device)
 
 
 class EpochSampler:
@@ -320,10 +333,9 @@ class Batches:
         g, dev, n = self.generator, self.device, batch * self.world
         idx = self.sampler.take(n)
         flips = (torch.rand(n, generator=g) < self.flip_p).long()
-        img = torch.tensor([self.items[i].image for i in idx])
-        mean, std = self.cache.mean[img, flips], self.cache.std[img, flips]
-        eps = torch.randn(mean.shape, generator=g)
-        noise = torch.randn(mean.shape, generator=g)
+        shape = (n, *self.cache.mean.shape[2:])
+        eps = torch.randn(shape, generator=g)
+        noise = torch.randn(shape, generator=g)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,), generator=g)
         choice = [int(torch.randint(0, len(self.items[i].prompts), (1,), generator=g)) for i in idx]
         for i, f, c in zip(idx, flips.tolist(), choice, strict=True):
@@ -331,7 +343,8 @@ class Batches:
             self.drawn[i] = (f, c)
         mine = slice(self.rank * batch, (self.rank + 1) * batch)
         ids = torch.stack([self.prompt_ids[i][c] for i, c in zip(idx[mine], choice[mine], strict=True)])
-        mean, std = mean[mine].to(dev, torch.float32), std[mine].to(dev, torch.float32)
+        mean, std = self.cache.lookup([self.items[i].image for i in idx[mine]], flips[mine].tolist())
+        mean, std = mean.to(dev, torch.float32), std.to(dev, torch.float32)
         latents = (mean + std * eps[mine].to(dev)) * self.scaling
         noise, t = noise[mine].to(dev), t[mine].to(dev)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)

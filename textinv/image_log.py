@@ -53,7 +53,7 @@ def log_images(pipe, out: Path, step: int, log, p, images: list[TrainImage], bat
         if not row:
             recon.append([])
             continue
-        z = batches.cache.mean[[batches.items[i].image for i, _, _ in row], [f for _, f, _ in row]]
+        z, _ = batches.cache.lookup([batches.items[i].image for i, _, _ in row], [f for _, f, _ in row])
         recon.append([to_pil(x) for x in vae.decode(z.to(device, vae.dtype)).sample.float().cpu()])
     save("reconstruction", grid_of(recon))
 
@@ -62,15 +62,19 @@ def log_images(pipe, out: Path, step: int, log, p, images: list[TrainImage], bat
               "num_images_per_prompt": log.num_images}
     kinds = (("samples", 1.0, False), ("samples_scaled", log.guidance_scale, False),
              ("init_word", log.guidance_scale, True))
-    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        for key, scale, init in kinds:
-            grid = []
-            for placeholder, word in zip(p.placeholder_strings, p.initializer_words, strict=True):
-                prompt = fill_prompt(template, word) if init else expand_placeholders(
-                    fill_prompt(template, placeholder), expansions)
-                g = torch.Generator(device="cpu").manual_seed(seed)
-                grid.append(pipe(prompt, guidance_scale=scale, generator=g, **common).images)
-            save(key, grid_of(grid))
+    for key, scale, init in kinds:
+        grid = []
+        for placeholder, word in zip(p.placeholder_strings, p.initializer_words, strict=True):
+            prompt = fill_prompt(template, word) if init else expand_placeholders(
+                fill_prompt(template, placeholder), expansions)
+            g = torch.Generator(device="cpu").manual_seed(seed)
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                                enabled=autocast_dtype is not None):
+                latents = pipe(prompt, guidance_scale=scale, generator=g, output_type="latent", **common).images
+            # decoded outside autocast by the float32 VAE: SDXL's VAE overflows in fp16
+            z = latents.to(vae.dtype) / vae.config.scaling_factor
+            grid.append([to_pil(x) for x in vae.decode(z).sample.float().cpu()])
+        save(key, grid_of(grid))
 
 
 def _flipped(pixels: torch.Tensor, flip: int) -> torch.Tensor:

@@ -133,13 +133,15 @@ def truncate_csv(path: Path, step: int) -> None:
     write_text(path, "\n".join(keep) + "\n")
 
 
-def embedding_of(rows: torch.Tensor, p, name: str, step: int, base_model: str):
+def embedding_of(rows: torch.Tensor | list[torch.Tensor], p, name: str, step: int, base_model: str):
     """The learned rows [n_placeholders * n_vectors, dim] as an Embedding, one token per placeholder of the `p`
-    (personalization) config section."""
+    (personalization) config section. SDXL: a list of two such tensors, clip_l's and clip_g's."""
     from textinv.embeddings import Embedding, Token
 
     n = p.num_vectors_per_token
-    tokens = [Token(name=placeholder, vectors=rows[i * n:(i + 1) * n].clone())
+    parts = list(rows) if isinstance(rows, (list, tuple)) else [rows]
+    tokens = [Token(name=placeholder, vectors=parts[0][i * n:(i + 1) * n].clone(),
+                    vectors_2=parts[1][i * n:(i + 1) * n].clone() if len(parts) > 1 else None)
               for i, placeholder in enumerate(p.placeholder_strings)]
     return Embedding(tokens=tokens, name=name, step=step, base_model=base_model,
                      init_words=dict(zip(p.placeholder_strings, p.initializer_words, strict=True)),

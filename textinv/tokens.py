@@ -15,10 +15,12 @@ from textinv.reporting import Reporter
 class SplicedEmbedding(nn.Module):
     """The frozen token embedding, with ids >= `first_id` looked up in a separate float32 `learned` table."""
 
-    def __init__(self, base: nn.Embedding, learned: torch.Tensor, first_id: int):
+    def __init__(self, base: nn.Embedding, learned: torch.Tensor, first_id: int, columns: slice = slice(None)):
         super().__init__()
         self.base = base  # registered first, so `text_encoder.dtype` still reports the frozen weights' dtype
-        self.learned = nn.Parameter(learned.to(torch.float32))
+        # SDXL: one Parameter shared by both encoders' splices, each reading its own `columns` of it
+        self.learned = learned if isinstance(learned, nn.Parameter) else nn.Parameter(learned.to(torch.float32))
+        self.columns = columns
         self.first_id = first_id
         self.embedding_dim = base.embedding_dim
 
@@ -29,7 +31,7 @@ class SplicedEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         new = ids >= self.first_id
         out = self.base(torch.where(new, torch.zeros_like(ids), ids))
-        rows = self.learned[(ids - self.first_id).clamp(min=0)]
+        rows = self.learned[(ids - self.first_id).clamp(min=0)][..., self.columns]
         return torch.where(new.unsqueeze(-1), rows.to(out.dtype), out)
 
 

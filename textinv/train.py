@@ -29,9 +29,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from textinv import config as config_mod
-from textinv import data, models, runs
+from textinv import data, families, models, runs
+from textinv.conditioning import conditioning_for, is_sdxl
 from textinv.config import Config
 from textinv.errors import ConfigError, ModelError, TextinvError
 from textinv.image_log import log_images
@@ -64,21 +66,10 @@ class NonFiniteLoss(TextinvError):
 class RunResult:
     run_dir: Path
     step: int
-    embedding_path: Path  # the final .pt
+    embedding_path: Path  # the final .pt (SDXL: .safetensors)
     files: list[Path] = field(default_factory=list)  # every final embedding file (all formats)
     losses: list[float] = field(default_factory=list)  # losses of the steps this call ran
     prediction_type: str = "epsilon"
-
-
-class TextConditioning:
-    """Token ids -> the UNet's conditioning keyword arguments. The one place a model with other conditioning
-    (SDXL: two encoders, pooled output, time ids) plugs in."""
-
-    def __init__(self, text_encoder):
-        self.text_encoder = text_encoder
-
-    def __call__(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"encoder_hidden_states": self.text_encoder(ids)[0]}
 
 
 def compute_loss(unet, condition, noisy, timesteps, ids, target, autocast_dtype, device) -> torch.Tensor:
@@ -154,26 +145,34 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
     images, items = data.build_items(p, cfg.data, reporter)
 
     pipe = load_frozen(cfg, device)
-    tokenizer, text_encoder, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
-    base = text_encoder.get_input_embeddings()
-    first_id = len(tokenizer)
-    if first_id > base.num_embeddings:
-        raise ModelError(f"tokenizer ({first_id} tokens) is larger than the text encoder's table ({base.num_embeddings})")
-    vectors, expansions = add_placeholders(tokenizer, base.weight, p, first_id, reporter)
-    # the VAE stays float32: it runs once here (and for image logs), where fp16 VAEs are known to overflow
+    unet, vae = pipe.unet, pipe.vae
+    # [conditioning] one text encoder, or SDXL's two (textinv/conditioning.py); the config must fit the model
+    condition = conditioning_for(pipe, cfg.data.resolution)
+    families.check_config(cfg.model.family, is_sdxl(pipe), models.model_family(pipe), len(p.placeholder_strings))
+    bases, first_ids, vectors = [], [], []
+    for k, (tokenizer, text_encoder) in enumerate(condition.encoders):  # a row for each placeholder in each encoder
+        base = text_encoder.get_input_embeddings()
+        first_id = len(tokenizer)
+        if first_id > base.num_embeddings:
+            raise ModelError(f"tokenizer ({first_id} tokens) is larger than the text encoder's table ({base.num_embeddings})")
+        vecs, expansions = add_placeholders(tokenizer, base.weight, p, first_id, reporter if k == 0 else Reporter())
+        bases.append(base)
+        first_ids.append(first_id)
+        vectors.append(vecs)
+    # the VAE stays float32 (fp16 VAEs are known to overflow); it encodes each (image, flip) once, when first drawn
     cache = data.cache_latents(vae, images, device)
     if autocast_dtype is not None:  # cast the frozen weights once rather than on every op of every step
-        text_encoder.to(autocast_dtype)
+        for _, text_encoder in condition.encoders:
+            text_encoder.to(autocast_dtype)
         unet.to(autocast_dtype)
-    spliced = SplicedEmbedding(base, vectors.to(device), first_id)  # float32 whatever the precision
-    replace_module(text_encoder, base, spliced)
-    learned = spliced.learned
-    condition = TextConditioning(text_encoder)
-    prompt_ids = [
-        tokenizer([expand_placeholders(s, expansions) for s in it.prompts], padding="max_length",
-                  max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids.to(device)
-        for it in items
-    ]
+    # [conditioning] one float32 Parameter whatever the precision; each encoder's splice reads its columns of it
+    learned = nn.Parameter(torch.cat(vectors, dim=1).to(device))
+    splices = [SplicedEmbedding(base, learned, first_id, columns)
+               for base, first_id, columns in zip(bases, first_ids, condition.columns(), strict=True)]
+    for (_, text_encoder), base, spliced in zip(condition.encoders, bases, splices, strict=True):
+        replace_module(text_encoder, base, spliced)
+    prompt_ids = [condition.tokenize([expand_placeholders(s, expansions) for s in it.prompts]).to(device)
+                  for it in items]
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
     prediction = cfg.model.prediction_type or noise_sched.config.prediction_type
     if prediction not in ("epsilon", "v_prediction"):
@@ -207,10 +206,13 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
         run_dir = Path(broadcast_object_list([str(run_dir) if run_dir else None])[0])
     name = run_name(cfg)
 
-    def embedding_at(s: int):
-        return runs.embedding_of(learned.detach().float().cpu(), p, name, s, cfg.model.source)
+    def embedding_at(s: int):  # [conditioning] SDXL: clip_l's and clip_g's columns
+        return runs.embedding_of(condition.split(learned.detach().float().cpu()), p, name, s, cfg.model.source)
 
-    finals = runs.final_paths(embedding_at(step), run_dir, name, cfg.log.formats)
+    # [conditioning] an SDXL .pt holds {clip_l, clip_g} and nothing else: the .safetensors, which also keeps the
+    # placeholder and the metadata, is the run's embedding
+    formats = list(dict.fromkeys(["safetensors", *cfg.log.formats])) if is_sdxl(pipe) else cfg.log.formats
+    finals = runs.final_paths(embedding_at(step), run_dir, name, formats)
     if step >= cfg.train.max_steps and all(f.exists() for f in finals):
         raise ConfigError(f"{run_dir} already finished at step {step}; pass a larger --max-steps to train further")
     reporter.message(how)
@@ -290,7 +292,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
                 checkpoint(step)
             else:
                 reporter.message(f"the run reached step {step} but its final files were not written; writing them")
-            files = writer.finals(embedding_at(step), cfg.log.formats)
+            files = writer.finals(embedding_at(step), formats)
             writer.plot()
     except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the last checkpoint stands
         raise TrainingInterrupted(run_dir, last_good, saved=False, quiet=not main) from None
@@ -300,7 +302,8 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
             acc.end_training()
         reporter.finish("train")
     acc.wait_for_everyone()
-    replace_module(text_encoder, spliced, base)
+    for (_, text_encoder), base, spliced in zip(condition.encoders, bases, splices, strict=True):
+        replace_module(text_encoder, spliced, base)
     return RunResult(run_dir=run_dir, step=step, embedding_path=next(iter(finals)), files=files, losses=losses,
                      prediction_type=prediction)
 
@@ -324,7 +327,9 @@ def load_frozen(cfg: Config, device: torch.device):
     """The float32 pipeline with every module frozen (no weight gradients), on diffusers' default SDPA attention
     (`set_default_attn_processor` would switch SDPA off), with gradient checkpointing in the UNet if asked."""
     pipe = models.load_pipeline(cfg.model.source, device=device, dtype=torch.float32)
-    for module in (pipe.text_encoder, pipe.unet, pipe.vae):
+    for module in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None), pipe.unet, pipe.vae):
+        if module is None:  # [conditioning] only SDXL has text_encoder_2
+            continue
         module.requires_grad_(False)
         module.eval()
     _check_resolution(cfg.data.resolution, pipe.unet, pipe.vae)

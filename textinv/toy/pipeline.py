@@ -105,3 +105,64 @@ def _tmpdir() -> str:
     import tempfile
 
     return tempfile.mkdtemp(prefix="textinv-tok-")
+
+
+def build_sdxl_pipeline(
+    words: list[str], folder: str | Path | None = None, *, shape: PipelineShape | None = None, seed: int = 0,
+    text_dim_2: int | None = None,
+):
+    """A random SDXL-shaped pipeline: two CLIP text encoders of different widths (the second with a projection, for
+    the pooled embedding), a UNet with `addition_embed_type="text_time"` and cross-attention over both widths."""
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    shape = shape or PipelineShape()
+    base = build_pipeline(words, shape=shape, seed=seed)
+    dim_2 = text_dim_2 or shape.text_dim * 2
+    text_encoder_2 = CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            vocab_size=len(base.tokenizer),
+            hidden_size=dim_2,
+            intermediate_size=dim_2 * 4,
+            num_hidden_layers=shape.text_layers,
+            num_attention_heads=shape.text_heads,
+            max_position_embeddings=77,
+            projection_dim=dim_2,
+            bos_token_id=base.tokenizer.bos_token_id,
+            eos_token_id=base.tokenizer.eos_token_id,
+            pad_token_id=base.tokenizer.pad_token_id,
+        )
+    )
+    n = len(shape.unet_channels)
+    time_dim = 8
+    unet = UNet2DConditionModel(
+        sample_size=shape.resolution // 2 ** (len(shape.vae_channels) - 1),
+        in_channels=shape.latent_channels,
+        out_channels=shape.latent_channels,
+        block_out_channels=shape.unet_channels,
+        layers_per_block=shape.unet_layers_per_block,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        cross_attention_dim=shape.text_dim + dim_2,
+        attention_head_dim=shape.unet_head_dim,
+        norm_num_groups=shape.norm_groups,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=6 * time_dim + dim_2,  # six size/crop ids + the pooled embedding
+    )
+    tokenizer_2 = write_clip_tokenizer(words, Path(folder) / "tokenizer_2" if folder else Path(_tmpdir()) / "tok2")
+    tokenizer_2.pad_token = "!"  # as SDXL's second tokenizer: the two pad differently, so each must tokenize
+    pipe = StableDiffusionXLPipeline(
+        vae=base.vae,
+        text_encoder=base.text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=base.tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=base.scheduler,
+        force_zeros_for_empty_prompt=True,
+    )
+    if folder:
+        pipe.save_pretrained(folder, safe_serialization=True)
+    return pipe
