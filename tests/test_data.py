@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from textinv.data import MANY_IMAGES, fill_prompt, load_folder, load_templates, prepare, to_rgb
+from textinv.data import MANY_IMAGES, fill_prompt, load_folder, load_templates, prepare, read_image, to_rgb
 from textinv.errors import DataError
 
 
@@ -102,3 +102,55 @@ def test_templates_and_prompt_filling():
     assert fill_prompt("a photo of a*b", "<cat>") == "a photo of a*b"  # only a lone *
     with pytest.raises(DataError, match="use object or style"):
         load_templates("scene")
+
+
+# --- one reader for training and img2img ---------------------------------------------------------------------
+
+
+def _odd_images(folder):
+    """A 16-bit grey PNG, a float TIFF and a half-transparent RGBA PNG: the three img2img once read wrongly."""
+    folder.mkdir()
+    Image.fromarray(np.full((8, 8), 32768, np.uint16)).save(folder / "grey16.png")
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(folder / "float.tif")
+    Image.new("RGBA", (8, 8), (0, 0, 255, 0)).save(folder / "clear.png")
+    return {p.name: p for p in folder.iterdir()}
+
+
+def test_img2img_and_training_read_the_same_pixels(tmp_path):
+    from textinv.generate import load_init_image
+
+    files = _odd_images(tmp_path / "odd")
+    expected = {"grey16.png": (128, 128, 128), "float.tif": (128, 128, 128), "clear.png": (255, 255, 255)}
+    images, _ = load_folder(tmp_path / "odd", 8, center_crop=False)
+    for trained in images:
+        init = load_init_image(files[trained.path.name])
+        assert init.mode == "RGB" and init.getpixel((3, 3)) == expected[trained.path.name]
+        assert np.array_equal(np.asarray(init), np.asarray(read_image(trained.path)))
+        as_tensor = torch.from_numpy(np.asarray(init, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+        assert torch.allclose(trained.pixels, as_tensor)  # same size: the resize keeps every pixel
+
+
+def test_absurd_sizes_are_refused_before_decoding(tmp_path, monkeypatch):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    # a 20000 x 20000 PNG header (400 Mpx) with no pixel data: refused from the header, nothing decoded
+    bomb = tmp_path / "bomb.png"
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    with pytest.raises(DataError, match=r"--init-img .*bomb.png: over the 120 Mpx that textinv reads; resize it"):
+        read_image(bomb, what="--init-img")
+    monkeypatch.setattr("textinv.data.MAX_PIXELS", 50)
+    Image.new("RGB", (10, 8)).save(tmp_path / "big.png")
+    with pytest.raises(DataError, match=r"big.png: 10x8 is 0 Mpx, over the 0 Mpx that textinv reads"):
+        load_folder(tmp_path, 8)
+
+
+def test_a_folder_of_subfolders_is_not_called_empty(tmp_path):
+    (tmp_path / "cats").mkdir()
+    (tmp_path / "dogs").mkdir()
+    with pytest.raises(DataError, match=r"\(it holds only subfolders: cats, dogs; pass the folder the images are in\)"):
+        load_folder(tmp_path, 8)

@@ -142,3 +142,34 @@ def test_the_shipped_toy_model_is_recognised_by_family():
     from textinv.models import load_pipeline
 
     assert load_pipeline("toy", device="cpu").textinv.family == "textinv toy"
+
+
+@shipped
+def test_demo_runs_torch_on_one_thread_and_reports_through_the_reporter(tmp_path, monkeypatch):
+    import torch
+
+    from textinv.reporting import Reporter
+    from textinv.toy import demo
+
+    class Heard(Reporter):
+        def __init__(self):
+            self.threads, self.tasks, self.messages = set(), [], []
+
+        def start(self, task, total, *, done=0, note=""):
+            self.threads.add(torch.get_num_threads())
+            self.tasks.append(task)
+
+        def message(self, text):
+            self.messages.append(text)
+
+    heard, before = Heard(), torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        demo.run_demo(tmp_path, max_steps=2, samples=2, reporter=heard)
+        assert torch.get_num_threads() == 2  # put back afterwards
+    finally:
+        torch.set_num_threads(before)
+    assert heard.threads == {demo.THREADS} == {1}
+    assert {"train", "images", "steps"} <= set(heard.tasks)
+    stages = [m for m in heard.messages if m.startswith(("wrote 4 pictures", "learned *", "generating 2 pictures"))]
+    assert [m.split()[0] for m in stages] == ["wrote", "learned", "generating"]  # the demo's own lines, in order

@@ -1,8 +1,8 @@
 """textinv: textual inversion for Stable Diffusion.
 
 Everything the CLI does is a plain function: `load_embedding`, `save_embedding`, `merge_embeddings`,
-`load_pipeline`, `add_embeddings`, `txt2img`, `img2img`, `fetch_concept`, `build_config` are re-exported here, and
-training is `textinv.train.train(config)`. Heavy modules (torch, diffusers) load on first use, so that
+`load_pipeline`, `add_embeddings`, `txt2img`, `img2img`, `Session`, `Request`, `fetch_concept`, `build_config` are
+re-exported here, and training is `textinv.train.train(config)`. Heavy modules (torch, diffusers) load on first use, so that
 `textinv --help` stays fast.
 """
 
@@ -27,7 +27,8 @@ _API = {
     "load_embeddings": "models",
     "txt2img": "generate",
     "img2img": "generate",
-    "save_images": "generate",
+    "Request": "generate",
+    "Session": "session",
     "Config": "config",
     "build_config": "config",
     "load_config": "config",

@@ -39,7 +39,7 @@ _REASONS = {
 def write_error(path: Path, e: OSError) -> WriteError:
     """One line naming the path and what went wrong, for an OSError met while writing it."""
     reason = _REASONS.get(e.errno) or (e.strerror or str(e))
-    return WriteError(f"cannot write {path}: {reason}")
+    return WriteError(f"cannot write {path}: {reason}", e.errno, e.strerror or str(e))
 
 
 @contextlib.contextmanager

@@ -89,6 +89,25 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """A kill (SIGTERM) ends the command as Ctrl-C does: cleanup runs, finished files stay, exit 130."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def info(message: str) -> None:
     """A status line on stderr, silenced by --quiet."""
     if not _state["quiet"]:
@@ -433,6 +452,13 @@ _ImgScheduler = Annotated[
 _ImgStrength = Annotated[float, typer.Option("--strength", "-f", help="img2img: 0 keeps the init image, 1 "
                                              "replaces it.", rich_help_panel="Sampling")]
 _ImgOut = Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs.", rich_help_panel="Output")]
+_ImgBatch = Annotated[
+    int | None, typer.Option("--batch-size", "-b", help="Images made together in one pass \\[default: 8 on the CPU, "
+                             "4 on a GPU]; lower it if memory runs out.", rich_help_panel="Sampling",
+                             show_default=False),
+]
+# the options of `generate` that make up a `textinv.generate.Request`
+_REQUEST_OPTIONS = ("negative", "n", "steps", "cfg", "seed", "width", "height", "scheduler", "strength", "batch_size")
 _ImgNoGrid = Annotated[bool, typer.Option("--no-grid", help="No contact sheet when -n > 1.",
                                           rich_help_panel="Output")]
 _ImgJson = Annotated[bool, typer.Option("--json", help="Print one JSON object per image (path, seed, prompt).",
@@ -461,6 +487,7 @@ def generate(
     init_img: Annotated[Path | None, typer.Option("--init-img", "--init_img", "-I", help="Start from this image "
                                                   "(img2img).", rich_help_panel="Sampling", show_default=False)] = None,
     strength: _ImgStrength = 0.5,
+    batch_size: _ImgBatch = None,
     out_dir: _ImgOut = Path("outputs"),
     no_grid: _ImgNoGrid = False,
     as_json: _ImgJson = False,
@@ -469,52 +496,40 @@ def generate(
 
     With no PROMPT on a terminal it opens a dream> prompt that keeps the model loaded: type a quoted prompt and the same flags ("a photo of *" -s100 -n4 --init_img=x.png --strength=0.5); q or Ctrl-D quits.
     """
-    from textinv import dream, models
-    from textinv import generate as gen
+    from textinv import dream
     from textinv.errors import UsageError
+    from textinv.generate import Request
     from textinv.progress import ImageProgress
+    from textinv.session import Session, check_out_dir
 
-    def make(pipe, text: str, o: dict) -> None:  # one prompt: make, save and report its images
-        for warning in models.check_prompt(pipe, f"{text} {o['negative']}"):
-            info(f"[yellow]warning:[/yellow] {escape(warning)}")
-        common = {k: o[k] for k in ("negative", "n", "steps", "cfg", "seed", "width", "height", "scheduler")}
-        with ImageProgress(err, enabled=not _state["quiet"]) as progress:
-            if o["init_img"] is not None:
-                results = gen.img2img(pipe, text, o["init_img"], strength=o["strength"], progress=progress, **common)
-            else:
-                results = gen.txt2img(pipe, text, progress=progress, **common)
-        paths, grid = gen.save_images(results, o["out_dir"], grid=False if o["no_grid"] else None)
-        for r, path in zip(results, paths, strict=True):
+    reporter = ImageProgress(err, enabled=not _state["quiet"])
+
+    def make(session: Session, request: Request, o: dict) -> None:  # one prompt: make, save and print its images
+        made = session.make(request, o["out_dir"], grid=False if o["no_grid"] else None, reporter=reporter)
+        for image, path in zip(made.images, made.paths, strict=True):
             if o["as_json"]:
-                print_json({"path": str(path), "seed": r.seed, "prompt": text})
+                print_json({"path": str(path), "seed": image.seed, "prompt": request.prompt})
             else:
                 out.print(str(path), markup=False)
-        if grid is not None:
-            info(f"grid: {grid}")
+        if made.grid is not None:
+            info(f"grid: {made.grid}")
+
+    def request_of(text: str, o: dict) -> Request:
+        return Request(text, init_image=o["init_img"], **{k: o[k] for k in _REQUEST_OPTIONS})
 
     opts = dict(negative=negative, n=n, steps=steps, cfg=cfg, seed=seed, width=width, height=height,
-                scheduler=scheduler, init_img=init_img, strength=strength, out_dir=out_dir, no_grid=no_grid,
-                as_json=as_json)
-    with user_errors():
-        gen.check_request(n=n, steps=steps, cfg=cfg, strength=strength if init_img else None, width=width,
-                          height=height)
-        if scheduler is not None:
-            gen.scheduler_name(scheduler)
-        if init_img is not None:
-            gen.load_init_image(init_img)
+                scheduler=scheduler, batch_size=batch_size, init_img=init_img, strength=strength, out_dir=out_dir,
+                no_grid=no_grid, as_json=as_json)
+    with user_errors(), sigterm_as_interrupt():
+        request_of(prompt or "", opts).check()
+        check_out_dir(out_dir)
         if prompt is None and not dream.stdin_is_terminal():
             raise UsageError('no PROMPT given and stdin is not a terminal; pass one: textinv generate "a photo of *"')
-        embs = models.load_embeddings(embedding or [], tokens=token)
-        info(f"loading model {model or os.environ.get('TEXTINV_MODEL') or models.DEFAULT_MODEL}")
         _quiet_libraries()
-        pipe = models.load_pipeline(model, model_config=model_config, device=device, dtype=dtype)
-        for note in pipe.textinv.warnings:
-            info(f"[yellow]warning:[/yellow] {escape(note)}")
-        added = models.add_embeddings(pipe, embs)
-        info(f"model {pipe.textinv.name}: {pipe.textinv.family}, on {pipe.device} ({str(pipe.dtype).removeprefix('torch.')})"
-             + (f"; placeholders: {' '.join(added)}" if added else ""))
+        session = Session.open(model, model_config=model_config, device=device, dtype=dtype,
+                               embeddings=embedding or [], tokens=token, reporter=reporter)
         if prompt is not None:
-            make(pipe, prompt, opts)
+            make(session, request_of(prompt, opts), opts)
             return
 
     command = typer.main.get_command(app).commands["generate"]  # each dream> line takes this command's flags
@@ -537,12 +552,15 @@ def generate(
             if changed:
                 raise UsageError(f"--{changed[0].replace('_', '-')} cannot change inside dream>; quit (q) and restart")
             if line.get("embedding"):
-                models.add_embeddings(pipe, models.load_embeddings(line["embedding"], tokens=line.get("token")))
-            make(pipe, line["prompt"], {**opts, **{k: v for k, v in line.items() if k in opts}})
+                session.add_embeddings(line["embedding"], tokens=line.get("token"))
+            o = {**opts, **{k: v for k, v in line.items() if k in opts}}
+            make(session, request_of(line["prompt"], o), o)
 
     loaded_with = {"model": model, "model_config": model_config, "device": device, "dtype": dtype}
     info('dream> takes a prompt and flags, e.g. "a photo of *" -s 50 -n 4; q quits')
-    dream.run(dream_line, on_error=lambda m: err.print(f"[red]error:[/red] {escape(m)}"), history=dream.history_file())
+    with sigterm_as_interrupt():
+        dream.run(dream_line, on_error=lambda m: err.print(f"[red]error:[/red] {escape(m)}"),
+                  history=dream.history_file())
 
 
 @app.command(rich_help_panel="Images")
@@ -566,6 +584,7 @@ def img2img(
     height: _ImgHeight = None,
     negative: _ImgNegative = "",
     scheduler: _ImgScheduler = None,
+    batch_size: _ImgBatch = None,
     out_dir: _ImgOut = Path("outputs"),
     no_grid: _ImgNoGrid = False,
     as_json: _ImgJson = False,
@@ -576,8 +595,8 @@ def img2img(
     """
     generate(prompt, embedding=embedding, token=token, model=model, model_config=model_config, device=device,
              dtype=dtype, n=n, steps=steps, cfg=cfg, seed=seed, width=width, height=height, negative=negative,
-             scheduler=scheduler, init_img=init_img, strength=strength, out_dir=out_dir, no_grid=no_grid,
-             as_json=as_json)
+             scheduler=scheduler, init_img=init_img, strength=strength, batch_size=batch_size, out_dir=out_dir,
+             no_grid=no_grid, as_json=as_json)
 
 
 # --- training: train, demo ------------------------------------------------------------------------------------
@@ -723,8 +742,7 @@ def demo(
             output or out_dir,
             max_steps=steps,
             seed=seed,
-            reporter=TrainProgress(err, quiet=quiet),
-            status=info,  # sampling takes a second or two: a status line, no bar
+            reporter=TrainProgress(err, quiet=quiet),  # sampling takes a second or two: status lines, no bar
         )
     info(
         f"the judge sees the concept in {result.learned_match:.0%} of '{result.learned_prompt}' and "

@@ -1,6 +1,7 @@
-"""Training images: read a folder honestly (any size or mode, EXIF rotation applied, non-images skipped with a
-warning), plus the prompt templates and per-image captions that go with them; then, for the training loop, the
-items (image + prompts), the latent cache and the micro-batch drawing."""
+"""Images in: the one reader for training pictures and img2img's init image (any mode, EXIF rotation applied,
+absurd sizes refused before decoding), a training folder read honestly (non-images skipped with a warning),
+plus the prompt templates and per-image captions that go with them; then, for the training loop, the items
+(image + prompts), the latent cache and the micro-batch drawing."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from warnings import catch_warnings, simplefilter
 
 import numpy as np
 import torch
@@ -21,6 +23,9 @@ TEMPLATES_DIR = Path(__file__).parent / "templates"
 MANY_IMAGES = 5
 # Files that are never images and not worth a warning.
 _QUIET = {".txt", ".caption"}
+# Larger images are refused before decoding: 120 Mpx covers a 100 MP camera; a 16-bit one of that size already
+# takes about 1 GB while it is scaled to 8 bits.
+MAX_PIXELS = 120_000_000
 _HIDDEN = re.compile(r"^(\.|Thumbs\.db$|desktop\.ini$)", re.IGNORECASE)
 
 
@@ -67,9 +72,47 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+class _Unreadable(Exception):
+    """Not an image file (or not one PIL can decode)."""
+
+
+def read_image(path: str | Path, *, what: str = "image") -> Image.Image:
+    """The image at `path` as 8-bit RGB, as training and img2img both see it; one clear error otherwise.
+    `what` names it in messages (e.g. "--init-img")."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} {path}: no such file")
+    try:
+        return _decode(path, f"{what} {path}")
+    except _Unreadable as e:
+        raise DataError(f"{what} {path}: not a readable image ({e}); pass a PNG or JPEG") from None
+
+
+def _decode(path: Path, label: str) -> Image.Image:
+    """EXIF-rotated 8-bit RGB (`to_rgb`); DataError for a size over MAX_PIXELS, read from the header alone."""
+    limit = f"over the {MAX_PIXELS // 1_000_000} Mpx that textinv reads; resize it first"
+    try:
+        with catch_warnings():
+            simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked here instead
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > MAX_PIXELS:
+                    raise DataError(f"{label}: {w}x{h} is {w * h / 1e6:.0f} Mpx, {limit}")
+                img.load()
+                return to_rgb(ImageOps.exif_transpose(img))
+    except Image.DecompressionBombError:
+        raise DataError(f"{label}: {limit}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise _Unreadable("not readable" if isinstance(e, PermissionError) else str(e)) from e
+
+
 def prepare(img: Image.Image, resolution: int, center_crop: bool) -> torch.Tensor:
     """EXIF-rotate, RGB, square (centre crop or squash), resize (bicubic, as the paper code) -> [3, r, r] in [-1, 1]."""
     img = to_rgb(ImageOps.exif_transpose(img))
+    return _square_tensor(img, resolution, center_crop)
+
+
+def _square_tensor(img: Image.Image, resolution: int, center_crop: bool) -> torch.Tensor:
     if center_crop:
         w, h = img.size
         side = min(w, h)
@@ -88,7 +131,9 @@ def load_folder(folder: str | Path, resolution: int, *, center_crop: bool = True
     if not folder.is_dir():
         raise DataError(f"{folder} is a file, not a folder; put the training images in a folder and pass that")
     try:
-        entries = sorted(p for p in folder.iterdir() if p.is_file())
+        everything = sorted(folder.iterdir())
+        entries = [p for p in everything if p.is_file()]
+        subfolders = [p.name for p in everything if p.is_dir() and not _HIDDEN.match(p.name)]
     except OSError as e:
         raise DataError(f"cannot read image folder {folder}: {e.strerror or e}") from None
     images: list[TrainImage] = []
@@ -98,20 +143,20 @@ def load_folder(folder: str | Path, resolution: int, *, center_crop: bool = True
         if _HIDDEN.match(path.name) or path.suffix.lower() in _QUIET:
             continue
         try:
-            with Image.open(path) as img:
-                img.load()
-                pixels = prepare(img, resolution, center_crop)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-            if isinstance(e, PermissionError):
-                skipped.append(f"{path.name} (not readable)")
-            else:
-                skipped.append(path.name)
+            pixels = _square_tensor(_decode(path, str(path)), resolution, center_crop)
+        except _Unreadable as e:
+            skipped.append(f"{path.name} (not readable)" if str(e) == "not readable" else path.name)
             continue
         images.append(TrainImage(path=path, pixels=pixels, caption=_caption(path)))
     if skipped:
         warnings.append(f"skipped {len(skipped)} file(s) in {folder} that are not images: {', '.join(skipped)}")
     if not images:
-        found = f" (found {len(entries)} file(s), none of them an image)" if entries else " (it is empty)"
+        if entries:
+            found = f" (found {len(entries)} file(s), none of them an image)"
+        elif subfolders:
+            found = f" (it holds only subfolders: {', '.join(subfolders)}; pass the folder the images are in)"
+        else:
+            found = " (it is empty)"
         raise DataError(f"no images in {folder}{found}; pass a folder of 3-5 .png/.jpg images of the concept")
     if len(images) > MANY_IMAGES:
         warnings.append(

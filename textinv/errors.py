@@ -55,4 +55,11 @@ def first_line(e: BaseException, limit: int | None = None) -> str:
 
 class WriteError(TextinvError, OSError):
     """An output that the operating system would not let us write (disk full, read-only, not a folder).
-    Still an OSError, for callers that catch those."""
+    Still an OSError with the original `errno` and `strerror`, for callers that catch those and say it their way."""
+
+    def __init__(self, message: str, errno: int | None = None, strerror: str | None = None) -> None:
+        super().__init__(message)
+        self.errno, self.strerror = errno, strerror
+
+    def __str__(self) -> str:  # the message, not OSError's "[Errno N] strerror"
+        return self.args[0]

@@ -43,9 +43,9 @@ def peek_is_sdxl(source: str) -> bool:
 def _cached_index(repo_id: str) -> Path | None:
     from huggingface_hub import try_to_load_from_cache
 
-    from textinv.models import _hub_cache
+    from textinv.hub import cache_dir
 
-    found = try_to_load_from_cache(repo_id, "model_index.json", cache_dir=_hub_cache())
+    found = try_to_load_from_cache(repo_id, "model_index.json", cache_dir=cache_dir())
     return Path(found) if isinstance(found, str) else None
 
 

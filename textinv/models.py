@@ -198,26 +198,24 @@ def base_model_of(pipe, source: str) -> dict[str, object]:
 
 def as_img2img(pipe):
     """The image-to-image pipeline over the same modules (no copy, no reload; added tokens stay)."""
-    from diffusers import AutoPipelineForImage2Image
-
-    return _variant(pipe, "img2img", AutoPipelineForImage2Image)
+    return _variant(pipe, "img2img", "AutoPipelineForImage2Image")
 
 
 def as_txt2img(pipe):
     """The text-to-image pipeline over the same modules."""
-    from diffusers import AutoPipelineForText2Image
-
-    return _variant(pipe, "txt2img", AutoPipelineForText2Image)
+    return _variant(pipe, "txt2img", "AutoPipelineForText2Image")
 
 
-def _variant(pipe, kind: str, auto_cls):
+def _variant(pipe, kind: str, auto_cls: str):
     is_img2img = "Img2Img" in type(pipe).__name__
     if is_img2img == (kind == "img2img"):
         return pipe
     info: ModelInfo | None = getattr(pipe, "textinv", None)
     if info is not None and kind in info.variants:
         return info.variants[kind]
-    out = auto_cls.from_pipe(pipe)
+    import diffusers  # the auto pipelines import every pipeline diffusers has (1-2 s): only when switching
+
+    out = getattr(diffusers, auto_cls).from_pipe(pipe)
     out.set_progress_bar_config(disable=True)
     if info is not None:
         out.textinv = info

@@ -29,57 +29,77 @@ def is_interactive() -> bool:
     return sys.stdout.isatty() and sys.stderr.isatty()
 
 
-class ImageProgress:
-    """`progress(image, images, step, steps)` for generation: a bar of steps and one of images on a terminal,
-    one line per finished image otherwise. Use as a context manager."""
+class ImageProgress(Reporter):
+    """Generation's tasks `images` and `steps`: a bar of steps and one of images on a terminal, one line per
+    finished image (or batch) otherwise. `enabled=False` (--quiet) shows nothing but warnings."""
 
     def __init__(self, console: Console, *, enabled: bool = True, live: bool | None = None) -> None:
         self.console = console
         self.enabled = enabled
         self.live = is_interactive() if live is None else live
         self._bar: Progress | None = None
-        self._images = self._steps = None
+        self._tasks: dict[str, object] = {}
+        self._images = self._done = self._steps = 0
+        self._in_batch = False
         self._started = time.perf_counter()
 
     def __enter__(self) -> ImageProgress:
-        if self.enabled and self.live:
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=self.console,
-                transient=True,
-            )
-            self._bar.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        self._stop()
+
+    def start(self, task: str, total: int, *, done: int = 0, note: str = "") -> None:
+        if not self.enabled:
+            return
+        if task == "images":
+            self._images, self._done = total, done
+            if self.live and self._bar is None:
+                self._bar = Progress(
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                    console=self.console,
+                    transient=True,
+                )
+                self._bar.start()
+                self._tasks = {name: self._bar.add_task(name, total=None) for name in ("images", "steps")}
+        elif task == "steps":
+            if not self._in_batch:  # a restart within a batch only corrects its total
+                self._started = time.perf_counter()
+            self._steps, self._in_batch = total, True
+        if self._bar is not None and task in self._tasks:
+            self._bar.reset(self._tasks[task], total=total, completed=done)
+
+    def advance(self, task: str, done: int, **values: float) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None and task in self._tasks:
+            self._bar.update(self._tasks[task], completed=done)
+        elif task == "images" and self._bar is None:
+            took = time.perf_counter() - self._started
+            which = f"image {done}" if done == self._done + 1 else f"images {self._done + 1}-{done}"
+            self.console.print(f"{which}/{self._images}: {self._steps} steps in {took:.1f} s", highlight=False)
+        if task == "images":
+            self._done = done
+
+    def finish(self, task: str) -> None:
+        if task == "steps":
+            self._in_batch = False
+        if task == "images":
+            self._stop()
+
+    def message(self, text: str) -> None:
+        warning = text.startswith("warning")
+        if self.enabled or warning:
+            self.console.print(text, style="yellow" if warning else None, highlight=False, markup=False)
+
+    def _stop(self) -> None:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
-            self._images = self._steps = None
-
-    def __call__(self, image: int, images: int, step: int, steps: int) -> None:
-        if not self.enabled:
-            return
-        if self._bar is None:
-            if step == 0:
-                self._started = time.perf_counter()
-            elif step == steps:
-                took = time.perf_counter() - self._started
-                self.console.print(f"image {image + 1}/{images}: {steps} steps in {took:.1f} s", highlight=False)
-            return
-        if self._images is None:
-            self._images = self._bar.add_task("images", total=images)
-            self._steps = self._bar.add_task("steps", total=steps)
-        if step == 0:
-            self._bar.update(self._images, completed=image, total=images)
-            self._bar.reset(self._steps, total=steps)
-        else:
-            self._bar.update(self._steps, completed=step, total=steps)
-            if step == steps:
-                self._bar.update(self._images, completed=image + 1)
+            self._tasks = {}
 
 
 # --- training: step/max_steps, loss, it/s, ETA ----------------------------------------------------------------

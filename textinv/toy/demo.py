@@ -2,18 +2,20 @@
 
 Writes 4 pictures of the pair the toy model never saw (a purple triangle), learns `*` from them with the shipped
 `configs/toy.yaml`, generates with the init word and with `*`, and puts the three side by side. No printing here:
-the CLI passes a training reporter, an image-progress callback and a status callback.
+progress and one line per stage go to the `textinv.reporting.Reporter` the caller passes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from textinv.reporting import SILENT, Reporter
 from textinv.toy import world
 
 PLACEHOLDER = "*"
@@ -21,6 +23,10 @@ PLACEHOLDER = "*"
 INIT_WORD = "triangle"
 CONFIG = "toy"  # the packaged textinv/configs/toy.yaml
 CELL = 96  # each 32 px picture is shown 3x, without smoothing
+# The toy model's tensors are small: on 2 cores shared with other work, generation ran 2.8x slower with 2 torch
+# threads than with 1, and training 1.7-4x (toy/build.py). One thread is the choice that does not collapse under
+# load, and it makes the run reproducible.
+THREADS = 1
 
 
 @dataclass
@@ -46,68 +52,76 @@ def run_demo(
     max_steps: int | None = None,
     seed: int = 0,
     model: str = "toy",
-    reporter=None,
-    image_progress: Callable[[int, int, int, int], None] | None = None,
-    status: Callable[[str], None] | None = None,
+    threads: int = THREADS,
+    reporter: Reporter = SILENT,
 ) -> DemoResult:
     """Teach the toy model `concept` from 4 rendered pictures and write the side-by-side picture into `out_dir`.
-
-    Args:
-        reporter: a `textinv.reporting.Reporter` for the training steps.
-        image_progress: `progress(image, images, step, steps)` while sampling, as `generate.txt2img` takes it.
-        status: one line per stage.
-    """
+    `reporter` hears the training's `train` task, the sampling's `images`/`steps` and a message per stage; torch
+    runs on `threads` threads meanwhile."""
     from textinv.config import build_config
     from textinv.generate import txt2img
     from textinv.models import add_embeddings, load_embeddings, load_pipeline
     from textinv.toy.judge import accuracy
     from textinv.train import train
 
-    t0 = time.perf_counter()
-    say = status or (lambda _: None)
-    out = Path(out_dir)
-    colour, shape = concept
-    inputs = world.write_concept(out / "inputs", colour, shape, n=4, seed=seed)
-    say(f"wrote 4 pictures of a {colour} {shape} to {out / 'inputs'}")
+    with _torch_threads(threads):
+        t0 = time.perf_counter()
+        say = reporter.message
+        out = Path(out_dir)
+        colour, shape = concept
+        inputs = world.write_concept(out / "inputs", colour, shape, n=4, seed=seed)
+        say(f"wrote 4 pictures of a {colour} {shape} to {out / 'inputs'}")
 
-    cfg = build_config(CONFIG, None, **{
-        "data.paths": [str(out / "inputs")],
-        "personalization.placeholder_strings": [PLACEHOLDER],
-        "personalization.initializer_words": [init_word],
-        "model.source": model,
-        "log.output_dir": str(out / "runs"),
-        "log.name": f"{colour}-{shape}",
-        "train.max_steps": max_steps,
-    })
-    result = train(cfg, reporter=reporter)
-    say(f"learned {PLACEHOLDER} in {result.step} steps: {result.embedding_path}")
+        cfg = build_config(CONFIG, None, **{
+            "data.paths": [str(out / "inputs")],
+            "personalization.placeholder_strings": [PLACEHOLDER],
+            "personalization.initializer_words": [init_word],
+            "model.source": model,
+            "log.output_dir": str(out / "runs"),
+            "log.name": f"{colour}-{shape}",
+            "train.max_steps": max_steps,
+        })
+        result = train(cfg, reporter=reporter)
+        say(f"learned {PLACEHOLDER} in {result.step} steps: {result.embedding_path}")
 
-    pipe = load_pipeline(model)
-    gen = cfg.log
-    init_prompt = f"a photo of a {init_word}"
-    learned_prompt = f"a photo of {PLACEHOLDER}"
-    say(f"generating {samples} pictures of '{init_prompt}' and {samples} of '{learned_prompt}'")
-    before = [g.image for g in txt2img(pipe, init_prompt, n=samples, steps=gen.sample_steps,
-                                       cfg=gen.guidance_scale, seed=seed, progress=image_progress)]
-    add_embeddings(pipe, load_embeddings([result.embedding_path]))
-    after = [g.image for g in txt2img(pipe, learned_prompt, n=samples, steps=gen.sample_steps,
-                                      cfg=gen.guidance_scale, seed=seed, progress=image_progress)]
+        pipe = load_pipeline(model)
+        gen = cfg.log
+        init_prompt = f"a photo of a {init_word}"
+        learned_prompt = f"a photo of {PLACEHOLDER}"
+        say(f"generating {samples} pictures of '{init_prompt}' and {samples} of '{learned_prompt}'")
+        before = [g.image for g in txt2img(pipe, init_prompt, n=samples, steps=gen.sample_steps,
+                                           cfg=gen.guidance_scale, seed=seed, reporter=reporter)]
+        add_embeddings(pipe, load_embeddings([result.embedding_path]))
+        after = [g.image for g in txt2img(pipe, learned_prompt, n=samples, steps=gen.sample_steps,
+                                          cfg=gen.guidance_scale, seed=seed, reporter=reporter)]
 
-    picture = out / "demo.png"
-    side_by_side([[Image.open(p) for p in inputs], before, after],
-                 ["training pictures", f"'{init_prompt}'", f"'{learned_prompt}'"]).save(picture)
-    return DemoResult(
-        picture=picture,
-        inputs=inputs,
-        embedding=result.embedding_path,
-        run_dir=result.run_dir,
-        steps=result.step,
-        init_prompt=init_prompt,
-        learned_prompt=learned_prompt,
-        init_match=accuracy(before, colour, shape),
-        learned_match=accuracy(after, colour, shape),
-        seconds=time.perf_counter() - t0,
-    )
+        picture = out / "demo.png"
+        side_by_side([[Image.open(p) for p in inputs], before, after],
+                     ["training pictures", f"'{init_prompt}'", f"'{learned_prompt}'"]).save(picture)
+        return DemoResult(
+            picture=picture,
+            inputs=inputs,
+            embedding=result.embedding_path,
+            run_dir=result.run_dir,
+            steps=result.step,
+            init_prompt=init_prompt,
+            learned_prompt=learned_prompt,
+            init_match=accuracy(before, colour, shape),
+            learned_match=accuracy(after, colour, shape),
+            seconds=time.perf_counter() - t0,
+        )
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def side_by_side(columns: list[list[Image.Image]], titles: list[str]) -> Image.Image:
