@@ -40,33 +40,8 @@ def build_pipeline(
     torch.manual_seed(seed)
     tok_dir = Path(folder) / "tokenizer" if folder else Path(_tmpdir()) / "tokenizer"
     tokenizer = write_clip_tokenizer(words, tok_dir)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=shape.text_dim,
-            intermediate_size=shape.text_dim * 4,
-            num_hidden_layers=shape.text_layers,
-            num_attention_heads=shape.text_heads,
-            max_position_embeddings=77,
-            projection_dim=shape.text_dim,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    n = len(shape.unet_channels)
-    unet = UNet2DConditionModel(
-        sample_size=shape.resolution // 2 ** (len(shape.vae_channels) - 1),
-        in_channels=shape.latent_channels,
-        out_channels=shape.latent_channels,
-        block_out_channels=shape.unet_channels,
-        layers_per_block=shape.unet_layers_per_block,
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
-        cross_attention_dim=shape.text_dim,
-        attention_head_dim=shape.unet_head_dim,
-        norm_num_groups=shape.norm_groups,
-    )
+    text_encoder = CLIPTextModel(_text_config(tokenizer, shape, shape.text_dim))
+    unet = _unet(shape, shape.text_dim)
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -101,6 +76,38 @@ def build_pipeline(
     return pipe
 
 
+def _text_config(tokenizer, shape: PipelineShape, width: int) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        intermediate_size=width * 4,
+        num_hidden_layers=shape.text_layers,
+        num_attention_heads=shape.text_heads,
+        max_position_embeddings=77,
+        projection_dim=width,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _unet(shape: PipelineShape, cross_attention_dim: int, **extra) -> UNet2DConditionModel:
+    n = len(shape.unet_channels)
+    return UNet2DConditionModel(
+        sample_size=shape.resolution // 2 ** (len(shape.vae_channels) - 1),
+        in_channels=shape.latent_channels,
+        out_channels=shape.latent_channels,
+        block_out_channels=shape.unet_channels,
+        layers_per_block=shape.unet_layers_per_block,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=shape.unet_head_dim,
+        norm_num_groups=shape.norm_groups,
+        **extra,
+    )
+
+
 def _tmpdir() -> str:
     import tempfile
 
@@ -119,38 +126,11 @@ def build_sdxl_pipeline(
     shape = shape or PipelineShape()
     base = build_pipeline(words, shape=shape, seed=seed)
     dim_2 = text_dim_2 or shape.text_dim * 2
-    text_encoder_2 = CLIPTextModelWithProjection(
-        CLIPTextConfig(
-            vocab_size=len(base.tokenizer),
-            hidden_size=dim_2,
-            intermediate_size=dim_2 * 4,
-            num_hidden_layers=shape.text_layers,
-            num_attention_heads=shape.text_heads,
-            max_position_embeddings=77,
-            projection_dim=dim_2,
-            bos_token_id=base.tokenizer.bos_token_id,
-            eos_token_id=base.tokenizer.eos_token_id,
-            pad_token_id=base.tokenizer.pad_token_id,
-        )
-    )
-    n = len(shape.unet_channels)
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(base.tokenizer, shape, dim_2))
     time_dim = 8
-    unet = UNet2DConditionModel(
-        sample_size=shape.resolution // 2 ** (len(shape.vae_channels) - 1),
-        in_channels=shape.latent_channels,
-        out_channels=shape.latent_channels,
-        block_out_channels=shape.unet_channels,
-        layers_per_block=shape.unet_layers_per_block,
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
-        cross_attention_dim=shape.text_dim + dim_2,
-        attention_head_dim=shape.unet_head_dim,
-        norm_num_groups=shape.norm_groups,
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=time_dim,
-        projection_class_embeddings_input_dim=6 * time_dim + dim_2,  # six size/crop ids + the pooled embedding
-    )
+    unet = _unet(shape, shape.text_dim + dim_2, use_linear_projection=True, addition_embed_type="text_time",
+                 addition_time_embed_dim=time_dim,
+                 projection_class_embeddings_input_dim=6 * time_dim + dim_2)  # six size/crop ids + the pooled one
     tokenizer_2 = write_clip_tokenizer(words, Path(folder) / "tokenizer_2" if folder else Path(_tmpdir()) / "tok2")
     tokenizer_2.pad_token = "!"  # as SDXL's second tokenizer: the two pad differently, so each must tokenize
     pipe = StableDiffusionXLPipeline(
