@@ -68,7 +68,9 @@ def test_folder_skips_non_images_with_a_warning_and_reads_captions(tmp_path):
     images, warnings = load_folder(tmp_path, 8)
     assert [i.path.name for i in images] == ["a.webp", "b.png"]
     assert images[0].caption == "a photo of * on a sofa" and images[1].caption is None
-    assert warnings == [f"skipped 2 file(s) in {tmp_path} that are not images: broken.jpg, notes.md"]
+    assert warnings == [f"skipped 2 file(s) in {tmp_path} that are not images: broken.jpg, notes.md",
+                        f"skipped the subfolder(s) sub of {tmp_path}: only the images directly in it are read; "
+                        "pass a subfolder as another DIR to train on its images too"]  # issue 11: not silently
 
 
 def test_many_images_warn(tmp_path):
@@ -154,3 +156,16 @@ def test_a_folder_of_subfolders_is_not_called_empty(tmp_path):
     (tmp_path / "dogs").mkdir()
     with pytest.raises(DataError, match=r"\(it holds only subfolders: cats, dogs; pass the folder the images are in\)"):
         load_folder(tmp_path, 8)
+
+
+def test_subfolders_beside_images_are_named_in_a_warning(tmp_path):
+    folder = tmp_path / "pics"
+    (folder / "more").mkdir(parents=True)
+    (folder / ".git").mkdir()
+    for i in range(3):
+        Image.new("RGB", (40, 40), (i * 60, 0, 0)).save(folder / f"img{i}.png")
+    Image.new("RGB", (40, 40)).save(folder / "more" / "deep.png")
+    images, warnings = load_folder(folder, 32)
+    assert [im.path.name for im in images] == ["img0.png", "img1.png", "img2.png"]
+    assert warnings == [f"skipped the subfolder(s) more of {folder}: only the images directly in it are read; "
+                        "pass a subfolder as another DIR to train on its images too"]

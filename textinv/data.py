@@ -150,6 +150,9 @@ def load_folder(folder: str | Path, resolution: int, *, center_crop: bool = True
         images.append(TrainImage(path=path, pixels=pixels, caption=_caption(path)))
     if skipped:
         warnings.append(f"skipped {len(skipped)} file(s) in {folder} that are not images: {', '.join(skipped)}")
+    if images and subfolders:
+        warnings.append(f"skipped the subfolder(s) {', '.join(subfolders)} of {folder}: only the images directly in it "
+                        "are read; pass a subfolder as another DIR to train on its images too")
     if not images:
         if entries:
             found = f" (found {len(entries)} file(s), none of them an image)"
