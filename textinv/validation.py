@@ -47,15 +47,22 @@ class Validation:
         self.since_best = 0
         self.evaluator = None
         self.eval_rows: list = []
-        self.fixed: list[tuple] = []
-        if cfg.log.val_loss_every:
-            g = torch.Generator().manual_seed(cfg.train.seed + 10_000)
-            own = dataclasses.replace(batches, generator=g, sampler=EpochSampler(len(batches.items), 1, g), drawn={})
-            left = cfg.log.val_samples
+        self._fixed: list[tuple] | None = None
+        g = torch.Generator().manual_seed(cfg.train.seed + 10_000)
+        self._own = dataclasses.replace(batches, generator=g, sampler=EpochSampler(len(batches.items), 1, g), drawn={})
+
+    @property
+    def fixed(self) -> list[tuple]:
+        """The validation draws, made at the first validation rather than before the first step (they need latents
+        the lazy cache would otherwise encode up front). Their own generator makes them the same whenever drawn."""
+        if self._fixed is None:
+            self._fixed = []
+            left = self.cfg.log.val_samples
             while left > 0:  # in micro-batches, as training draws them
-                k = min(left, cfg.data.batch_size)
-                self.fixed.append(own.draw(k))
+                k = min(left, self.cfg.data.batch_size)
+                self._fixed.append(self._own.draw(k))
                 left -= k
+        return self._fixed
 
     @torch.no_grad()
     def loss(self) -> float:
