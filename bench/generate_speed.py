@@ -68,7 +68,7 @@ def main() -> None:
     a = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))
-    from textinv.models import toy_model_dir
+    from textinv.models.source import toy_model_dir
 
     model = str(toy_model_dir()) if a.model == "toy" else a.model
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),

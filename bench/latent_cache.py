@@ -21,7 +21,7 @@ MIB = 2**20
 
 def expected(n: int, resolution: int) -> tuple[float, float]:
     """(pixels, latent cache) in MiB for `n` images at `resolution`: float32 throughout."""
-    from textinv.data import cache_bytes
+    from textinv.training.data import cache_bytes
 
     return n * 3 * resolution**2 * 4 / MIB, cache_bytes(n, 4, resolution // 8) / MIB
 
@@ -38,7 +38,8 @@ def measure(n: int, resolution: int) -> tuple[float, float, float]:
     from diffusers import AutoencoderKL
     from PIL import Image
 
-    from textinv import data
+    from textinv.pictures import load_folder
+    from textinv.training.data import cache_latents
 
     vae = AutoencoderKL(block_out_channels=(4, 4, 4, 4), down_block_types=("DownEncoderBlock2D",) * 4,
                         up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=2).eval()
@@ -47,8 +48,8 @@ def measure(n: int, resolution: int) -> tuple[float, float, float]:
         for i in range(n):
             Image.fromarray(rng.integers(0, 255, (resolution, resolution, 3), dtype=np.uint8)).save(f"{tmp}/{i}.jpg")
         before = _rss_mib()
-        images, _ = data.load_folder(tmp, resolution)
-        cache = data.cache_latents(vae, images, torch.device("cpu"))
+        images, _ = load_folder(tmp, resolution)
+        cache = cache_latents(vae, images, torch.device("cpu"))
         grown = _rss_mib() - before
     pixels = sum(img.pixels.nbytes for img in images) / MIB
     return pixels, cache.nbytes / MIB, grown

@@ -97,7 +97,7 @@ def worker_textinv(a: argparse.Namespace) -> dict:
 
     from textinv import config as cfgmod
     from textinv.reporting import Reporter
-    from textinv.train import train
+    from textinv.training.loop import train
 
     base = _base_memory(a.device)
     stamps: list[float] = []
@@ -204,8 +204,8 @@ def parts(a: argparse.Namespace) -> dict[str, float]:
     """Seconds per step, split: what textinv's step does, and what the diffusers example does on top of it."""
     import torch
 
-    from textinv.models import load_pipeline, resolve_device
-    from textinv.tokens import SplicedEmbedding, add_new_tokens, replace_module
+    from textinv.models.loading import load_pipeline, resolve_device
+    from textinv.models.tokens import SplicedEmbedding, add_new_tokens, replace_module
 
     device = resolve_device(a.device)
     pipe = load_pipeline(a.model, device=device, dtype=torch.float32)

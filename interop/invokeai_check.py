@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from textinv.embeddings import Embedding, Token, load_embedding, save_embedding
+from textinv.formats.embedding import Embedding, Token
+from textinv.formats.files import load_embedding, save_embedding
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real-embeddings"
 

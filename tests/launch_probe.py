@@ -9,8 +9,8 @@ import sys
 
 import torch
 
-from textinv import train as trainmod
 from textinv.cli import main
+from textinv.training import loop as trainmod
 
 rows: list[torch.Tensor] = []
 _real_update = trainmod._update

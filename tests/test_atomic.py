@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 
 from textinv import atomic
 from textinv.cli import app
-from textinv.embeddings import Embedding, Token, save_embedding
 from textinv.errors import WriteError
+from textinv.formats.embedding import Embedding, Token
+from textinv.formats.files import save_embedding
 
 
 def _emb(rows: int = 1) -> Embedding:

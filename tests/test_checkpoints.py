@@ -11,9 +11,10 @@ from typer.testing import CliRunner
 
 from tests.ldm_checkpoint import config_only_copy, ldm_state_dict
 from tests.test_train import make_images
-from textinv import checkpoints, models
 from textinv.cli import app
-from textinv.embeddings import load_embedding
+from textinv.formats.files import load_embedding
+from textinv.models import checkpoints
+from textinv.models.loading import load_pipeline
 
 runner = CliRunner()
 
@@ -22,7 +23,7 @@ runner = CliRunner()
 def ckpt(tiny_model_dir, tmp_path_factory):
     """The tiny model as an original-layout `model.ckpt` (with a Lightning-style wrapper), and a config folder."""
     folder = tmp_path_factory.mktemp("ckpt")
-    pipe = models.load_pipeline(tiny_model_dir, device="cpu")
+    pipe = load_pipeline(tiny_model_dir, device="cpu")
     torch.save({"state_dict": ldm_state_dict(pipe), "global_step": 7}, folder / "model.ckpt")
     return folder / "model.ckpt", config_only_copy(tiny_model_dir, folder / "config")
 
@@ -68,7 +69,8 @@ def test_train_from_a_ckpt_offline_with_model_config(tmp_path, ckpt):
 
 
 def test_merge_keeps_the_base_model_hash(tmp_path):
-    from textinv.embeddings import Embedding, Token, save_embedding
+    from textinv.formats.embedding import Embedding, Token
+    from textinv.formats.files import save_embedding
 
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     for path, name in ((a, "<a>"), (b, "<b>")):

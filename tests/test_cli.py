@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from textinv import __version__
 from textinv.cli import app
-from textinv.embeddings import Embedding, Token, load_embedding, save_embedding
+from textinv.formats.embedding import Embedding, Token
+from textinv.formats.files import load_embedding, save_embedding
 
 from .test_embeddings import REAL
 

@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from textinv.cli import app
-from textinv.concepts import find_local, parse_concept_name
+from textinv.concepts.fetch import find_local, parse_concept_name
 from textinv.errors import ConceptError
 
 GOOD_TOKEN = "hf_good_token"
@@ -426,7 +426,7 @@ def test_to_converts_and_keeps_token_and_type_as_metadata(concepts, tmp_path):
 
 
 def test_to_pt_writes_the_token_where_diffusers_reads_it(concepts, tmp_path):
-    from textinv.embeddings import load_embedding
+    from textinv.formats.files import load_embedding
 
     out = tmp_path / "emb"
     result = fetch("cat-toy", "--out", str(out), "--to", "pt")
@@ -774,7 +774,7 @@ def test_search_without_a_network_fails_at_once_in_one_line(hub, monkeypatch):
 
 
 def test_fetch_reports_the_download_through_a_reporter(concepts, tmp_path):
-    from textinv.concepts import fetch_concept
+    from textinv.concepts.fetch import fetch_concept
     from textinv.reporting import Reporter
 
     calls: list[tuple] = []

@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from textinv.data import MANY_IMAGES, fill_prompt, load_folder, load_templates, prepare, read_image, to_rgb
 from textinv.errors import DataError
+from textinv.pictures import MANY_IMAGES, load_folder, prepare, read_image, to_rgb
+from textinv.training.data import fill_prompt, load_templates
 
 
 def test_rgba_is_composited_over_white():
@@ -119,7 +120,7 @@ def _odd_images(folder):
 
 
 def test_img2img_and_training_read_the_same_pixels(tmp_path):
-    from textinv.generate import load_init_image
+    from textinv.generation.sampling import load_init_image
 
     files = _odd_images(tmp_path / "odd")
     expected = {"grey16.png": (128, 128, 128), "float.tif": (128, 128, 128), "clear.png": (255, 255, 255)}
@@ -145,7 +146,7 @@ def test_absurd_sizes_are_refused_before_decoding(tmp_path, monkeypatch):
     bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
     with pytest.raises(DataError, match=r"--init-img .*bomb.png: over the 120 Mpx that textinv reads; resize it"):
         read_image(bomb, what="--init-img")
-    monkeypatch.setattr("textinv.data.MAX_PIXELS", 50)
+    monkeypatch.setattr("textinv.pictures.MAX_PIXELS", 50)
     Image.new("RGB", (10, 8)).save(tmp_path / "big.png")
     with pytest.raises(DataError, match=r"big.png: 10x8 is 0 Mpx, over the 0 Mpx that textinv reads"):
         load_folder(tmp_path, 8)

@@ -14,16 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from textinv.embeddings import (
-    WRITE_FORMATS,
-    Embedding,
-    Token,
-    describe_embedding,
-    load_embedding,
-    merge_embeddings,
-    save_embedding,
-)
 from textinv.errors import EmbeddingFormatError, OutputExistsError, UnsafeFileError
+from textinv.formats.edit import describe_embedding, merge_embeddings
+from textinv.formats.embedding import Embedding, Token
+from textinv.formats.files import WRITE_FORMATS, load_embedding, save_embedding
 
 # file -> (format, family, [(vectors, dim, dim_2 or None)]), as PROVENANCE.md gives them
 REAL = {

@@ -10,8 +10,9 @@ from typer.testing import CliRunner
 
 from textinv import config as cfgmod
 from textinv.cli import app
-from textinv.embeddings import Embedding, Token, load_embedding, save_embedding
-from textinv.evaluation import Row, best_row
+from textinv.evaluation.evaluate import Row, best_row
+from textinv.formats.embedding import Embedding, Token
+from textinv.formats.files import load_embedding, save_embedding
 
 runner = CliRunner()
 

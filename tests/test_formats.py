@@ -16,9 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from textinv.embeddings import Embedding, Token, load_embedding, save_embedding
 from textinv.errors import EmbeddingFormatError, MetadataWarning
 from textinv.formats import FOR_TOOL, TOOLS, WRITE_NAMES
+from textinv.formats.embedding import Embedding, Token
+from textinv.formats.files import load_embedding, save_embedding
 from textinv.formats.registry import FORMATS, WRITABLE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +74,7 @@ def _pickle_globals(data: bytes) -> set[tuple[str, str]]:
 
 _MEASURE = """
 import resource, sys
-from textinv.embeddings import load_embedding
+from textinv.formats.files import load_embedding
 from textinv.errors import EmbeddingFormatError
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
@@ -211,7 +212,7 @@ def test_importing_embeddings_and_running_convert_import_no_transformers_or_toy(
     src = save_embedding(_emb(), tmp_path / "a.pt")
     code = (
         "import sys\n"
-        "import textinv.embeddings\n"
+        "import textinv.formats.files\n"
         "from typer.testing import CliRunner\n"
         "from textinv.cli import app\n"
         f"r = CliRunner().invoke(app, ['convert', {str(src)!r}, {str(tmp_path / 'b.safetensors')!r}])\n"

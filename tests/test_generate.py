@@ -16,10 +16,15 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from tests.ldm_checkpoint import config_only_copy, ldm_state_dict
-from textinv import dream, models
 from textinv.cli import app
-from textinv.embeddings import Embedding, Token, save_embedding
-from textinv.generate import GenerationParams, a1111_parameters, read_parameters, scheduler_name
+from textinv.formats.embedding import Embedding, Token
+from textinv.formats.files import save_embedding
+from textinv.generation import dream
+from textinv.generation import session as session_module
+from textinv.generation.metadata import a1111_parameters, read_parameters
+from textinv.generation.sampling import GenerationParams, scheduler_name
+from textinv.models.embeddings import file_hash
+from textinv.models.loading import load_pipeline
 from textinv.progress import ImageProgress
 
 runner = CliRunner()
@@ -101,7 +106,7 @@ def test_generate_writes_pngs_with_their_parameters(kind, model_args, emb_files,
         assert (params["Steps"], params["Sampler"], params["CFG scale"]) == ("2", "DDIM", "7.5")
         assert (params["Seed"], params["Size"]) == (str(seed), "32x48")
         assert params["Model"] == ("model" if kind == "ckpt" else model_args["folder"][1].split("/")[-1])
-        hashes = {name: models.file_hash(emb_files[fmt]) for name, fmt in (("<p-bin>", "bin"), ("<p-pt>", "pt"))}
+        hashes = {name: file_hash(emb_files[fmt]) for name, fmt in (("<p-bin>", "bin"), ("<p-pt>", "pt"))}
         assert params["TI hashes"] == ", ".join(f"{n}: {h}" for n, h in hashes.items())
         with Image.open(path) as im:
             dream_line = f'"a photo of <p-bin> in the style of <p-pt> [blurry]" -s 2 -S {seed} -W 32 -H 48 -C 7.5 -A ddim'
@@ -141,7 +146,7 @@ def test_every_format_and_several_embeddings_in_one_prompt(model_args, emb_files
     assert json.loads(line) == {"path": str(tmp_path / "000001.1.png"), "seed": 1, "prompt": prompt}
     params = read_parameters(tmp_path / "000001.1.png")
     assert params["Sampler"] == "Euler a"
-    assert params["TI hashes"] == ", ".join(f"<p-{fmt}>: {models.file_hash(f)}" for fmt, f in emb_files.items())
+    assert params["TI hashes"] == ", ".join(f"<p-{fmt}>: {file_hash(f)}" for fmt, f in emb_files.items())
 
 
 def test_token_renames_a_placeholder_and_unknown_ones_warn(model_args, emb_files, tmp_path):
@@ -247,13 +252,13 @@ def test_dream_prompt_keeps_the_model_loaded(model_args, emb_files, tmp_path, mo
         "never read",
     ])  # fmt: skip
     loads = []
-    real_load = models.load_pipeline
+    real_load = load_pipeline
 
     def counting_load(*args, **kwargs):
         loads.append(args)
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(models, "load_pipeline", counting_load)
+    monkeypatch.setattr(session_module, "load_pipeline", counting_load)
     monkeypatch.setattr(dream, "stdin_is_terminal", lambda: True)
     monkeypatch.setattr(builtins, "input", lambda prompt: next(lines))
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -265,7 +270,7 @@ def test_dream_prompt_keeps_the_model_loaded(model_args, emb_files, tmp_path, mo
     assert (out / "000001.3.grid.png").is_file()
     assert read_parameters(out / "000003.7.png")["Denoising strength"] == "0.5"
     assert read_parameters(out / "000003.7.png")["Steps"] == "2"
-    assert read_parameters(out / "000001.3.png")["TI hashes"] == f"<p-bin>: {models.file_hash(emb_files['bin'])}"
+    assert read_parameters(out / "000001.3.png")["TI hashes"] == f"<p-bin>: {file_hash(emb_files['bin'])}"
     errors = result.stderr.strip().splitlines()
     assert len(errors) == 3 and all(e.startswith("error: ") for e in errors)
     assert "--steps 0" in errors[0] and "--model cannot change inside dream>" in errors[1]
@@ -304,7 +309,7 @@ def test_a1111_parameters_layout():
 def test_dream_chunk_reads_back_with_shlex():
     import shlex
 
-    from textinv.generate import dream_command
+    from textinv.generation.metadata import dream_command
 
     p = GenerationParams(prompt='a "quoted" photo of *', negative="", steps=5, cfg=7.5, seed=1, width=64, height=64,
                          sampler="PLMS", model="m", init_image="my sketch.png", strength=0.25)  # fmt: skip
@@ -354,8 +359,8 @@ def test_plain_progress_lines_when_not_a_terminal():
 
 
 def test_a_batch_makes_what_single_images_make(tiny_model_dir, emb_files):
-    from textinv.generate import txt2img
-    from textinv.session import Session
+    from textinv.generation.sampling import txt2img
+    from textinv.generation.session import Session
 
     session = Session.open(str(tiny_model_dir), embeddings=[emb_files["bin"]])
     common = dict(steps=3, scheduler="euler_a")  # an ancestral sampler: fresh noise at every step, per image
@@ -369,8 +374,8 @@ def test_a_batch_makes_what_single_images_make(tiny_model_dir, emb_files):
 
 
 def test_the_session_from_python(tiny_model_dir, emb_files, tmp_path):
-    from textinv.generate import Request
-    from textinv.session import Session
+    from textinv.generation.sampling import Request
+    from textinv.generation.session import Session
 
     session = Session.open(str(tiny_model_dir), embeddings=[emb_files["pt"]])
     made = session.make(Request("a photo of <p-pt>", n=3, steps=2, seed=7, batch_size=2), tmp_path / "out")
@@ -384,7 +389,7 @@ def test_an_interrupted_run_keeps_the_images_it_finished(how, model_args, tmp_pa
     import os
     import signal
 
-    from textinv import generate
+    from textinv.generation import sampling as generate
 
     real_call, calls = generate._call, []
 
@@ -429,7 +434,7 @@ def test_an_unwritable_out_is_one_line_before_the_model_loads(case, model_args, 
     def never(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(models, "load_pipeline", never)
+    monkeypatch.setattr(session_module, "load_pipeline", never)
     if case == "read-only":
         (tmp_path / "ro").mkdir()
         real_access = os.access
@@ -459,7 +464,7 @@ def test_an_embedding_that_does_not_fit_fails_before_the_model_loads(kind, tiny_
     def never(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(models, "load_pipeline", never)
+    monkeypatch.setattr(session_module, "load_pipeline", never)
     save_embedding(_emb("<big>", 1, seed=0, dim=768), tmp_path / "sd15.pt")
     result = _run("--quiet", "generate", "x", *model, "-e", tmp_path / "sd15.pt")
     assert result.exit_code == 1
@@ -495,7 +500,7 @@ def test_a_hub_cached_model_is_checked_from_its_cached_config(tmp_path, monkeypa
 
 @pytest.mark.parametrize(("scheduler", "evaluations"), [("ddim", 2), ("heun", 3)])
 def test_generation_reports_images_and_steps(scheduler, evaluations, tiny_model_dir):
-    from textinv.generate import txt2img
+    from textinv.generation.sampling import txt2img
     from textinv.reporting import Reporter
 
     class Log(Reporter):
@@ -512,7 +517,7 @@ def test_generation_reports_images_and_steps(scheduler, evaluations, tiny_model_
             self.events.append(("finish", task))
 
     log = Log()
-    pipe = models.load_pipeline(str(tiny_model_dir))
+    pipe = load_pipeline(str(tiny_model_dir))
     txt2img(pipe, "a photo", n=3, steps=2, seed=0, batch_size=2, scheduler=scheduler, reporter=log)
     images = [e for e in log.events if e[1] == "images"]
     assert images == [("start", "images", 3), ("advance", "images", 2), ("advance", "images", 3), ("finish", "images")]

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from tests.test_train import make_images
 from textinv import config as c
 from textinv.cli import app
-from textinv.embeddings import load_embedding
+from textinv.formats.files import load_embedding
 
 # configs/stable-diffusion/v1-finetune.yaml of rinongal/textual_inversion, with the values a user edits for a
 # small run (max_steps, the placeholder, its init word, the image size) and the tiny test model's context width.

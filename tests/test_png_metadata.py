@@ -10,8 +10,14 @@ import shlex
 import pytest
 from PIL import Image, PngImagePlugin
 
-from textinv.generate import GenerationParams
-from textinv.png_metadata import a1111_parameters, checkpoint_hash, dream_command, invoke_metadata, png_info
+from textinv.generation.metadata import (
+    a1111_parameters,
+    checkpoint_hash,
+    dream_command,
+    invoke_metadata,
+    png_info,
+)
+from textinv.generation.sampling import GenerationParams
 
 sd_parsers = pytest.importorskip("sd_parsers", reason="pip install 'textinv[test]' for sd-parsers")
 

@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from textinv.cli import app
-from textinv.report import render_report
+from textinv.evaluation.report import render_report
 
 runner = CliRunner()
 

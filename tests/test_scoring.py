@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from textinv.errors import ModelError
-from textinv.scoring import image_similarity, load_clip, load_dino, text_similarity
+from textinv.evaluation.scoring import image_similarity, load_clip, load_dino, text_similarity
 
 
 def _pictures(seed: int, n: int) -> list[Image.Image]:

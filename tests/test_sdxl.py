@@ -16,13 +16,18 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 from tests.test_train import make_images
-from textinv import families, models, pipeline_embeddings, tokens
-from textinv import train as trainmod
 from textinv.cli import app
-from textinv.conditioning import SDXLConditioning, conditioning_for, is_sdxl
 from textinv.config import build_config
-from textinv.embeddings import Embedding, Token, load_embedding, save_embedding
-from textinv.generate import read_parameters
+from textinv.errors import ModelError
+from textinv.formats.embedding import Embedding, Token
+from textinv.formats.files import load_embedding, save_embedding
+from textinv.generation.metadata import read_parameters
+from textinv.models import embeddings as pipeline_embeddings
+from textinv.models import peek, tokens
+from textinv.models.conditioning import SDXLConditioning, conditioning_for, is_sdxl
+from textinv.models.embeddings import add_embeddings, file_hash
+from textinv.models.loading import load_pipeline
+from textinv.training import loop as trainmod
 
 runner = CliRunner()
 FAST = ["--set", "data.resolution=32", "--set", "optim.gradient_accumulation_steps=1", "--set", "log.sample_steps=2",
@@ -81,7 +86,7 @@ def test_train_picks_sdxl_finetune_and_writes_clip_l_and_clip_g(sdxl_run, tiny_s
         again = load_embedding(sdxl_run / "embeddings" / other).tokens[0]
         assert torch.equal(again.vectors, emb.tokens[0].vectors) and torch.equal(again.vectors_2, emb.tokens[0].vectors_2)
     # both rows started at `cat` in their own encoder and both moved
-    pipe = models.load_pipeline(tiny_sdxl_dir, device="cpu")
+    pipe = load_pipeline(tiny_sdxl_dir, device="cpu")
     for tokenizer, encoder, learned in ((pipe.tokenizer, pipe.text_encoder, emb.tokens[0].vectors),
                                         (pipe.tokenizer_2, pipe.text_encoder_2, emb.tokens[0].vectors_2)):
         cat = encoder.get_input_embeddings().weight[tokenizer("cat", add_special_tokens=False).input_ids[0]]
@@ -93,8 +98,8 @@ def test_train_picks_sdxl_finetune_and_writes_clip_l_and_clip_g(sdxl_run, tiny_s
 
 def test_the_file_loads_back_into_both_encoders_exactly(sdxl_run, tiny_sdxl_dir):
     emb = load_embedding(sdxl_run / "embeddings" / "my_cat.safetensors")
-    pipe = models.load_pipeline(tiny_sdxl_dir, device="cpu")
-    models.add_embeddings(pipe, [(sdxl_run / "embeddings" / "my_cat.safetensors", emb)])
+    pipe = load_pipeline(tiny_sdxl_dir, device="cpu")
+    add_embeddings(pipe, [(sdxl_run / "embeddings" / "my_cat.safetensors", emb)])
     (tid,) = pipe.textinv.embeddings["*"].token_ids
     assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[tid].detach(), emb.tokens[0].vectors[0])
     assert torch.equal(pipe.text_encoder_2.get_input_embeddings().weight[tid].detach(), emb.tokens[0].vectors_2[0])
@@ -133,7 +138,7 @@ def test_every_other_weight_is_bit_exact_after_training(tiny_sdxl_dir, tmp_path,
     pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_dir)
     parts = ("text_encoder", "text_encoder_2", "unet", "vae")
     before = {f"{n}.{k}": v.clone() for n in parts for k, v in getattr(pipe, n).state_dict().items()}
-    monkeypatch.setattr(trainmod.models, "load_pipeline", lambda *args, **kwargs: pipe)
+    monkeypatch.setattr(trainmod, "load_pipeline", lambda *args, **kwargs: pipe)
     cfg = build_config(None, ["data.resolution=32", "optim.gradient_accumulation_steps=1", "log.image_every=0",
                               "optim.learning_rate=0.05"], **{
         "data.paths": [str(make_images(tmp_path / "imgs"))], "model.source": str(tiny_sdxl_dir),
@@ -176,22 +181,22 @@ def test_an_sd1_config_on_sdxl_and_the_reverse_are_refused_before_anything_is_wr
 
 
 def test_the_default_config_follows_the_model(tiny_sdxl_dir, tiny_model_dir, tmp_path):
-    assert families.default_config(str(tiny_sdxl_dir)) == "sdxl-finetune"
-    assert families.default_config(str(tiny_model_dir)) == "v1-finetune"
-    assert families.default_config(str(tmp_path / "missing")) == "v1-finetune"
+    assert peek.default_config(str(tiny_sdxl_dir)) == "sdxl-finetune"
+    assert peek.default_config(str(tiny_model_dir)) == "v1-finetune"
+    assert peek.default_config(str(tmp_path / "missing")) == "v1-finetune"
     assert build_config(None, [f"model.source={tiny_sdxl_dir}"]).data.resolution == 1024
     assert build_config(None, None).model.family == "SD1.x"
     assert build_config(None, ["model.family=null"]).model.family is None
-    assert is_sdxl(models.load_pipeline(tiny_sdxl_dir, device="cpu"))
-    assert not is_sdxl(models.load_pipeline(tiny_model_dir, device="cpu"))
+    assert is_sdxl(load_pipeline(tiny_sdxl_dir, device="cpu"))
+    assert not is_sdxl(load_pipeline(tiny_model_dir, device="cpu"))
 
 
 def test_an_sd1_embedding_on_sdxl_and_the_reverse_name_both_families():
     sd1 = Embedding(tokens=[Token("<a>", torch.zeros(1, 768))])
     xl = Embedding(tokens=[Token("<b>", torch.zeros(1, 768), torch.zeros(1, 1280))])
-    with pytest.raises(models.ModelError, match=r"SD1\.x \(768-dim\) but the model is SDXL \(768\+1280-dim\)"):
+    with pytest.raises(ModelError, match=r"SD1\.x \(768-dim\) but the model is SDXL \(768\+1280-dim\)"):
         pipeline_embeddings._check_fits(Path("a.pt"), sd1, sd1.tokens[0], 768, 1280, "SDXL")
-    with pytest.raises(models.ModelError, match=r"SDXL \(768\+1280-dim\) but the model is SD1\.x \(768-dim\)"):
+    with pytest.raises(ModelError, match=r"SDXL \(768\+1280-dim\) but the model is SD1\.x \(768-dim\)"):
         pipeline_embeddings._check_fits(Path("b.safetensors"), xl, xl.tokens[0], 768, None, "SD1.x")
 
 
@@ -233,7 +238,7 @@ def test_several_sdxl_embeddings_txt2img_and_img2img_with_metadata(tiny_sdxl_dir
     assert result.exit_code == 0, result.output
     assert "placeholders: <xa> <xb>" in result.stderr
     params = read_parameters(out / "000001.3.png")
-    assert params["TI hashes"] == f"<xa>: {models.file_hash(a)}, <xb>: {models.file_hash(b)}"
+    assert params["TI hashes"] == f"<xa>: {file_hash(a)}, <xb>: {file_hash(b)}"
     assert params["Model"] == tiny_sdxl_dir.name
     init = tmp_path / "init.png"
     Image.new("RGB", (32, 32), (200, 40, 40)).save(init)
@@ -241,7 +246,7 @@ def test_several_sdxl_embeddings_txt2img_and_img2img_with_metadata(tiny_sdxl_dir
                  "-o", out)
     assert again.exit_code == 0, again.output
     params = read_parameters(out / "000002.7.png")
-    assert params["Denoising strength"] == "0.5" and params["TI hashes"] == f"<xa>: {models.file_hash(a)}"
+    assert params["Denoising strength"] == "0.5" and params["TI hashes"] == f"<xa>: {file_hash(a)}"
     sd1 = save_embedding(Embedding(tokens=[Token("<s1>", torch.zeros(1, 32))]), tmp_path / "s1.pt", format="pt")
     refused = _run("generate", "a photo of <s1>", "--model", tiny_sdxl_dir, "-e", sd1, "-s", 2, "-o", out)
     assert refused.exit_code == 1
@@ -252,7 +257,7 @@ def test_several_sdxl_embeddings_txt2img_and_img2img_with_metadata(tiny_sdxl_dir
 def test_dream_prompt_on_sdxl(tiny_sdxl_dir, tmp_path, monkeypatch):
     import builtins
 
-    from textinv import dream
+    from textinv.generation import dream
 
     a = save_embedding(_sdxl_embedding("<xa>", 1, seed=1), tmp_path / "xa.safetensors", format="safetensors")
     lines = iter(['"a photo of <xa>" -s2 -S4 -W32 -H32', "q"])
@@ -261,7 +266,7 @@ def test_dream_prompt_on_sdxl(tiny_sdxl_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     result = _run("--quiet", "generate", "--model", tiny_sdxl_dir, "-e", a, "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
-    assert read_parameters(tmp_path / "out" / "000001.4.png")["TI hashes"] == f"<xa>: {models.file_hash(a)}"
+    assert read_parameters(tmp_path / "out" / "000001.4.png")["TI hashes"] == f"<xa>: {file_hash(a)}"
 
 
 # --- learning ----------------------------------------------------------------------------------------------------
@@ -273,8 +278,8 @@ def _denoising_error(pipe, folder: Path, prompt: str, draws: int = 32) -> float:
     the pictures better. The prompt goes through diffusers' own `encode_prompt`, not textinv's training code."""
     from diffusers import DDPMScheduler
 
-    from textinv.conditioning import time_ids
-    from textinv.data import load_folder
+    from textinv.models.conditioning import time_ids
+    from textinv.pictures import load_folder
 
     found, _ = load_folder(folder, 32, center_crop=True)
     schedule = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -316,8 +321,8 @@ def test_sdxl_learning_check_on_the_sdxl_toy(tmp_path):
         "personalization.initializer_words": ["shape"]})
     result = trainmod.train(cfg)
 
-    pipe = models.load_pipeline(tmp_path / "sdxl-toy", device="cpu")
-    models.add_embeddings(pipe, [(result.embedding_path, load_embedding(result.embedding_path))])
+    pipe = load_pipeline(tmp_path / "sdxl-toy", device="cpu")
+    add_embeddings(pipe, [(result.embedding_path, load_embedding(result.embedding_path))])
     gain = {}
     for folder in ("held", "other"):
         learned = _denoising_error(pipe, tmp_path / folder, "a photo of a *")

@@ -139,7 +139,7 @@ def test_demo_command_writes_the_picture_and_prints_its_path(tmp_path):
 
 
 def test_the_shipped_toy_model_is_recognised_by_family():
-    from textinv.models import load_pipeline
+    from textinv.models.loading import load_pipeline
 
     assert load_pipeline("toy", device="cpu").textinv.family == "textinv toy"
 

@@ -21,12 +21,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from textinv import config as cfgmod
-from textinv import data as datamod
-from textinv import tokens
-from textinv import train as trainmod
 from textinv.cli import app
-from textinv.embeddings import load_embedding
+from textinv.formats.files import load_embedding
+from textinv.models import tokens
 from textinv.reporting import Reporter
+from textinv.training import data as datamod
+from textinv.training import loop as trainmod
 
 # Two CPU threads fighting other processes make the tiny model ~100x slower; one thread is plenty for it.
 
@@ -130,7 +130,7 @@ def test_only_placeholder_rows_change(tmp_path, tiny_model_dir, images, monkeypa
     pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir)
     before = {f"{name}.{k}": v.clone() for name in ("text_encoder", "unet", "vae")
               for k, v in getattr(pipe, name).state_dict().items()}
-    monkeypatch.setattr(trainmod.models, "load_pipeline", lambda *args, **kwargs: pipe)
+    monkeypatch.setattr(trainmod, "load_pipeline", lambda *args, **kwargs: pipe)
     cfg = library_config(tmp_path, tiny_model_dir, images, "log.image_every=0", "optim.learning_rate=0.05")
     result = trainmod.train(cfg)
     after = {f"{name}.{k}": v for name in ("text_encoder", "unet", "vae")
@@ -151,7 +151,7 @@ def denoising_loss(model_dir: Path, images: Path, vectors: torch.Tensor) -> floa
     """Mean denoising loss of 'a photo of a <placeholder>' on the images, over fixed noise and timesteps."""
     from diffusers import DDPMScheduler, StableDiffusionPipeline
 
-    from textinv.data import load_folder
+    from textinv.pictures import load_folder
 
     pipe = StableDiffusionPipeline.from_pretrained(model_dir)
     tok, te = pipe.tokenizer, pipe.text_encoder
@@ -472,7 +472,7 @@ def test_gradient_checkpointing_flag_reaches_the_config(tmp_path, tiny_model_dir
 def test_latent_cache_size_and_large_caches_go_to_the_cpu_in_half(tmp_path, tiny_model_dir, images, monkeypatch):
     from diffusers import AutoencoderKL
 
-    from textinv.data import load_folder
+    from textinv.pictures import load_folder
 
     vae = AutoencoderKL.from_pretrained(tiny_model_dir / "vae")
     pics, _ = load_folder(images, 32)
@@ -497,7 +497,7 @@ def test_latents_are_encoded_when_first_drawn_one_pair_at_a_time(tiny_model_dir,
     and a pair's latents do not depend on what was encoded with it."""
     from diffusers import AutoencoderKL
 
-    from textinv.data import load_folder
+    from textinv.pictures import load_folder
 
     vae = AutoencoderKL.from_pretrained(tiny_model_dir / "vae")
     pics, _ = load_folder(images, 32)

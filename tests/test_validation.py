@@ -9,8 +9,8 @@ from PIL import Image
 
 from textinv import config as cfgmod
 from textinv.errors import ConfigError
-from textinv.train import train
-from textinv.validation import read_validation_csv
+from textinv.runs import read_validation_csv
+from textinv.training.loop import train
 
 from .test_train import library_config, make_images, read_losses
 
@@ -45,7 +45,7 @@ def test_validation_loss_is_logged_and_leaves_training_unchanged(tmp_path, tiny_
 
 
 def test_the_validation_loss_is_the_same_for_the_same_embedding(tmp_path, tiny_model_dir, images):
-    from textinv import validation
+    from textinv.training import validation
 
     seen = []
     original = validation.Validation.loss

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from textinv.cli import app
-from textinv.embeddings import Embedding, Token, save_embedding
-from textinv.models import load_pipeline
-from textinv.vocabulary import diagnose
+from textinv.formats.embedding import Embedding, Token
+from textinv.formats.files import save_embedding
+from textinv.models.loading import load_pipeline
+from textinv.models.vocabulary import diagnose
 
 runner = CliRunner()
 

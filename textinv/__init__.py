@@ -2,7 +2,7 @@
 
 Everything the CLI does is a plain function: `load_embedding`, `save_embedding`, `merge_embeddings`,
 `load_pipeline`, `add_embeddings`, `txt2img`, `img2img`, `Session`, `Request`, `fetch_concept`, `build_config` are
-re-exported here, and training is `textinv.train.train(config)`. Heavy modules (torch, diffusers) load on first use, so that
+re-exported here, as are `train`, `evaluate` and `write_report`. Heavy modules (torch, diffusers) load on first use, so that
 `textinv --help` stays fast.
 """
 
@@ -14,26 +14,29 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _API = {
-    "Embedding": "embeddings",
-    "Token": "embeddings",
-    "load_embedding": "embeddings",
-    "save_embedding": "embeddings",
-    "merge_embeddings": "embeddings",
-    "detect_format": "embeddings",
-    "describe_embedding": "embeddings",
-    "trigger_words": "embeddings",
-    "load_pipeline": "models",
-    "add_embeddings": "models",
-    "load_embeddings": "models",
-    "txt2img": "generate",
-    "img2img": "generate",
-    "Request": "generate",
-    "Session": "session",
+    "Embedding": "formats.embedding",
+    "Token": "formats.embedding",
+    "load_embedding": "formats.files",
+    "save_embedding": "formats.files",
+    "detect_format": "formats.files",
+    "trigger_words": "formats.files",
+    "merge_embeddings": "formats.edit",
+    "describe_embedding": "formats.edit",
+    "load_pipeline": "models.loading",
+    "add_embeddings": "models.embeddings",
+    "load_embeddings": "models.embeddings",
+    "txt2img": "generation.sampling",
+    "img2img": "generation.sampling",
+    "Request": "generation.sampling",
+    "Session": "generation.session",
     "Config": "config",
     "build_config": "config",
     "load_config": "config",
-    "fetch_concept": "concepts",
-    "search_concepts": "concept_search",
+    "train": "training.loop",
+    "evaluate": "evaluation.evaluate",
+    "write_report": "evaluation.report",
+    "fetch_concept": "concepts.fetch",
+    "search_concepts": "concepts.search",
 }
 
 __all__ = ["__version__", *_API]

@@ -149,11 +149,12 @@ def inspect(
 
     Example: textinv inspect my_cat.pt learned_embeds.bin (--model M adds checks against the model's vocabulary)
     """
-    from textinv.embeddings import describe_embedding, load_embedding
+    from textinv.formats.edit import describe_embedding
+    from textinv.formats.files import load_embedding
 
     pipe = None
     if model is not None:
-        from textinv.models import load_pipeline
+        from textinv.models.loading import load_pipeline
 
         with user_errors():
             pipe = load_pipeline(model)
@@ -163,7 +164,7 @@ def inspect(
             emb = load_embedding(path)
             desc = describe_embedding(emb)
             if pipe is not None:
-                from textinv.vocabulary import diagnose
+                from textinv.models.vocabulary import diagnose
 
                 desc["model_check"] = diagnose(emb, pipe)
         except TextinvError as e:
@@ -231,7 +232,7 @@ SplitOpt = Annotated[bool, typer.Option("--split", help="Write one file per toke
 
 def _write(emb, dst: Path, to, for_tool, force: bool, split: bool) -> None:
     """Write `emb` (each of its tokens with --split) and say which word triggers each file in which tool."""
-    from textinv.embeddings import write_files
+    from textinv.formats.files import write_files
 
     if to is not None and for_tool is not None:
         raise UsageError("--to and --for both choose the layout; give one")
@@ -262,17 +263,18 @@ def convert(
 
     Example: textinv convert learned_embeds.bin my_cat.pt --for a1111
     """
-    from textinv import embeddings
+    from textinv.formats.edit import rename_token, select_tokens
+    from textinv.formats.files import load_embedding
 
     with user_errors():
-        emb = embeddings.load_embedding(src)
+        emb = load_embedding(src)
         if token and "=" in token:
             old, new = token.split("=", 1)
-            embeddings.rename_token(emb, new, old)
+            rename_token(emb, new, old)
         elif token and len(emb.tokens) > 1 and token in [t.name for t in emb.tokens]:
-            embeddings.select_tokens(emb, [token])
+            select_tokens(emb, [token])
         elif token:
-            embeddings.rename_token(emb, token)
+            rename_token(emb, token)
         _write(emb, dst, to, for_tool, force, split)
 
 
@@ -302,13 +304,14 @@ def merge(
     Several tokens in one file load only in the paper layout (.pt); for other tools pass --split.
     Example: textinv merge cat.pt dog.bin -o pets.pt --on-conflict rename
     """
-    from textinv import embeddings
+    from textinv.formats.edit import merge_embeddings
+    from textinv.formats.files import load_embedding
 
     with user_errors():
         if on_conflict is Conflict.ask and not sys.stdin.isatty():
             raise TextinvError("--on-conflict ask needs a terminal; use error, rename or skip in scripts")
-        loaded = [embeddings.load_embedding(f) for f in files]
-        merged = embeddings.merge_embeddings(loaded, on_conflict=on_conflict.value, ask=_ask_placeholder)
+        loaded = [load_embedding(f) for f in files]
+        merged = merge_embeddings(loaded, on_conflict=on_conflict.value, ask=_ask_placeholder)
         _write(merged, output, to, for_tool, force, split)
 
 
@@ -344,13 +347,13 @@ def fetch(
 
     Example: textinv fetch cat-toy
     """
-    from textinv import concepts
+    from textinv.concepts.fetch import fetch_concept
 
     if (concept is None) == (search is None):
         raise typer.BadParameter("give a concept name to fetch, or --search WORD (not both)")
     with user_errors():
         if search is not None:
-            from textinv.concept_search import search_concepts
+            from textinv.concepts.search import search_concepts
 
             found = search_concepts(search, limit)
         else:
@@ -358,7 +361,7 @@ def fetch(
 
             reporter = DownloadProgress(err, enabled=not _state["quiet"] and not as_json)
             fmt = to.value if to else None
-            res = concepts.fetch_concept(concept, out_dir=out_dir, to=fmt, force=force, reporter=reporter)
+            res = fetch_concept(concept, out_dir=out_dir, to=fmt, force=force, reporter=reporter)
     if search is not None:
         _print_concepts(found, as_json)
         return
@@ -457,7 +460,7 @@ _ImgBatch = Annotated[
                              "4 on a GPU]; lower it if memory runs out.", rich_help_panel="Sampling",
                              show_default=False),
 ]
-# the options of `generate` that make up a `textinv.generate.Request`
+# the options of `generate` that make up a `textinv.generation.sampling.Request`
 _REQUEST_OPTIONS = ("negative", "n", "steps", "cfg", "seed", "width", "height", "scheduler", "strength", "batch_size")
 _ImgNoGrid = Annotated[bool, typer.Option("--no-grid", help="No contact sheet when -n > 1.",
                                           rich_help_panel="Output")]
@@ -496,11 +499,11 @@ def generate(
 
     With no PROMPT on a terminal it opens a dream> prompt that keeps the model loaded: type a quoted prompt and the same flags ("a photo of *" -s100 -n4 --init_img=x.png --strength=0.5); q or Ctrl-D quits.
     """
-    from textinv import dream
     from textinv.errors import UsageError
-    from textinv.generate import Request
+    from textinv.generation import dream
+    from textinv.generation.sampling import Request
+    from textinv.generation.session import Session, check_out_dir
     from textinv.progress import ImageProgress
-    from textinv.session import Session, check_out_dir
 
     reporter = ImageProgress(err, enabled=not _state["quiet"])
 
@@ -675,8 +678,8 @@ def train(
     from textinv import config as cfgmod
     from textinv.errors import UsageError
     from textinv.progress import TrainProgress
-    from textinv.train import TrainingInterrupted
-    from textinv.train import train as run_training
+    from textinv.training.loop import TrainingInterrupted
+    from textinv.training.loop import train as run_training
 
     with user_errors():
         if resume is not None:
@@ -785,7 +788,7 @@ def eval_(
 
     Generates SEEDS images of 'a photo of *' and of edit prompts ('* on a beach', ...) for each checkpoint and the init word; identity is CLIP (and DINO) similarity to the training pictures, editability CLIP similarity to the prompt with * replaced by the init word. On --model toy the toy's judge is the identity score.
     """
-    from textinv import evaluation
+    from textinv.evaluation import evaluate as evaluation
     from textinv.progress import CountProgress
 
     settings = evaluation.EvalSettings(seeds=seeds, seed=seed, steps=steps, cfg=cfg, margin=margin,
@@ -808,7 +811,7 @@ def _print_eval(result) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from textinv.evaluation import best_rule_text
+    from textinv.evaluation.evaluate import best_rule_text
 
     def fmt(x: float | None) -> str:
         return "" if x is None else f"{x:.3f}"
@@ -835,7 +838,7 @@ def report(
 
     Example: textinv report logs/cat_2024-01-01T10-00-00
     """
-    from textinv.report import write_report
+    from textinv.evaluation.report import write_report
 
     with user_errors():
         path = write_report(run_dir, output)

@@ -465,7 +465,7 @@ def build_config(
     sdxl-finetune.yaml), then --set, then named flags (dotted keys, None = not given), then validation. Local
     paths become absolute, so that the saved config works from any folder. Nothing here loads a model."""
     if path is None:  # no --config: the packaged config for the model's family
-        from textinv.families import default_config
+        from textinv.models.peek import default_config
 
         source = named.get("model.source") or dict(parse_override(s) for s in sets or []).get("model.source")
         path = default_config(source) if source else DEFAULT_CONFIG

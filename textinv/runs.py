@@ -15,8 +15,10 @@ falling back to the previous state when the latest is damaged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
+import re
 import time
 import zipfile
 from collections.abc import Callable
@@ -25,11 +27,11 @@ from typing import Any
 
 import torch
 
-from textinv.atomic import torch_save, write_text
+from textinv.atomic import atomic_path, torch_save, write_text
 from textinv.errors import ConfigError
-from textinv.image_log import plot_losses
 
 STATE_POINTER = "state.json"
+VALIDATION_CSV = "validation.csv"
 KEEP_STATES = 2  # the latest and the one before it
 
 
@@ -137,7 +139,7 @@ def embedding_of(rows: torch.Tensor | list[torch.Tensor], p, name: str, step: in
     """The learned rows [n_placeholders * n_vectors, dim] as an Embedding, one token per placeholder of the `p`
     (personalization) config section. SDXL: a list of two such tensors, clip_l's and clip_g's. `base_model` is
     what `models.base_model_of` says of the model."""
-    from textinv.embeddings import Embedding, Token
+    from textinv.formats.embedding import Embedding, Token
 
     n = p.num_vectors_per_token
     parts = list(rows) if isinstance(rows, (list, tuple)) else [rows]
@@ -154,7 +156,7 @@ def embedding_of(rows: torch.Tensor | list[torch.Tensor], p, name: str, step: in
 def final_paths(embedding, run_dir: Path, name: str, formats: list[str]) -> dict[Path, str]:
     """Where each final file goes -> the format or tool (`log.formats`) it is written for; two naming the same
     file write it once. The .pt comes first."""
-    from textinv.embeddings import with_extension
+    from textinv.formats.files import with_extension
 
     paths: dict[Path, str] = {}
     for fmt in formats:
@@ -184,7 +186,7 @@ class RunWriter:
         """embeddings/<name>-<step>.pt, then the state (the state last: resume trusts what it points at)."""
         if not self.main:
             return
-        from textinv.embeddings import save_embedding
+        from textinv.formats.files import save_embedding
 
         save_embedding(embedding, self.run_dir / "embeddings" / f"{self.name}-{step}.pt", format="pt", force=True)
         save_state(self.run_dir, step, state)
@@ -193,7 +195,7 @@ class RunWriter:
         """The final embedding in every format."""
         if not self.main:
             return []
-        from textinv.embeddings import save_embedding
+        from textinv.formats.files import save_embedding
 
         return [save_embedding(embedding, path, format=fmt, force=True)
                 for path, fmt in final_paths(embedding, self.run_dir, self.name, formats).items()]
@@ -206,3 +208,53 @@ class RunWriter:
         if self.csv is not None:
             self.csv.close()
             self.csv = None
+
+
+def plot_losses(csv_path: Path, png_path: Path) -> bool:
+    """Loss per step and its running mean; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    steps, losses = [], []
+    for line in csv_path.read_text().splitlines()[1:]:
+        parts = line.split(",")
+        with contextlib.suppress(ValueError, IndexError):
+            steps.append(int(parts[0]))
+            losses.append(float(parts[1]))
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, losses, lw=0.6, alpha=0.5, label="loss")
+    if len(losses) >= 2:
+        k = max(1, len(losses) // 20)
+        smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1]) for i in range(len(losses))]
+        ax.plot(steps, smooth, lw=1.5, label=f"mean of {k}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return True
+
+
+def run_name(cfg) -> str:
+    """The run's name: `log.name`, else the first image folder's name."""
+    if cfg.log.name:
+        return cfg.log.name
+    first = Path(cfg.data.paths[0]).resolve().name if cfg.data.paths else "run"
+    return re.sub(r"[^\w.-]+", "_", first) or "run"
+
+
+def read_validation_csv(run_dir: Path) -> list[tuple[int, float]]:
+    path = Path(run_dir) / VALIDATION_CSV
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines()[1:]:
+        step, value = line.split(",")[:2]
+        rows.append((int(step), float(value)))
+    return rows

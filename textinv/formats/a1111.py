@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from textinv.atomic import torch_save
-from textinv.embeddings import Embedding
-from textinv.formats import paper
-from textinv.formats.common import Source, single_token, text_or_none, token, whole_number
+from textinv.formats.common import Source, single_token
+from textinv.formats.embedding import Embedding
+from textinv.formats.paper import from_string_to_param, string_to_param_dict
 from textinv.formats.record import Format
 from textinv.safe_pickle import ParameterDictState
 
@@ -44,38 +42,12 @@ def _read(data, metadata, source: Source) -> Embedding:
     return from_string_to_param(data, [name], source, "a1111-pt")
 
 
-def from_string_to_param(data: dict, names: list[str], source: Source, fmt: str) -> Embedding:
-    """The Embedding of an A1111/paper/PNG dict, with `names` for the tensors of `string_to_param`."""
-    params = data["string_to_param"]
-    tokens = [token(n, v, source.path) for n, v in zip(names, params.values(), strict=True)]
-    return Embedding(
-        tokens,
-        name=text_or_none(data.get("name")),
-        step=whole_number(data.get("step")),
-        base_model=text_or_none(data.get("sd_checkpoint_name")),
-        base_model_hash=text_or_none(data.get("sd_checkpoint")),
-        source_format=fmt,
-    )
-
-
-def a1111_dict(emb: Embedding, values: dict) -> dict:
-    """The keys AUTOMATIC1111 writes, around `values` (its string_to_param)."""
-    return {
-        "string_to_token": {k: torch.tensor(paper.clip_id(k)) for k in values},
-        "string_to_param": values,
-        "name": emb.tokens[0].name if len(emb.tokens) == 1 else emb.name,
-        "step": emb.step or 0,
-        "sd_checkpoint": emb.base_model_hash,
-        "sd_checkpoint_name": emb.base_model,
-    }
-
-
 def _write(emb: Embedding, path: Path) -> None:
     tok = single_token(emb, "a1111-pt")
     if emb.is_sdxl:  # the webui's SDXL layout, also in a .pt
         data = {"clip_l": tok.vectors.clone(), "clip_g": tok.vectors_2.clone()}
     else:
-        data = a1111_dict(emb, {"*": tok.vectors.clone()})
+        data = string_to_param_dict(emb, {"*": tok.vectors.clone()})
     torch_save(data, path)
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from textinv.embeddings import Embedding, Token
 from textinv.errors import EmbeddingFormatError, MetadataWarning
+from textinv.formats.embedding import Embedding, Token
 
 MAX_VECTORS = 1024  # per token; A1111 allows 75
 META_PREFIX = "textinv."  # our keys in safetensors metadata

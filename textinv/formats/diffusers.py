@@ -9,7 +9,6 @@ import torch
 from safetensors.torch import save_file
 
 from textinv.atomic import atomic_write, torch_save, write_text
-from textinv.embeddings import Embedding
 from textinv.errors import EmbeddingFormatError
 from textinv.formats.common import (
     Source,
@@ -21,6 +20,7 @@ from textinv.formats.common import (
     warn,
     with_metadata,
 )
+from textinv.formats.embedding import Embedding
 from textinv.formats.record import Conditional, Format
 
 TOKEN_FILE = "token_identifier.txt"
@@ -77,16 +77,19 @@ def _write_safetensors(emb: Embedding, path: Path) -> None:
     atomic_write(path, lambda tmp: save_file(data, str(tmp), metadata=safetensors_metadata(emb)))
 
 
-def read_concept_folder(folder: Path) -> Embedding:
-    """An sd-concepts-library folder: learned_embeds.{safetensors,bin} + token_identifier.txt + type_of_concept.txt."""
-    from textinv.embeddings import load_embedding
-
+def concept_file(folder: Path) -> Path:
+    """The embedding file of an sd-concepts-library folder: learned_embeds.{safetensors,bin}, else the only one."""
     candidates = [folder / "learned_embeds.safetensors", folder / "learned_embeds.bin"]
     candidates += sorted(p for p in folder.iterdir() if p.suffix in (".bin", ".safetensors", ".pt"))
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
         raise EmbeddingFormatError(f"{folder}: a folder with no embedding file (.bin, .safetensors or .pt) in it")
-    emb = load_embedding(found)
+    return found
+
+
+def read_concept_folder(emb: Embedding, folder: Path) -> Embedding:
+    """An sd-concepts-library folder, given the embedding its `concept_file` holds: named after
+    token_identifier.txt, with type_of_concept.txt recorded."""
     apply_concept_files(emb, folder / TOKEN_FILE, folder / TYPE_FILE)
     emb.name = emb.name or folder.name
     emb.source_format = "sd-concepts-folder"
@@ -142,7 +145,7 @@ FORMATS = [
         name="sd-concepts-folder",
         description="sd-concepts-library folder: learned_embeds.bin + token_identifier.txt",
         recognise=lambda data, metadata, source: source.container == "folder",
-        read=lambda data, metadata, source: read_concept_folder(source.path),
+        read=lambda data, metadata, source: read_concept_folder(data, source.path),  # data: concept_file's Embedding
         write=_write_concept_folder,
         extension="",
         loads_in={"diffusers": "{token}", "sd-concepts": "{token}"},

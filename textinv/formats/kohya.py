@@ -8,7 +8,6 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from textinv.atomic import atomic_write
-from textinv.embeddings import Embedding
 from textinv.formats.common import (
     Source,
     ours,
@@ -18,6 +17,7 @@ from textinv.formats.common import (
     token,
     with_metadata,
 )
+from textinv.formats.embedding import Embedding
 from textinv.formats.record import Conditional, Format
 
 

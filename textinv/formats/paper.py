@@ -6,10 +6,12 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
+import torch
+
 from textinv.atomic import torch_save
-from textinv.embeddings import Embedding
 from textinv.errors import EmbeddingFormatError
-from textinv.formats.common import Source, require_single_encoder
+from textinv.formats.common import Source, require_single_encoder, text_or_none, token, whole_number
+from textinv.formats.embedding import Embedding
 from textinv.formats.record import Format
 from textinv.safe_pickle import ParameterDictState
 
@@ -42,8 +44,6 @@ def _recognise(data, metadata, source: Source) -> bool:
 
 
 def _read(data, metadata, source: Source) -> Embedding:
-    from textinv.formats.a1111 import from_string_to_param
-
     params = _params(data)
     if not isinstance(params, dict) or not params:
         raise EmbeddingFormatError(f"{source.path}: 'string_to_param' holds no tensors; it is not a usable embedding")
@@ -51,10 +51,34 @@ def _read(data, metadata, source: Source) -> Embedding:
 
 
 def _write(emb: Embedding, path: Path) -> None:
-    from textinv.formats.a1111 import a1111_dict
-
     require_single_encoder(emb, "paper-pt")
-    torch_save(a1111_dict(emb, {t.name: t.vectors.clone() for t in emb.tokens}), path)
+    torch_save(string_to_param_dict(emb, {t.name: t.vectors.clone() for t in emb.tokens}), path)
+
+
+def from_string_to_param(data: dict, names: list[str], source: Source, fmt: str) -> Embedding:
+    """The Embedding of an A1111/paper/PNG dict, with `names` for the tensors of `string_to_param`."""
+    params = data["string_to_param"]
+    tokens = [token(n, v, source.path) for n, v in zip(names, params.values(), strict=True)]
+    return Embedding(
+        tokens,
+        name=text_or_none(data.get("name")),
+        step=whole_number(data.get("step")),
+        base_model=text_or_none(data.get("sd_checkpoint_name")),
+        base_model_hash=text_or_none(data.get("sd_checkpoint")),
+        source_format=fmt,
+    )
+
+
+def string_to_param_dict(emb: Embedding, values: dict) -> dict:
+    """The paper code's keys, as AUTOMATIC1111 writes them too, around `values` (its string_to_param)."""
+    return {
+        "string_to_token": {k: torch.tensor(clip_id(k)) for k in values},
+        "string_to_param": values,
+        "name": emb.tokens[0].name if len(emb.tokens) == 1 else emb.name,
+        "step": emb.step or 0,
+        "sd_checkpoint": emb.base_model_hash,
+        "sd_checkpoint_name": emb.base_model,
+    }
 
 
 FORMATS = [

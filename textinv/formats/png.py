@@ -10,9 +10,10 @@ import json
 from pathlib import Path
 
 from textinv.atomic import atomic_write
-from textinv.embeddings import Embedding
-from textinv.formats.a1111 import A1111_STAR_ID, from_string_to_param
+from textinv.formats.a1111 import A1111_STAR_ID
 from textinv.formats.common import Source, require_single_encoder, single_token
+from textinv.formats.embedding import Embedding
+from textinv.formats.paper import from_string_to_param
 from textinv.formats.record import Format
 
 

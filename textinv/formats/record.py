@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from textinv.embeddings import Embedding
 from textinv.formats.common import Source
+from textinv.formats.embedding import Embedding
 
 
 class Conditional(NamedTuple):

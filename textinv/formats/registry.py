@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 
-from textinv.embeddings import Embedding
 from textinv.errors import EmbeddingFormatError, TextinvError
 from textinv.formats import (
     FOR_TOOL,
@@ -28,6 +27,7 @@ from textinv.formats import (
 )
 from textinv.formats.common import Source
 from textinv.formats.container import MAX_FILE_BYTES, detect_container, read_container
+from textinv.formats.embedding import Embedding
 from textinv.formats.record import Format
 
 __all__ = ["FORMATS", "TOOLS", "Format", "detect_container", "read_embedding", "resolve", "write_embedding"]
@@ -50,7 +50,8 @@ _EXTENSIONS = {".pt": "pt", ".bin": "bin", ".safetensors": "safetensors", ".png"
 def read_embedding(path: Path) -> Embedding:
     """Read any supported format (detected by content), safely: no pickle code is ever run."""
     if path.is_dir():
-        return FORMATS["sd-concepts-folder"].read(None, {}, Source(path, "folder"))
+        inner = read_embedding(diffusers.concept_file(path))
+        return FORMATS["sd-concepts-folder"].read(inner, {}, Source(path, "folder"))
     if not path.exists():
         raise EmbeddingFormatError(f"{path}: no such file")
     size = path.stat().st_size

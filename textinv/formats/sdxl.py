@@ -3,9 +3,9 @@ diffusers-safetensors as textinv writes it) and XL-Inversion's `{emb, emb2}` (or
 
 from __future__ import annotations
 
-from textinv.embeddings import Embedding
 from textinv.errors import EmbeddingFormatError
 from textinv.formats.common import Source, ours, placeholder, token, with_metadata
+from textinv.formats.embedding import Embedding
 from textinv.formats.kohya import has_kohya_metadata
 from textinv.formats.record import Format
 

@@ -59,10 +59,11 @@ def run_demo(
     `reporter` hears the training's `train` task, the sampling's `images`/`steps` and a message per stage; torch
     runs on `threads` threads meanwhile."""
     from textinv.config import build_config
-    from textinv.generate import txt2img
-    from textinv.models import add_embeddings, load_embeddings, load_pipeline
+    from textinv.generation.sampling import txt2img
+    from textinv.models.embeddings import add_embeddings, load_embeddings
+    from textinv.models.loading import load_pipeline
     from textinv.toy.judge import accuracy
-    from textinv.train import train
+    from textinv.training.loop import train
 
     with _torch_threads(threads):
         t0 = time.perf_counter()

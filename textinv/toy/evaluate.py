@@ -18,8 +18,8 @@ from textinv.toy.judge import judge
 
 def evaluate(model: str | Path = MODEL_DIR, *, samples: int = 8, steps: int = 25, guidance: float = 5.0) -> dict:
     """Per-pair share of samples the judge sees as the pair asked for, plus colour-only and shape-only shares."""
-    from textinv.generate import txt2img
-    from textinv.models import load_pipeline
+    from textinv.generation.sampling import txt2img
+    from textinv.models.loading import load_pipeline
 
     t0 = time.time()
     pipe = load_pipeline(str(model))

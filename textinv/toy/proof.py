@@ -33,8 +33,9 @@ def judge_embedding(
 
     Sampling steps and guidance default to the packaged toy config's, as `textinv demo` uses them."""
     from textinv.config import load_config
-    from textinv.generate import txt2img
-    from textinv.models import add_embeddings, load_embeddings, load_pipeline
+    from textinv.generation.sampling import txt2img
+    from textinv.models.embeddings import add_embeddings, load_embeddings
+    from textinv.models.loading import load_pipeline
     from textinv.toy.judge import accuracy
 
     log = load_config("toy").log

@@ -3,7 +3,7 @@
 No SDXL weights ship with textinv (SDXL is 7 GB), so this is what the README's SDXL commands and the SDXL learning
 check run on. It has SDXL's architecture (two CLIP text encoders of different widths, the second with a projection
 for the pooled embedding; a UNet with `addition_embed_type="text_time"`), the shipped toy model's trained VAE, and a
-UNet fitted briefly to the toy world's captioned pictures through SDXL's conditioning (`textinv.conditioning`),
+UNet fitted briefly to the toy world's captioned pictures through SDXL's conditioning (`textinv.models.conditioning`),
 except the held-out pair, as the toy model was. The text encoders stay random and frozen, as in the toy model.
 Too brief a fit to draw clean shapes; long enough that the prompt changes what the UNet predicts.
 """
@@ -26,8 +26,8 @@ def build_sdxl_toy(folder: str | Path, *, steps: int = 300, batch: int = 32, see
     """Build, fit and save the SDXL toy model into `folder`; returns the pipeline."""
     from diffusers import AutoencoderKL, DDPMScheduler
 
-    from textinv.conditioning import conditioning_for
-    from textinv.models import toy_model_dir
+    from textinv.models.conditioning import conditioning_for
+    from textinv.models.source import toy_model_dir
 
     torch.manual_seed(seed)
     pipe = build_sdxl_pipeline(world.vocabulary(), None, shape=SHAPE, seed=seed)

@@ -16,11 +16,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from textinv import generate, models
 from textinv.atomic import atomic_write
 from textinv.errors import DataError
-from textinv.generate import GeneratedImage, Request
-from textinv.png_metadata import png_info
+from textinv.generation import sampling
+from textinv.generation.metadata import png_info
+from textinv.generation.sampling import GeneratedImage, Request
+from textinv.models.embeddings import add_embeddings, check_prompt, load_embeddings
+from textinv.models.loading import load_pipeline
+from textinv.models.source import DEFAULT_MODEL
 from textinv.reporting import SILENT, Reporter
 
 
@@ -52,15 +55,15 @@ class Session:
         reporter: Reporter = SILENT,
     ) -> Session:
         """Read the embeddings, check that they fit the model from its config alone, then load the model."""
-        from textinv.model_dims import check_fit
+        from textinv.models.peek import check_fit
 
-        embs = models.load_embeddings(list(embeddings), tokens=tokens)
+        embs = load_embeddings(list(embeddings), tokens=tokens)
         check_fit(model, model_config, embs)
-        reporter.message(f"loading model {model or os.environ.get('TEXTINV_MODEL') or models.DEFAULT_MODEL}")
-        pipe = models.load_pipeline(model, model_config=model_config, device=device, dtype=dtype)
+        reporter.message(f"loading model {model or os.environ.get('TEXTINV_MODEL') or DEFAULT_MODEL}")
+        pipe = load_pipeline(model, model_config=model_config, device=device, dtype=dtype)
         for note in pipe.textinv.warnings:
             reporter.message(f"warning: {note}")
-        added = models.add_embeddings(pipe, embs)
+        added = add_embeddings(pipe, embs)
         reporter.message(
             f"model {pipe.textinv.name}: {pipe.textinv.family}, on {pipe.device} "
             f"({str(pipe.dtype).removeprefix('torch.')})" + (f"; placeholders: {' '.join(added)}" if added else "")
@@ -69,7 +72,7 @@ class Session:
 
     def add_embeddings(self, specs: list[str | Path], tokens: list[str] | None = None) -> list[str]:
         """Load more embeddings into the session; returns the placeholders added."""
-        return models.add_embeddings(self.pipe, models.load_embeddings(list(specs), tokens=tokens))
+        return add_embeddings(self.pipe, load_embeddings(list(specs), tokens=tokens))
 
     def make(
         self, request: Request, out_dir: str | Path, *, grid: bool | None = None, reporter: Reporter = SILENT
@@ -79,7 +82,7 @@ class Session:
         request.check(read_init=False)
         out_dir = Path(out_dir)
         check_out_dir(out_dir)
-        for warning in models.check_prompt(self.pipe, f"{request.prompt} {request.negative}"):
+        for warning in check_prompt(self.pipe, f"{request.prompt} {request.negative}"):
             reporter.message(f"warning: {warning}")
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -87,14 +90,14 @@ class Session:
             raise DataError(f"--out {out_dir}: cannot create the folder ({e.strerror or e})") from None
         start = next_index(out_dir)
         images, paths = [], []
-        for batch in generate.make(self.pipe, request, reporter=reporter):
+        for batch in sampling.make(self.pipe, request, reporter=reporter):
             for made in batch:
                 paths.append(_save(made.image, made.params, out_dir / f"{start + len(images):06d}.{made.seed}.png"))
                 images.append(made)
         sheet = None
         if (grid if grid is not None else len(images) > 1) and images:
             name = f"{start:06d}.{images[0].seed}.grid.png"
-            sheet = _save(generate.contact_sheet([m.image for m in images]), images[0].params, out_dir / name)
+            sheet = _save(sampling.contact_sheet([m.image for m in images]), images[0].params, out_dir / name)
         return Made(images=images, paths=paths, grid=sheet)
 
 
@@ -115,7 +118,7 @@ def next_index(out_dir: Path) -> int:
     return max(numbers, default=0) + 1
 
 
-def _save(image, params: generate.GenerationParams, path: Path) -> Path:
+def _save(image, params: sampling.GenerationParams, path: Path) -> Path:
     """Write a PNG with its parameters atomically: a full disk or a kill leaves no partial file, one error line."""
     try:
         atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=png_info(params)))

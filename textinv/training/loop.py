@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import signal
 import threading
 import time
@@ -32,13 +31,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from textinv import config as config_mod
-from textinv import data, families, models, runs
-from textinv.conditioning import conditioning_for, is_sdxl
+from textinv import runs
 from textinv.config import Config
 from textinv.errors import ConfigError, ModelError, TextinvError
-from textinv.image_log import log_images
+from textinv.models import peek
+from textinv.models.conditioning import conditioning_for, is_sdxl
+from textinv.models.loading import base_model_of, load_pipeline, model_family, resolve_device
+from textinv.models.tokens import SplicedEmbedding, add_placeholders, expand_placeholders, replace_module
 from textinv.reporting import Reporter
-from textinv.tokens import SplicedEmbedding, add_placeholders, expand_placeholders, replace_module
+from textinv.training import data
+from textinv.training.image_log import log_images
 
 TRACKERS = {"none": [], "tensorboard": ["tensorboard"], "wandb": ["wandb"], "all": ["tensorboard", "wandb"]}
 
@@ -137,7 +139,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
     acc = make_accelerator(cfg.train)
     main, world = acc.is_main_process, acc.num_processes
     reporter = (reporter or Reporter()) if main else Reporter()  # one process reports
-    device = torch.device(acc.device.type, acc.device.index) if world > 1 else models.resolve_device(cfg.train.device)
+    device = torch.device(acc.device.type, acc.device.index) if world > 1 else resolve_device(cfg.train.device)
     if device.type == "cpu":
         device = torch.device("cpu")
     autocast_dtype = resolve_precision(cfg.train.mixed_precision, device)
@@ -148,7 +150,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
     unet, vae = pipe.unet, pipe.vae
     # [conditioning] one text encoder, or SDXL's two (textinv/conditioning.py); the config must fit the model
     condition = conditioning_for(pipe, cfg.data.resolution)
-    families.check_config(cfg.model.family, is_sdxl(pipe), models.model_family(pipe), len(p.placeholder_strings))
+    peek.check_config(cfg.model.family, is_sdxl(pipe), model_family(pipe), len(p.placeholder_strings))
     bases, first_ids, vectors = [], [], []
     for k, (tokenizer, text_encoder) in enumerate(condition.encoders):  # a row for each placeholder in each encoder
         base = text_encoder.get_input_embeddings()
@@ -201,11 +203,11 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
     else:
         run_dir = None
         if main:
-            run_dir = runs.new_run_dir(cfg.log.output_dir, run_name(cfg))
+            run_dir = runs.new_run_dir(cfg.log.output_dir, runs.run_name(cfg))
             runs.write_text(run_dir / "config.yaml", f"# {how}\n" + config_mod.dump_config(cfg))
         run_dir = Path(broadcast_object_list([str(run_dir) if run_dir else None])[0])
-    name = run_name(cfg)
-    base_model = models.base_model_of(pipe, cfg.model.source)  # source, A1111 hash of a single file, hub commit
+    name = runs.run_name(cfg)
+    base_model = base_model_of(pipe, cfg.model.source)  # source, A1111 hash of a single file, hub commit
 
     def embedding_at(s: int):  # [conditioning] SDXL: clip_l's and clip_g's columns
         return runs.embedding_of(condition.split(learned.detach().float().cpu()), p, name, s, base_model)
@@ -238,8 +240,8 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
                        cfg.train.seed, autocast_dtype, device)
             writer.plot()
 
-    # textinv.validation hook (1/2): validation loss, prompts, checkpoint scores, early stop
-    from textinv.validation import Validation
+    # textinv.training.validation hook (1/2): validation loss, prompts, checkpoint scores, early stop
+    from textinv.training.validation import Validation
 
     validation = Validation(cfg, run_dir, batches, pipe=pipe, expansions=expansions, embedding_at=embedding_at,
                             forward=lambda *d: compute_loss(unet, condition, *d, autocast_dtype, device),
@@ -280,7 +282,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
                 reporter.advance("train", step, loss=value, lr=current_lr)
                 if cfg.log.image_every and step % cfg.log.image_every == 0:
                     sample_images(step)  # before the checkpoint: a kill while logging redoes the step and its log
-                if validation.after_step(step):  # textinv.validation hook (2/2): early stop; the finish below saves
+                if validation.after_step(step):  # textinv.training.validation hook (2/2): early stop; the finish below saves
                     break
                 if cfg.log.save_every and step % cfg.log.save_every == 0 and step < cfg.train.max_steps:
                     checkpoint(step)
@@ -327,7 +329,7 @@ def start_trackers(acc, cfg: Config, run_dir: Path) -> bool:
 def load_frozen(cfg: Config, device: torch.device):
     """The float32 pipeline with every module frozen (no weight gradients), on diffusers' default SDPA attention
     (`set_default_attn_processor` would switch SDPA off), with gradient checkpointing in the UNet if asked."""
-    pipe = models.load_pipeline(cfg.model.source, model_config=cfg.model.config, device=device, dtype=torch.float32)
+    pipe = load_pipeline(cfg.model.source, model_config=cfg.model.config, device=device, dtype=torch.float32)
     for module in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None), pipe.unet, pipe.vae):
         if module is None:  # [conditioning] only SDXL has text_encoder_2
             continue
@@ -371,13 +373,6 @@ def _update(optimizer, scheduler, scaler, learned: torch.Tensor, max_grad_norm: 
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return lr
-
-
-def run_name(cfg: Config) -> str:
-    if cfg.log.name:
-        return cfg.log.name
-    first = Path(cfg.data.paths[0]).resolve().name if cfg.data.paths else "run"
-    return re.sub(r"[^\w.-]+", "_", first) or "run"
 
 
 def _check_resolution(resolution: int, unet, vae) -> None:

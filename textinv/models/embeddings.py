@@ -4,31 +4,19 @@ tokenizer(s) and text encoder(s), and warn about prompt words that look like pla
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-from textinv.concepts import find_local
-from textinv.embeddings import Embedding, family_for, load_embedding
+from textinv.concepts.fetch import find_local
 from textinv.errors import ConfigError, EmbeddingFormatError, ModelError
-
-if TYPE_CHECKING:
-    from textinv.models import ModelInfo
+from textinv.formats.embedding import Embedding, family_for
+from textinv.formats.files import load_embedding
+from textinv.models.info import LoadedToken, ModelInfo
 
 EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors", ".png")
 # Words a user means as placeholders: `<cat-toy>` (sd-concepts) or a bare `*` (the paper code).
 _PLACEHOLDER_LIKE = re.compile(r"<[^<>\s]+>|(?<!\S)\*(?!\S)")
-
-
-@dataclass
-class LoadedToken:
-    placeholder: str
-    token_ids: list[int]
-    source: str  # the file it came from
-    hash: str  # sha256 of the file, first 12 hex digits, as AUTOMATIC1111 writes it
-    vectors: torch.Tensor  # [n, dim] float32 as loaded, for checking a reload
 
 
 def find_embedding_files(spec: str | Path, *, folder: Path = Path("embeddings")) -> list[Path]:

@@ -23,8 +23,7 @@ import torch
 from textinv.atomic import atomic_path, write_text
 from textinv.config import Config
 from textinv.reporting import Reporter
-
-VALIDATION_CSV = "validation.csv"
+from textinv.runs import VALIDATION_CSV
 
 
 class Validation:
@@ -35,8 +34,8 @@ class Validation:
     def __init__(self, cfg: Config, run_dir: Path, batches, *, pipe, expansions: dict[str, str], forward: Callable,
                  embedding_at: Callable, reporter: Reporter, autocast_dtype=None, enabled: bool = True,
                  start_step: int = 0):
-        from textinv.data import EpochSampler
         from textinv.runs import truncate_csv
+        from textinv.training.data import EpochSampler
 
         self.cfg, self.run_dir, self.enabled = cfg, run_dir, enabled
         self.pipe, self.expansions, self.autocast_dtype = pipe, expansions, autocast_dtype
@@ -102,8 +101,8 @@ class Validation:
 
     def render(self, prompt: str, negative: str) -> list:
         """`log.num_images` images of `prompt` from the training pipeline, seeds train.seed, train.seed+1, ..."""
-        from textinv.generate import txt2img
-        from textinv.tokens import expand_placeholders
+        from textinv.generation.sampling import txt2img
+        from textinv.models.tokens import expand_placeholders
 
         log, dev = self.cfg.log, self.pipe.device
         size = self.cfg.data.resolution
@@ -115,7 +114,7 @@ class Validation:
                                              seed=self.cfg.train.seed, width=size, height=size)]
 
     def render_prompts(self, step: int) -> Path:
-        from textinv.generate import contact_sheet
+        from textinv.generation.sampling import contact_sheet
 
         log = self.cfg.log
         pics = [im for prompt in log.prompts for im in self.render(prompt, log.negative_prompt)]
@@ -126,42 +125,42 @@ class Validation:
 
     def score(self, step: int) -> None:
         """Score this step's embedding as `textinv eval` does; eval.json holds the rows so far and the best."""
-        from textinv import evaluation, models
-        from textinv.embeddings import save_embedding
+        from textinv.evaluation.evaluate import (
+            GRIDS_DIR,
+            RESULTS_FILE,
+            Candidate,
+            EvalResult,
+            EvalSettings,
+            Evaluator,
+            best_row,
+        )
+        from textinv.formats.files import save_embedding
+        from textinv.models.loading import load_pipeline
 
         log, p = self.cfg.log, self.cfg.personalization
         emb = self.embedding_at(step)
         file = save_embedding(emb, self.run_dir / "embeddings" / f"{emb.name}-{step}.pt", format="pt", force=True)
-        settings = evaluation.EvalSettings(seeds=log.num_images, seed=self.cfg.train.seed, steps=log.sample_steps,
+        settings = EvalSettings(seeds=log.num_images, seed=self.cfg.train.seed, steps=log.sample_steps,
                                            cfg=log.guidance_scale, clip=log.eval_clip, dino=log.eval_dino)
-        grids = self.run_dir / evaluation.GRIDS_DIR
+        grids = self.run_dir / GRIDS_DIR
         if self.evaluator is None:
             notes: list[str] = []
-            pipe = models.load_pipeline(self.cfg.model.source, model_config=self.cfg.model.config,
+            pipe = load_pipeline(self.cfg.model.source, model_config=self.cfg.model.config,
                                         device=self.cfg.train.device)
-            self.evaluator = evaluation.Evaluator(pipe, Path(self.cfg.data.paths[0]), settings,
+            self.evaluator = Evaluator(pipe, Path(self.cfg.data.paths[0]), settings,
                                                   pipe.textinv.kind == "toy", notes, self.reporter)
             self.notes = notes
-            baseline = evaluation.Candidate(label=f"init word ({p.initializer_words[0]})", step=None, embedding=None)
+            baseline = Candidate(label=f"init word ({p.initializer_words[0]})", step=None, embedding=None)
             self.eval_rows.append(self.evaluator.score(baseline, 0, p.initializer_words[0], grids, self.run_dir))
-        cand = evaluation.Candidate(label=f"step {step}", step=step, embedding=emb, file=str(file))
+        cand = Candidate(label=f"step {step}", step=step, embedding=emb, file=str(file))
         row = self.evaluator.score(cand, len(self.eval_rows), p.initializer_words[0], grids, self.run_dir)
         self.eval_rows.append(row)
-        result = evaluation.EvalResult(rows=self.eval_rows, best=evaluation.best_row(self.eval_rows, settings.margin),
+        result = EvalResult(rows=self.eval_rows, best=best_row(self.eval_rows, settings.margin),
                                        init_word=p.initializer_words[0], model=self.cfg.model.source,
                                        data=self.cfg.data.paths[0], settings=settings, notes=self.notes)
-        write_text(self.run_dir / evaluation.RESULTS_FILE, json.dumps(result.to_json(), indent=2) + "\n")
+        write_text(self.run_dir / RESULTS_FILE, json.dumps(result.to_json(), indent=2) + "\n")
         shown = "n/a" if row.identity is None else f"{row.identity:.3f}"
         self.reporter.message(f"eval at step {step}: identity {shown}"
                               + (f", editability {row.editability:.3f}" if row.editability is not None else ""))
 
 
-def read_validation_csv(run_dir: Path) -> list[tuple[int, float]]:
-    path = Path(run_dir) / VALIDATION_CSV
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines()[1:]:
-        step, value = line.split(",")[:2]
-        rows.append((int(step), float(value)))
-    return rows

@@ -17,7 +17,7 @@ from textinv import __version__
 from textinv.errors import DataError
 
 if TYPE_CHECKING:
-    from textinv.generate import GenerationParams
+    from textinv.generation.sampling import GenerationParams
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
@@ -120,7 +120,7 @@ def invoke_metadata(p: GenerationParams) -> dict:
 
 
 def _invoke_sampler(a1111: str) -> str:
-    from textinv.generate import SCHEDULERS
+    from textinv.generation.sampling import SCHEDULERS
 
     for key, (_, _, name) in SCHEDULERS.items():
         if name == a1111:

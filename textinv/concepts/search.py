@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from textinv.concepts import SD_CONCEPTS, hub_error
+from textinv.concepts.fetch import SD_CONCEPTS, hub_error
 from textinv.errors import ConceptError
 from textinv.formats.diffusers import TOKEN_FILE, TYPE_FILE, read_word_file
 from textinv.hub import Client, check_reachable, hub_exceptions, quiet_logging

@@ -2,7 +2,7 @@
 the best step.
 
 Each candidate (a checkpoint, or the run's step 0: the init word's vectors) generates `seeds` images of each
-prompt, the same seeds for every candidate. Scores (see `textinv.scoring`):
+prompt, the same seeds for every candidate. Scores (see `textinv.evaluation.scoring`):
 
 - identity: samples of the identity prompt (`a photo of *`) against the training pictures, CLIP and (when a
   DINO model is given) DINO; on the shipped toy model, the share of those samples the toy's judge sees as the
@@ -47,7 +47,7 @@ class Candidate:
 
     label: str
     step: int | None
-    embedding: object | None  # textinv.embeddings.Embedding
+    embedding: object | None  # textinv.formats.embedding.Embedding
     file: str | None = None
 
 
@@ -143,7 +143,7 @@ class Targets:
 def find_targets(paths: list[Path]) -> Targets:
     """Candidates from run folders (their checkpoints, plus step 0) and embedding files, in step order."""
     from textinv.config import config_for_resume
-    from textinv.embeddings import load_embedding
+    from textinv.formats.files import load_embedding
 
     t = Targets(candidates=[])
     runs = [p for p in paths if p.is_dir() and (p / "config.yaml").is_file()]
@@ -170,7 +170,7 @@ def find_targets(paths: list[Path]) -> Targets:
 
 
 def _run_checkpoints(run_dir: Path) -> list[Candidate]:
-    from textinv.embeddings import load_embedding
+    from textinv.formats.files import load_embedding
 
     found: dict[int, Candidate] = {}
     for f in sorted((run_dir / "embeddings").glob("*.pt")):
@@ -199,7 +199,7 @@ def evaluate(
     reporter: Reporter = SILENT,
 ) -> EvalResult:
     """Score every candidate in `paths`; with a run folder and `write`, save eval.json and the grids into it."""
-    from textinv import models
+    from textinv.models.loading import load_pipeline
 
     s = settings or EvalSettings()
     t = find_targets(paths)
@@ -209,7 +209,7 @@ def evaluate(
     init_word = init_word or t.init_word
     if not init_word:
         raise ConfigError("the embedding does not record its init word; pass --init-word WORD (e.g. cat)")
-    pipe = models.load_pipeline(model or t.model, device=device)
+    pipe = load_pipeline(model or t.model, device=device)
     toy = pipe.textinv.kind == "toy"
     if toy:  # the judge scores `a photo of *` only: no edit prompts to generate
         s = dataclasses.replace(s, edit_prompts=())
@@ -240,8 +240,8 @@ def evaluate(
 
 def _initial_embedding(pipe, placeholder: str, init_word: str, n: int):
     """The run's step 0: the init word's token vectors, spread over the placeholder's vectors as training does."""
-    from textinv.embeddings import Embedding, Token
-    from textinv.tokens import init_vectors
+    from textinv.formats.embedding import Embedding, Token
+    from textinv.models.tokens import init_vectors
 
     table = pipe.text_encoder.get_input_embeddings().weight
     vectors, _ = init_vectors(pipe.tokenizer, table, init_word, n)
@@ -253,7 +253,7 @@ class Evaluator:
     """The fixed parts of an evaluation (model, references, scoring models), and the scoring of one candidate."""
 
     def __init__(self, pipe, data: Path, s: EvalSettings, toy: bool, notes: list[str], reporter: Reporter):
-        from textinv.data import load_folder
+        from textinv.pictures import load_folder
 
         self.pipe, self.s, self.toy = pipe, s, toy
         self.scratch = None
@@ -274,7 +274,7 @@ class Evaluator:
             notes.append(f"toy model: identity is the share of samples the toy's judge sees as a "
                          f"{self.concept.colour} {self.concept.shape}; CLIP and DINO are skipped")
             return
-        from textinv.scoring import load_clip, load_dino
+        from textinv.evaluation.scoring import load_clip, load_dino
 
         if s.clip:
             self.clip = load_clip(s.clip)
@@ -289,21 +289,21 @@ class Evaluator:
         """A file for an embedding made here (step 0): loading records the file and its hash."""
         import tempfile
 
-        from textinv.embeddings import save_embedding
+        from textinv.formats.files import save_embedding
 
         if self.scratch is None:
             self.scratch = tempfile.TemporaryDirectory(prefix="textinv-eval-")
         return save_embedding(emb, Path(self.scratch.name) / f"candidate-{index}.pt", force=True)
 
     def _images(self, prompt: str) -> list:
-        from textinv.generate import txt2img
+        from textinv.generation.sampling import txt2img
 
         return [g.image for g in txt2img(self.pipe, prompt, n=self.s.seeds, steps=self.s.steps, cfg=self.s.cfg,
                                          seed=self.s.seed)]
 
     def score(self, cand: Candidate, index: int, init_word: str, grids: Path | None, run_dir: Path | None) -> Row:
-        from textinv import models
-        from textinv.scoring import image_similarity, text_similarity
+        from textinv.evaluation.scoring import image_similarity, text_similarity
+        from textinv.models.embeddings import add_embeddings
 
         word = init_word
         if cand.embedding is not None:  # a fresh placeholder per candidate, so no two collide in the tokenizer
@@ -313,7 +313,7 @@ class Evaluator:
             emb.tokens = emb.tokens[:1]
             word = emb.tokens[0].name = f"<textinv-eval-{index}>"
             path = Path(cand.file) if cand.file else self._unsaved(emb, index)
-            models.add_embeddings(self.pipe, [(path, emb)])
+            add_embeddings(self.pipe, [(path, emb)])
         row = Row(label=cand.label, step=cand.step, file=cand.file, baseline=cand.embedding is None, identity=None)
         samples = self._images(self.s.identity_prompt.format(word))
         sheet = [samples]
@@ -335,7 +335,7 @@ class Evaluator:
                 row.editability = sum(row.per_prompt.values()) / len(row.per_prompt)
         if grids is not None:
             from textinv.atomic import atomic_path
-            from textinv.generate import contact_sheet
+            from textinv.generation.sampling import contact_sheet
 
             name = "init-word" if cand.embedding is None else f"step-{cand.step:06d}" if cand.step is not None \
                 else Path(cand.label).stem
@@ -354,7 +354,7 @@ def _to_pil(x: torch.Tensor):
 
 def copy_best(result: EvalResult, out: Path, *, force: bool = False) -> Path:
     """Write the best step's embedding to `out` (format from the extension)."""
-    from textinv.embeddings import save_embedding
+    from textinv.formats.files import save_embedding
 
     if result.best is None:
         raise ConfigError("no step has an identity score, so none is best; pass --clip (or use the toy model)")

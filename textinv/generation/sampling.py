@@ -4,7 +4,7 @@ Images are made in batches with one generator per image, so image i of any batch
 makes (to float tolerance). Every PNG carries its generation parameters twice: a `parameters` text chunk in
 AUTOMATIC1111's layout (which A1111's "PNG Info", civitai and most metadata readers parse) and InvokeAI 2.x's
 `Dream` command line plus its `sd-metadata` JSON. The library never prints; progress goes to a `Reporter`.
-Saving them, with a loaded model kept between requests, is `textinv.session`.
+Saving them, with a loaded model kept between requests, is `textinv.generation.session`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 from textinv.errors import ConfigError, UsageError
-from textinv.png_metadata import a1111_parameters, dream_command, invoke_metadata, png_info, read_parameters  # noqa: F401
 from textinv.reporting import SILENT, Reporter
 
 # name -> (diffusers class, extra config, AUTOMATIC1111's sampler name). InvokeAI's k_ names are accepted too.
@@ -179,8 +178,8 @@ def check_request(
 
 
 def load_init_image(path: str | Path):
-    """The init image as RGB, read as training reads its pictures (`textinv.data.read_image`)."""
-    from textinv.data import read_image
+    """The init image as RGB, read as training reads its pictures (`textinv.pictures.read_image`)."""
+    from textinv.pictures import read_image
 
     return read_image(path, what="--init-img")
 
@@ -190,7 +189,7 @@ def make(pipe, request: Request, *, reporter: Reporter = SILENT) -> Iterator[lis
 
     Reports the tasks `images` (of n) and `steps` (denoising steps of the current batch).
     """
-    from textinv.models import as_img2img, as_txt2img
+    from textinv.models.loading import as_img2img, as_txt2img
 
     request.check(read_init=False)
     init = None

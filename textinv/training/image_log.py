@@ -1,18 +1,17 @@
 """Pictures of a run: the paper code's image logs (conditioning, inputs, reconstruction, samples, samples_scaled,
-init_word), one row per placeholder, and the loss plot."""
+init_word), one row per placeholder.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import textwrap
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from textinv.atomic import atomic_path, write_text
-from textinv.data import Batches, TrainImage, fill_prompt, load_templates
-from textinv.tokens import expand_placeholders
+from textinv.models.tokens import expand_placeholders
+from textinv.pictures import TrainImage, grid_of, text_image, to_pil
+from textinv.training.data import Batches, fill_prompt, load_templates
 
 TEXT_SIDE = 256  # the conditioning tiles are at least this wide, so the prompt stays readable at 32 px training
 
@@ -79,64 +78,3 @@ def log_images(pipe, out: Path, step: int, log, p, images: list[TrainImage], bat
 
 def _flipped(pixels: torch.Tensor, flip: int) -> torch.Tensor:
     return pixels.flip(-1) if flip else pixels
-
-
-def to_pil(x: torch.Tensor):
-    from PIL import Image
-
-    arr = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(arr)
-
-
-def text_image(text: str, side: int):
-    """The prompt drawn as a picture, as the paper code's `conditioning` log does."""
-    from PIL import Image, ImageDraw
-
-    img = Image.new("RGB", (side, side), "white")
-    draw = ImageDraw.Draw(img)
-    draw.multiline_text((4, 4), "\n".join(textwrap.wrap(text, width=max(10, side // 7))), fill="black")
-    return img
-
-
-def grid_of(rows: list[list[Any]]) -> Any:
-    """One row of tiles per placeholder; tiles take the first one's size, empty places stay white."""
-    from PIL import Image
-
-    first = next((pic for row in rows for pic in row), None)
-    w, h = first.size if first is not None else (8, 8)
-    grid = Image.new("RGB", (w * max(1, max(len(r) for r in rows)), h * len(rows)), "white")
-    for y, row in enumerate(rows):
-        for x, pic in enumerate(row):
-            grid.paste(pic.convert("RGB").resize((w, h)), (x * w, y * h))
-    return grid
-
-
-def plot_losses(csv_path: Path, png_path: Path) -> bool:
-    """Loss per step and its running mean; False when matplotlib is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    steps, losses = [], []
-    for line in csv_path.read_text().splitlines()[1:]:
-        parts = line.split(",")
-        with contextlib.suppress(ValueError, IndexError):
-            steps.append(int(parts[0]))
-            losses.append(float(parts[1]))
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.plot(steps, losses, lw=0.6, alpha=0.5, label="loss")
-    if len(losses) >= 2:
-        k = max(1, len(losses) // 20)
-        smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1]) for i in range(len(losses))]
-        ax.plot(steps, smooth, lw=1.5, label=f"mean of {k}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return True

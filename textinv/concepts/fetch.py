@@ -19,9 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from textinv.atomic import atomic_write
-from textinv.embeddings import Embedding, load_embedding, save_embedding
 from textinv.errors import ConceptError, EmbeddingFormatError, OutputExistsError, first_line
 from textinv.formats.diffusers import TOKEN_FILE, TYPE_FILE, apply_concept_files
+from textinv.formats.embedding import Embedding
+from textinv.formats.files import load_embedding, save_embedding
 from textinv.hub import Client, hub_exceptions, network_errors, quiet_logging
 from textinv.reporting import SILENT, Reporter
 

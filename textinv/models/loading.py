@@ -1,43 +1,24 @@
 """Load Stable Diffusion pipelines from wherever users keep them.
 
 A model is a hub id (through the Hugging Face cache, so it works offline once cached), a local diffusers folder,
-or a single `.ckpt`/`.safetensors` file as the original code used (`textinv.checkpoints`). The library never
+or a single `.ckpt`/`.safetensors` file as the original code used (`textinv.models.checkpoints`). The library never
 prints: anything the user should hear about comes back as a string in `pipe.textinv.warnings`.
-
-Adding embeddings to a loaded pipeline is `textinv.pipeline_embeddings`; its functions are importable from here
-too, as `models.add_embeddings` etc., because callers think of them as "the model's embeddings".
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from textinv import hub
-from textinv.checkpoints import a1111_model_hash, load_single_file
-from textinv.embeddings import family_for
 from textinv.errors import ConfigError, ModelError, first_line
-from textinv.pipeline_embeddings import (  # noqa: F401  (re-exported: see the docstring)
-    EMBEDDING_SUFFIXES,
-    add_embeddings,
-    check_prompt,
-    file_hash,
-    find_embedding_files,
-    load_embeddings,
-)
+from textinv.formats.embedding import family_for
+from textinv.models.checkpoints import a1111_model_hash, load_single_file
+from textinv.models.info import ModelInfo
+from textinv.models.source import DEFAULT_MODEL, resolve_source
 
-if TYPE_CHECKING:
-    from textinv.pipeline_embeddings import LoadedToken
-
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _DTYPES = {
     "fp16": torch.float16,
     "float16": torch.float16,
@@ -48,26 +29,6 @@ _DTYPES = {
     "float32": torch.float32,
     "float": torch.float32,
 }
-
-
-@dataclass
-class ModelInfo:
-    """What was loaded, for metadata and messages; kept on the pipeline as `pipe.textinv`."""
-
-    name: str  # what PNG metadata calls the model: hub id, folder name or file stem
-    source: str  # the resolved location
-    kind: str  # 'hub' | 'folder' | 'single-file' | 'toy'
-    family: str  # 'SD1.x' | 'SD2.x' | 'SDXL' | 'unknown (dim N)'
-    warnings: list[str] = field(default_factory=list)
-    revision: str | None = None  # for a hub model: the commit of the cached snapshot
-    embeddings: dict[str, LoadedToken] = field(default_factory=dict)  # placeholder -> what was loaded
-    base_scheduler: object | None = None  # the model's own scheduler, to return to after --scheduler
-    variants: dict[str, object] = field(
-        default_factory=dict, repr=False
-    )  # txt2img/img2img views of one model
-
-
-# --- devices --------------------------------------------------------------------------------------------------
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -102,45 +63,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return _DTYPES[dtype.lower()]
     except KeyError:
         raise ConfigError(f"unknown dtype {dtype!r}; use fp16, bf16 or fp32") from None
-
-
-# --- finding and loading a model ------------------------------------------------------------------------------
-
-
-def toy_model_dir() -> Path:
-    """The shipped toy model's folder, found by path: the product does not import the toy package."""
-    return Path(__file__).parent / "toy" / "model"
-
-
-def resolve_source(source: str | Path | None) -> tuple[str, str]:
-    """(kind, location) for `source`, `$TEXTINV_MODEL` or the default: kind is hub | folder | single-file | toy."""
-    source = str(source or os.environ.get("TEXTINV_MODEL") or DEFAULT_MODEL)
-    if source == "toy":
-        folder = toy_model_dir()
-        if not (folder / "model_index.json").is_file():
-            raise ModelError(
-                f"the toy model is not in this install ({folder} is missing); "
-                "build it with `make toy-model` or pass --model with a hub id or a local folder"
-            )
-        return "toy", str(folder)
-    path = Path(source).expanduser()
-    if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise ModelError(
-                f"{path} is a folder but not a diffusers model (no model_index.json); pass a diffusers folder, "
-                "a .ckpt/.safetensors file or a hub id"
-            )
-        return "folder", str(path)
-    if path.is_file():
-        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
-            raise ModelError(
-                f"{path}: not a model file; --model takes a .ckpt/.safetensors file, a folder or a hub id"
-            )
-        return "single-file", str(path)
-    looks_like_path = path.suffix.lower() in SINGLE_FILE_SUFFIXES or source.startswith((".", "/", "~"))
-    if looks_like_path or not _HUB_ID.match(source):
-        raise ModelError(f"model {source}: no such file or folder (and not a hub id like {DEFAULT_MODEL})")
-    return "hub", source
 
 
 def load_pipeline(

@@ -1,7 +1,6 @@
-"""Images in: the one reader for training pictures and img2img's init image (any mode, EXIF rotation applied,
-absurd sizes refused before decoding), a training folder read honestly (non-images skipped with a warning),
-plus the prompt templates and per-image captions that go with them; then, for the training loop, the items
-(image + prompts), the latent cache and the micro-batch drawing."""
+"""What the training loop draws from: the prompt templates, the items (image + prompts), the latent cache and the
+micro-batch drawing.
+"""
 
 from __future__ import annotations
 
@@ -9,33 +8,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from warnings import catch_warnings, simplefilter
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from textinv.errors import ConfigError, DataError
+from textinv.pictures import TrainImage, load_folder
 from textinv.reporting import Reporter
 
-TEMPLATES_DIR = Path(__file__).parent / "templates"
-# The paper found 3-5 images best; more rarely helps and slows nothing but the first encode.
-MANY_IMAGES = 5
-# Files that are never images and not worth a warning.
-_QUIET = {".txt", ".caption"}
-# Larger images are refused before decoding: 120 Mpx covers a 100 MP camera; a 16-bit one of that size already
-# takes about 1 GB while it is scaled to 8 bits.
-MAX_PIXELS = 120_000_000
-_HIDDEN = re.compile(r"^(\.|Thumbs\.db$|desktop\.ini$)", re.IGNORECASE)
-
-
-@dataclass
-class TrainImage:
-    """One training image, ready for the VAE: float32 [3, res, res] in [-1, 1]."""
-
-    path: Path
-    pixels: torch.Tensor
-    caption: str | None = None  # from `<stem>.txt` beside the image; `*` or `[name]` mark the placeholder
+TEMPLATES_DIR = Path(__file__).parents[1] / "templates"
 
 
 def load_templates(learnable_property: str) -> list[str]:
@@ -54,133 +34,6 @@ def fill_prompt(template: str, placeholder_text: str) -> str:
     return out
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode to 8-bit RGB: alpha over white, 16/32-bit scaled down rather than clipped, palettes expanded."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        if img.mode == "F":
-            top = 1.0 if arr.max() <= 1.0 else 255.0
-        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        img = Image.fromarray(arr, mode="L")
-    if img.mode == "P":
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "RGB" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")
-
-
-class _Unreadable(Exception):
-    """Not an image file (or not one PIL can decode)."""
-
-
-def read_image(path: str | Path, *, what: str = "image") -> Image.Image:
-    """The image at `path` as 8-bit RGB, as training and img2img both see it; one clear error otherwise.
-    `what` names it in messages (e.g. "--init-img")."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{what} {path}: no such file")
-    try:
-        return _decode(path, f"{what} {path}")
-    except _Unreadable as e:
-        raise DataError(f"{what} {path}: not a readable image ({e}); pass a PNG or JPEG") from None
-
-
-def _decode(path: Path, label: str) -> Image.Image:
-    """EXIF-rotated 8-bit RGB (`to_rgb`); DataError for a size over MAX_PIXELS, read from the header alone."""
-    limit = f"over the {MAX_PIXELS // 1_000_000} Mpx that textinv reads; resize it first"
-    try:
-        with catch_warnings():
-            simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked here instead
-            with Image.open(path) as img:
-                w, h = img.size
-                if w * h > MAX_PIXELS:
-                    raise DataError(f"{label}: {w}x{h} is {w * h / 1e6:.0f} Mpx, {limit}")
-                img.load()
-                return to_rgb(ImageOps.exif_transpose(img))
-    except Image.DecompressionBombError:
-        raise DataError(f"{label}: {limit}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise _Unreadable("not readable" if isinstance(e, PermissionError) else str(e)) from e
-
-
-def prepare(img: Image.Image, resolution: int, center_crop: bool) -> torch.Tensor:
-    """EXIF-rotate, RGB, square (centre crop or squash), resize (bicubic, as the paper code) -> [3, r, r] in [-1, 1]."""
-    img = to_rgb(ImageOps.exif_transpose(img))
-    return _square_tensor(img, resolution, center_crop)
-
-
-def _square_tensor(img: Image.Image, resolution: int, center_crop: bool) -> torch.Tensor:
-    if center_crop:
-        w, h = img.size
-        side = min(w, h)
-        left, top = (w - side) // 2, (h - side) // 2
-        img = img.crop((left, top, left + side, top + side))
-    img = img.resize((resolution, resolution), Image.Resampling.BICUBIC)
-    arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-
-
-def load_folder(folder: str | Path, resolution: int, *, center_crop: bool = True) -> tuple[list[TrainImage], list[str]]:
-    """Every image in `folder` (not recursive), sorted by name, and the warnings to show the user."""
-    folder = Path(folder)
-    if not folder.exists():
-        raise DataError(f"image folder {folder} does not exist; pass a folder of 3-5 .png/.jpg images")
-    if not folder.is_dir():
-        raise DataError(f"{folder} is a file, not a folder; put the training images in a folder and pass that")
-    try:
-        everything = sorted(folder.iterdir())
-        entries = [p for p in everything if p.is_file()]
-        subfolders = [p.name for p in everything if p.is_dir() and not _HIDDEN.match(p.name)]
-    except OSError as e:
-        raise DataError(f"cannot read image folder {folder}: {e.strerror or e}") from None
-    images: list[TrainImage] = []
-    warnings: list[str] = []
-    skipped: list[str] = []
-    for path in entries:
-        if _HIDDEN.match(path.name) or path.suffix.lower() in _QUIET:
-            continue
-        try:
-            pixels = _square_tensor(_decode(path, str(path)), resolution, center_crop)
-        except _Unreadable as e:
-            skipped.append(f"{path.name} (not readable)" if str(e) == "not readable" else path.name)
-            continue
-        images.append(TrainImage(path=path, pixels=pixels, caption=_caption(path)))
-    if skipped:
-        warnings.append(f"skipped {len(skipped)} file(s) in {folder} that are not images: {', '.join(skipped)}")
-    if images and subfolders:
-        warnings.append(f"skipped the subfolder(s) {', '.join(subfolders)} of {folder}: only the images directly in it "
-                        "are read; pass a subfolder as another DIR to train on its images too")
-    if not images:
-        if entries:
-            found = f" (found {len(entries)} file(s), none of them an image)"
-        elif subfolders:
-            found = f" (it holds only subfolders: {', '.join(subfolders)}; pass the folder the images are in)"
-        else:
-            found = " (it is empty)"
-        raise DataError(f"no images in {folder}{found}; pass a folder of 3-5 .png/.jpg images of the concept")
-    if len(images) > MANY_IMAGES:
-        warnings.append(
-            f"{len(images)} images in {folder}; the paper found 3-5 images work best, more rarely help"
-        )
-    return images, warnings
-
-
-def _caption(image_path: Path) -> str | None:
-    for suffix in (".txt", ".caption"):
-        p = image_path.with_suffix(suffix)
-        if p.is_file():
-            text = " ".join(p.read_text(errors="replace").split())
-            return text or None
-    return None
-
-
-# --- what the training loop draws from ---------------------------------------------------------------------------
-
-# Latent caches above this stay on the CPU in float16 (a batch is moved to the device as it is drawn); below it they
-# sit on the device in float32. 500 images at 512 px are 125 MiB in float32, 5 at 1024 px 5 MiB.
 CACHE_ON_DEVICE_BYTES = 256 * 2**20
 _WORD_END = r"(?=[\s,.;:!?]|$)"
 

@@ -40,8 +40,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
 
 def render_report(run_dir: Path) -> str:
     from textinv.config import load_config
-    from textinv.train import run_name
-    from textinv.validation import read_validation_csv
+    from textinv.runs import read_validation_csv, run_name
 
     cfg = load_config(run_dir / "config.yaml")
     name = run_name(cfg)
@@ -77,7 +76,7 @@ def _img(path: Path, alt: str) -> str:
 
 
 def _read_eval(run_dir: Path) -> dict | None:
-    from textinv.evaluation import RESULTS_FILE
+    from textinv.evaluation.evaluate import RESULTS_FILE
 
     path = run_dir / RESULTS_FILE
     if not path.is_file():

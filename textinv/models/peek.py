@@ -1,0 +1,160 @@
+"""What a model is, told from its files without loading it: its text encoders' widths and so its family, and so
+the packaged config that fits it and whether an embedding fits it, in a second rather than after a multi-GB load.
+
+A diffusers folder (or the hub cache, or `--model-config`) says it in `model_index.json` and
+`text_encoder*/config.json`; a single `.safetensors` checkpoint says it in its header (the token-embedding tensors'
+names and shapes). A `.ckpt` is a pickle with no header to read cheaply: its fit is checked after loading.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from textinv.errors import ConfigError
+
+CONFIG_FOR = {"SD1.x": "v1-finetune", "SD2.x": "v2-finetune", "SDXL": "sdxl-finetune"}
+# Token-embedding tensors in original-layout checkpoints: SD1 (CLIP-L), SD2 (OpenCLIP-H), SDXL's two encoders.
+_SD1 = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
+_SD2 = "cond_stage_model.model.token_embedding.weight"
+_SDXL = (
+    "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight",
+    "conditioner.embedders.1.model.token_embedding.weight",
+)
+_SDXL_SECOND_ENCODER = "conditioner.embedders.1."
+_MAX_HEADER = 100 << 20  # a real header is a few hundred kB
+
+
+def default_config(source: str | None) -> str:
+    """The packaged config for the model at `source`: sdxl-finetune for an SDXL model, else v1-finetune."""
+    return CONFIG_FOR["SDXL"] if source and peek_is_sdxl(source) else CONFIG_FOR["SD1.x"]
+
+
+def peek_is_sdxl(source: str) -> bool:
+    """Whether `source` is an SDXL model, from its model_index.json (folder or cached hub model) or a single file's
+    keys; False when that cannot be told without loading it (the check after loading still applies)."""
+    from textinv.models.source import resolve_source
+
+    try:
+        kind, location = resolve_source(source)
+    except Exception:  # a bad source is reported, with its own message, when the model is loaded
+        return False
+    if kind == "single-file":
+        header = _safetensors_header(Path(location)) or {}
+        return any(k.startswith(_SDXL_SECOND_ENCODER) for k in header)
+    index = _cached(location, "model_index.json") if kind == "hub" else Path(location) / "model_index.json"
+    try:
+        data = json.loads(index.read_text()) if index is not None else {}
+    except (OSError, ValueError):
+        return False
+    return "text_encoder_2" in data or "XL" in str(data.get("_class_name", ""))
+
+
+def check_config(config_family: str | None, model_is_sdxl: bool, model_family: str, n_placeholders: int) -> None:
+    """Refuse a config written for the other side of the SD1.x/SD2.x - SDXL line, and several placeholders on SDXL.
+    (SD1.x and SD2.x configs stay interchangeable: they differ in values, not in what they train.)"""
+    if config_family == "SDXL" and not model_is_sdxl:
+        use = CONFIG_FOR.get(model_family, CONFIG_FOR["SD1.x"])
+        raise ConfigError(
+            f"the config is for SDXL but the model is {model_family} (one text encoder); use --config {use}"
+        )
+    if config_family in ("SD1.x", "SD2.x") and model_is_sdxl:
+        raise ConfigError(
+            f"the config is for {config_family} but the model is SDXL (two text encoders); use --config sdxl-finetune"
+        )
+    if model_is_sdxl and n_placeholders > 1:
+        raise ConfigError(
+            f"{n_placeholders} placeholders on SDXL: an SDXL embedding file ({{clip_l, clip_g}}) holds one; "
+            "train one placeholder per run"
+        )
+
+
+def text_encoder_dims(source: str | Path | None, model_config: str | Path | None = None) -> tuple[int, int | None] | None:
+    """(width, width of the second encoder or None) of the model `--model source` names; None when it cannot be
+    told without loading it."""
+    from textinv.models.source import resolve_source
+
+    kind, location = resolve_source(source)
+    if kind == "single-file":
+        if model_config is not None:
+            return _from_folder(Path(model_config))
+        return _from_safetensors_header(Path(location))
+    if kind == "hub":
+        return _from_hub_cache(location)
+    return _from_folder(Path(location))
+
+
+def check_fit(source, model_config, embeddings: list) -> None:
+    """ModelError when an embedding's width is not the model's, told from the model's files alone."""
+    from textinv.formats.embedding import family_for
+    from textinv.models.embeddings import _check_fits
+
+    dims = text_encoder_dims(source, model_config)
+    if dims is None:
+        return
+    dim, dim_2 = dims
+    for path, emb in embeddings:
+        for tok in emb.tokens:
+            _check_fits(path, emb, tok, dim, dim_2, family_for(dim, dim_2))
+
+
+def _cached(repo_id: str, filename: str) -> Path | None:
+    """A file of a hub model from the local Hugging Face cache, or None; never the network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from textinv.hub import cache_dir
+
+    found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir())
+    return Path(found) if isinstance(found, str) else None
+
+
+def _from_folder(folder: Path) -> tuple[int, int | None] | None:
+    dim = _hidden_size(folder / "text_encoder" / "config.json")
+    if dim is None:
+        return None
+    return dim, _hidden_size(folder / "text_encoder_2" / "config.json")
+
+
+def _from_hub_cache(repo_id: str) -> tuple[int, int | None] | None:
+    first = _cached(repo_id, "text_encoder/config.json")
+    if first is None or (dim := _hidden_size(first)) is None:
+        return None
+    second = _cached(repo_id, "text_encoder_2/config.json")
+    return dim, _hidden_size(second) if second is not None else None
+
+
+def _hidden_size(config: Path) -> int | None:
+    try:
+        value = json.loads(config.read_text()).get("hidden_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _safetensors_header(path: Path) -> dict | None:
+    """The JSON header of a .safetensors file (tensor name -> dtype, shape, offsets), or None for another file."""
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            if size > _MAX_HEADER:
+                return None
+            header = json.loads(f.read(size))
+    except (OSError, ValueError, struct.error):
+        return None  # not safetensors (a .ckpt) or damaged: the loader says what is wrong
+    return header if isinstance(header, dict) else None
+
+
+def _from_safetensors_header(path: Path) -> tuple[int, int | None] | None:
+    header = _safetensors_header(path)
+    if header is None:
+        return None
+
+    def width(key: str) -> int | None:
+        shape = header.get(key, {}).get("shape") if isinstance(header.get(key), dict) else None
+        return shape[1] if isinstance(shape, list) and len(shape) == 2 and isinstance(shape[1], int) else None
+
+    if (dim := width(_SD1) or width(_SD2)) is not None:
+        return dim, None
+    first, second = (width(k) for k in _SDXL)
+    return (first, second) if first and second else None
