@@ -14,10 +14,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from textinv.errors import EmbeddingFormatError, OutputExistsError, UnsafeFileError
-from textinv.formats.edit import describe_embedding, merge_embeddings
+from textinv.errors import (
+    EmbeddingFormatError,
+    ModelError,
+    OutputExistsError,
+    TextinvError,
+    UnsafeFileError,
+    UsageError,
+)
+from textinv.formats.edit import describe_embedding, describe_files, merge_embeddings, rename_or_pick
 from textinv.formats.embedding import Embedding, Token
-from textinv.formats.files import WRITE_FORMATS, load_embedding, save_embedding
+from textinv.formats.files import WRITE_FORMATS, load_embedding, save_embedding, write_files
 
 # file -> (format, family, [(vectors, dim, dim_2 or None)]), as PROVENANCE.md gives them
 REAL = {
@@ -366,6 +373,49 @@ def test_describe_reports_shapes_and_norms(tmp_path):
     assert desc["tokens"] == [{"name": "<a>", "vectors": 2, "dim": 4, "dtype": "float32", "norm": 1.0}]
     assert desc["family"] == "unknown (dim 4)"
     assert json.loads(json.dumps(desc)) == desc
+
+
+def _two_tokens() -> Embedding:
+    return Embedding([Token("<a>", torch.ones(1, 4)), Token("<b>", torch.zeros(1, 4))], init_words={"<a>": "cat"})
+
+
+def test_convert_token_renames_old_new_picks_one_of_several_or_renames_the_only_one():
+    renamed = rename_or_pick(_two_tokens(), "<a>=<c>")
+    assert [t.name for t in renamed.tokens] == ["<c>", "<b>"] and renamed.init_words == {"<c>": "cat"}
+    picked = rename_or_pick(_two_tokens(), "<b>")
+    assert [t.name for t in picked.tokens] == ["<b>"] and torch.equal(picked.tokens[0].vectors, torch.zeros(1, 4))
+    only = rename_or_pick(Embedding([Token("<a>", torch.ones(1, 4))], init_words={"<a>": "cat"}), "<z>")
+    assert [t.name for t in only.tokens] == ["<z>"] and only.init_words == {"<z>": "cat"}
+    assert rename_or_pick(_two_tokens(), "<a>=x=y").tokens[0].name == "x=y"  # split at the first =
+    with pytest.raises(TextinvError, match=r"^the embedding has 2 tokens \(<a>, <b>\); say which to rename$"):
+        rename_or_pick(_two_tokens(), "<z>")
+    with pytest.raises(TextinvError, match=r"^no token '<q>' in the embedding$"):
+        rename_or_pick(_two_tokens(), "<q>=<z>")
+
+
+def test_describe_files_adds_the_model_check_and_goes_on_after_a_bad_file(tmp_path):
+    good = save_embedding(Embedding([Token("<a>", torch.full((2, 4), 0.5))]), tmp_path / "a.pt")
+    misfit = save_embedding(Embedding([Token("<m>", torch.ones(1, 4))]), tmp_path / "m.pt")
+    (tmp_path / "junk.pt").write_bytes(b"nope")
+
+    def check(emb: Embedding) -> dict:
+        if emb.tokens[0].name == "<m>":
+            raise ModelError("<m> does not fit")
+        return {"checked": [t.name for t in emb.tokens]}
+
+    got = list(describe_files([good, tmp_path / "junk.pt", misfit, tmp_path / "gone.pt"], check=check))
+    assert [d["path"] for d in got] == [str(p) for p in (good, tmp_path / "junk.pt", misfit, tmp_path / "gone.pt")]
+    assert got[0]["model_check"] == {"checked": ["<a>"]} and got[0]["tokens"][0]["norm"] == 1.0
+    assert "not an embedding file" in got[1]["error"] and set(got[1]) == {"path", "error"}
+    assert got[2] == {"path": str(misfit), "error": "<m> does not fit"}
+    assert got[3]["error"].endswith("no such file")
+    assert "model_check" not in next(describe_files([good]))
+
+
+def test_write_files_takes_a_layout_or_a_tool_not_both(tmp_path):
+    with pytest.raises(UsageError, match=r"^--to and --for both choose the layout; give one$"):
+        write_files(_two_tokens(), tmp_path / "x.pt", format="pt", for_tool="a1111")
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- interoperability with diffusers -------------------------------------------------------------------------

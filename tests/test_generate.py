@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import typer
 from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
 
 from tests.ldm_checkpoint import config_only_copy, ldm_state_dict
 from textinv.cli import app
+from textinv.errors import UsageError
 from textinv.formats.embedding import Embedding, Token
 from textinv.formats.files import save_embedding
 from textinv.generation import dream
@@ -286,6 +288,49 @@ def test_dream_line_spellings():
     with pytest.raises(ValueError):
         dream.split_line('"a photo')
     assert dream.run(lambda args: None, read=lambda prompt: (_ for _ in ()).throw(EOFError)) == 0
+
+
+def _generate_command():
+    return typer.main.get_command(app).commands["generate"]
+
+
+def _start_options(*args: str) -> dict:
+    """The options `textinv generate ARGS` hands to its helper: its parser's, by parameter name."""
+    return _generate_command().make_context("generate", list(args)).params
+
+
+def test_a_dream_line_wins_over_the_start_up_flags_and_keeps_the_rest():
+    start = _start_options("-m", "toy", "-s", "10", "-n", "3", "-S", "5", "-e", "a.pt", "--token", "<a>", "--json",
+                           "-o", "pics")
+    line = dream.line_options(_generate_command(), dream.split_line('"a photo of *" -s 2 --init_img=x.png -C 3'), start)
+    assert (line["prompt"], line["steps"], line["init_img"], line["cfg"]) == ("a photo of *", 2, Path("x.png"), 3.0)
+    assert (line["n"], line["seed"], line["as_json"], line["out_dir"], line["model"]) == (3, 5, True, Path("pics"), "toy")
+    assert (line["embedding"], line["token"]) == (None, None)  # the start-up embeddings are loaded already
+    request = dream.request_of(line)
+    assert (request.prompt, request.steps, request.n, request.seed, request.cfg) == ("a photo of *", 2, 3, 5, 3.0)
+    assert request.init_image == Path("x.png")
+    more = dream.line_options(_generate_command(), ["a cat", "-e", "b.pt", "--token", "<b>", "--model", "toy"], start)
+    assert (more["embedding"], more["token"], more["steps"]) == (["b.pt"], ["<b>"], 10)  # the same --model is fine
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["a cat", "--model", "other"], "--model cannot change inside dream>; quit (q) and restart"),
+    (["a cat", "--model-config", "cfg"], "--model-config cannot change inside dream>; quit (q) and restart"),
+    (["a cat", "--device", "cpu"], "--device cannot change inside dream>; quit (q) and restart"),
+    (["a cat", "--dtype=fp32"], "--dtype cannot change inside dream>; quit (q) and restart"),
+    (["-s", "2"], 'give a prompt first, e.g. "a photo of *" -s 50 -n 4'),
+    (["a cat", "--bogus"], "No such option: --bogus"),
+    (["a cat", "-s", "many"], "Invalid value for '--steps' / '-s'"),
+])  # fmt: skip
+def test_a_dream_line_is_refused_with_one_line(args, message):
+    with pytest.raises(UsageError) as refused:
+        dream.line_options(_generate_command(), args, _start_options("-m", "toy"))
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_dream_help_prints_the_flags_and_asks_for_nothing(capsys):
+    assert dream.line_options(_generate_command(), ["--help"], _start_options()) is None
+    assert "--steps" in capsys.readouterr().out
 
 
 # --- pieces --------------------------------------------------------------------------------------------------

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import warnings
 from collections.abc import Iterator
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from textinv import __version__
-from textinv.errors import MetadataWarning, TextinvError, UsageError
+from textinv.cli_output import err, info, out, print_error, print_json, show_warning, user_errors
+from textinv.cli_output import print_eval as _print_eval  # the name `eval_` calls
+from textinv.cli_output import state as _state  # the name `train` and `eval_` read
+from textinv.errors import TextinvError, UsageError
 from textinv.formats import SHORTHANDS, TOOLS, WRITE_NAMES
 
 app = typer.Typer(
@@ -28,11 +30,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-# Results (and --json) go to stdout; status, warnings and errors to stderr.
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-_state = {"debug": bool(os.environ.get("TEXTINV_DEBUG")), "quiet": False}
 
 
 def _version(value: bool) -> None:
@@ -52,41 +49,7 @@ def _main(
     """Textual inversion for Stable Diffusion: teach a model a new word from a few pictures."""
     _state["debug"] = debug or bool(os.environ.get("TEXTINV_DEBUG"))
     _state["quiet"] = quiet
-    warnings.showwarning = _show_warning
-
-
-_python_showwarning = warnings.showwarning
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """A file's malformed-but-ignored field is one `warning:` line; other warnings print as Python prints them."""
-    if issubclass(category, MetadataWarning):
-        err.print(f"[yellow]warning:[/yellow] {escape(str(message))}")
-    else:
-        _python_showwarning(message, category, filename, lineno, file, line)
-
-
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn a library error into one red line on stderr and an exit code; --debug re-raises."""
-    try:
-        yield
-    except TextinvError as e:
-        if _state["debug"]:
-            raise
-        err.print(f"[red]error:[/red] {escape(str(e))}")
-        raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt:
-        if _state["debug"]:
-            raise
-        err.print("[red]interrupted[/red]")
-        raise typer.Exit(130) from None
-    except OSError as e:  # one the library did not expect: still one line, naming the file
-        if _state["debug"]:
-            raise
-        where = f"{e.filename}: " if e.filename else ""
-        err.print(f"[red]error:[/red] {escape(where + (e.strerror or str(e)))}")
-        raise typer.Exit(1) from None
+    warnings.showwarning = show_warning
 
 
 @contextlib.contextmanager
@@ -108,17 +71,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def info(message: str) -> None:
-    """A status line on stderr, silenced by --quiet."""
-    if not _state["quiet"]:
-        err.print(message)
-
-
 def _quiet_libraries() -> None:
     """diffusers and transformers print loading bars and notices; the CLI reports progress itself. Set here, in
     the commands that load a model, so that the library never changes another library's global logging."""
-    import warnings
-
     import diffusers
     import transformers
 
@@ -128,10 +83,6 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     # diffusers 0.42 renamed torch_dtype to dtype; torch_dtype works in every version we support (>= 0.30)
     warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
-
-
-def print_json(obj: object) -> None:
-    out.print(json.dumps(obj), markup=False, highlight=False, soft_wrap=True)
 
 
 # --- embeddings: inspect, convert, merge -------------------------------------------------------------------
@@ -149,70 +100,27 @@ def inspect(
 
     Example: textinv inspect my_cat.pt learned_embeds.bin (--model M adds checks against the model's vocabulary)
     """
-    from textinv.formats.edit import describe_embedding
-    from textinv.formats.files import load_embedding
+    from textinv.cli_output import print_inspected
+    from textinv.formats.edit import describe_files
 
-    pipe = None
+    check = None
     if model is not None:
         from textinv.models.loading import load_pipeline
+        from textinv.models.vocabulary import diagnose
 
         with user_errors():
-            pipe = load_pipeline(model)
+            check = partial(diagnose, pipe=load_pipeline(model))
     failed = 0
-    for path in files:
-        try:
-            emb = load_embedding(path)
-            desc = describe_embedding(emb)
-            if pipe is not None:
-                from textinv.models.vocabulary import diagnose
-
-                desc["model_check"] = diagnose(emb, pipe)
-        except TextinvError as e:
+    for desc in describe_files(files, check=check):
+        if "error" in desc:
             failed += 1
             if as_json:
-                print_json({"path": str(path), "error": str(e)})
-            err.print(f"[red]error:[/red] {escape(str(e))}")
-            continue
-        for warning in desc.get("model_check", {}).get("warnings", []):
-            err.print(f"[yellow]warning:[/yellow] {escape(warning)}")
-        if as_json:
-            print_json(desc)
+                print_json(desc)
+            print_error(desc["error"])
         else:
-            _print_description(desc)
-            if "model_check" in desc:
-                _print_model_check(desc["model_check"])
+            print_inspected(desc, as_json)
     if failed:
         raise typer.Exit(1)
-
-
-def _print_description(desc: dict) -> None:
-    from rich.table import Table
-
-    facts = [f"[bold]{desc['path']}[/bold]", f"format {desc['format']}", f"family {desc['family']}"]
-    facts += [f"{k} {desc[k]}" for k in ("name", "step", "base_model", "base_model_hash") if k in desc]
-    out.print(" · ".join(facts))
-    table = Table("token", "vectors", "dim", "dtype", "mean norm", box=None, pad_edge=False)
-    for t in desc["tokens"]:
-        dim = f"{t['dim']}+{t['dim_2']}" if "dim_2" in t else str(t["dim"])
-        norm = f"{t['norm']}" + (f" / {t['norm_2']}" if "norm_2" in t else "")
-        table.add_row(t["name"], str(t["vectors"]), dim, t["dtype"], norm)
-    out.print(table)
-
-
-def _print_model_check(check: dict) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
-    for t in check["tokens"]:
-        out.print(f"{t['name']} against {check['model']} ({t['encoder']}): vocabulary median norm "
-                  f"{t['vocab_median_norm']}" + (f", init word {t['init_word']}" if t["init_word"] else ""),
-                  markup=False)
-        table = Table("vector", "norm", "percentile", "cos to init", "nearest tokens", box=None, pad_edge=False)
-        for v in t["vectors"]:
-            near = ", ".join(f"{n['token']} {n['cosine']:.2f}" for n in v["nearest"])
-            init = f"{v['init_word_cosine']:.3f}" if "init_word_cosine" in v else ""
-            table.add_row(str(v["index"]), f"{v['norm']:.4g}", f"{v['norm_percentile']:.1f}%", init, Text(near))
-        out.print(table)
 
 
 WriteFormat = Enum("WriteFormat", {n: n for n in (*WRITE_NAMES, *SHORTHANDS)}, type=str)
@@ -230,19 +138,12 @@ ForOpt = Annotated[
 SplitOpt = Annotated[bool, typer.Option("--split", help="Write one file per token: OUT-<token>.ext.")]
 
 
-def _write(emb, dst: Path, to, for_tool, force: bool, split: bool) -> None:
-    """Write `emb` (each of its tokens with --split) and say which word triggers each file in which tool."""
+def _write(emb, dst: Path, to, for_tool, force: bool, split: bool) -> list:
+    """Write `emb` (each of its tokens with --split): the `formats.files.Written` files."""
     from textinv.formats.files import write_files
 
-    if to is not None and for_tool is not None:
-        raise UsageError("--to and --for both choose the layout; give one")
-    tool = for_tool.value if for_tool else None
-    for w in write_files(emb, dst, format=to.value if to else None, for_tool=tool, split=split, force=force):
-        info(f"wrote {w.path} ({w.format}: {', '.join(t.name for t in w.embedding.tokens)}; {w.embedding.family})")
-        if tool is not None:
-            out.print(f"{TOOLS[tool]}: use [bold]{escape(w.triggers.get(tool, '?'))}[/bold] in the prompt")
-        elif w.triggers:
-            info("  loads in " + "; ".join(f"{TOOLS[t]} as {escape(word)}" for t, word in w.triggers.items()))
+    return write_files(emb, dst, format=to.value if to else None, for_tool=for_tool.value if for_tool else None,
+                       split=split, force=force)
 
 
 @app.command(rich_help_panel="Embeddings")
@@ -263,19 +164,16 @@ def convert(
 
     Example: textinv convert learned_embeds.bin my_cat.pt --for a1111
     """
-    from textinv.formats.edit import rename_token, select_tokens
+    from textinv.cli_output import print_written
+    from textinv.formats.edit import rename_or_pick
     from textinv.formats.files import load_embedding
 
     with user_errors():
         emb = load_embedding(src)
-        if token and "=" in token:
-            old, new = token.split("=", 1)
-            rename_token(emb, new, old)
-        elif token and len(emb.tokens) > 1 and token in [t.name for t in emb.tokens]:
-            select_tokens(emb, [token])
-        elif token:
-            rename_token(emb, token)
-        _write(emb, dst, to, for_tool, force, split)
+        if token:
+            rename_or_pick(emb, token)
+        written = _write(emb, dst, to, for_tool, force, split)
+    print_written(written, for_tool.value if for_tool else None)
 
 
 class Conflict(str, Enum):
@@ -304,6 +202,7 @@ def merge(
     Several tokens in one file load only in the paper layout (.pt); for other tools pass --split.
     Example: textinv merge cat.pt dog.bin -o pets.pt --on-conflict rename
     """
+    from textinv.cli_output import print_written
     from textinv.formats.edit import merge_embeddings
     from textinv.formats.files import load_embedding
 
@@ -312,7 +211,8 @@ def merge(
             raise TextinvError("--on-conflict ask needs a terminal; use error, rename or skip in scripts")
         loaded = [load_embedding(f) for f in files]
         merged = merge_embeddings(loaded, on_conflict=on_conflict.value, ask=_ask_placeholder)
-        _write(merged, output, to, for_tool, force, split)
+        written = _write(merged, output, to, for_tool, force, split)
+    print_written(written, for_tool.value if for_tool else None)
 
 
 def _ask_placeholder(placeholder: str, source: str) -> str:
@@ -347,6 +247,7 @@ def fetch(
 
     Example: textinv fetch cat-toy
     """
+    from textinv.cli_output import print_concepts, print_fetched
     from textinv.concepts.fetch import fetch_concept
 
     if (concept is None) == (search is None):
@@ -363,38 +264,9 @@ def fetch(
             fmt = to.value if to else None
             res = fetch_concept(concept, out_dir=out_dir, to=fmt, force=force, reporter=reporter)
     if search is not None:
-        _print_concepts(found, as_json)
-        return
-    rev = (res.revision or "?")[:7]
-    if res.from_cache:
-        info(f"HF_HUB_OFFLINE is set: used the cached copy of {res.repo_id} (revision {rev}); the hub was not asked")
-    elif res.skipped:
-        info(f"{res.repo_id} is unchanged on the hub since it was fetched; --force fetches it again")
-    if as_json:
-        print_json(res.to_json())
-        return
-    verb = "already in" if res.skipped else "fetched into"
-    out.print(f"{res.repo_id} {verb} {res.path}", markup=False)
-    out.print(f"token: {res.token}   type: {res.concept_type or 'unknown'}   {res.family}", markup=False)
-    out.print(f'example: textinv generate "{res.example_prompt}" --embedding {res.name}', markup=False)
-
-
-def _print_concepts(found: list, as_json: bool) -> None:
-    if as_json:
-        print_json([vars(c) for c in found])
-        return
-    if not found:
-        info("no concepts match")
-        return
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table("name", "token", "type", "likes", "downloads", box=None, pad_edge=False)
-    for c in found:
-        cells = [c.name, c.token or "(file key)", c.concept_type or ""]
-        cells += [str(v) if v is not None else "" for v in (c.likes, c.downloads)]
-        table.add_row(*(Text(cell) for cell in cells))  # Text: a token like [x] is not rich markup
-    out.print(table)
+        print_concepts(found, as_json)
+    else:
+        print_fetched(res, as_json)
 
 
 # --- images: generate, img2img ------------------------------------------------------------------------------
@@ -460,8 +332,6 @@ _ImgBatch = Annotated[
                              "4 on a GPU]; lower it if memory runs out.", rich_help_panel="Sampling",
                              show_default=False),
 ]
-# the options of `generate` that make up a `textinv.generation.sampling.Request`
-_REQUEST_OPTIONS = ("negative", "n", "steps", "cfg", "seed", "width", "height", "scheduler", "strength", "batch_size")
 _ImgNoGrid = Annotated[bool, typer.Option("--no-grid", help="No contact sheet when -n > 1.",
                                           rich_help_panel="Output")]
 _ImgJson = Annotated[bool, typer.Option("--json", help="Print one JSON object per image (path, seed, prompt).",
@@ -470,6 +340,7 @@ _ImgJson = Annotated[bool, typer.Option("--json", help="Print one JSON object pe
 
 @app.command(rich_help_panel="Images")
 def generate(
+    ctx: typer.Context,
     prompt: Annotated[str | None, typer.Argument(help="The prompt, e.g. 'a photo of *'. Leave it out on a "
                                                  "terminal for the dream> prompt.", show_default=False)] = None,
     *,
@@ -499,75 +370,12 @@ def generate(
 
     With no PROMPT on a terminal it opens a dream> prompt that keeps the model loaded: type a quoted prompt and the same flags ("a photo of *" -s100 -n4 --init_img=x.png --strength=0.5); q or Ctrl-D quits.
     """
-    from textinv.errors import UsageError
-    from textinv.generation import dream
-    from textinv.generation.sampling import Request
-    from textinv.generation.session import Session, check_out_dir
-    from textinv.progress import ImageProgress
-
-    reporter = ImageProgress(err, enabled=not _state["quiet"])
-
-    def make(session: Session, request: Request, o: dict) -> None:  # one prompt: make, save and print its images
-        made = session.make(request, o["out_dir"], grid=False if o["no_grid"] else None, reporter=reporter)
-        for image, path in zip(made.images, made.paths, strict=True):
-            if o["as_json"]:
-                print_json({"path": str(path), "seed": image.seed, "prompt": request.prompt})
-            else:
-                out.print(str(path), markup=False)
-        if made.grid is not None:
-            info(f"grid: {made.grid}")
-
-    def request_of(text: str, o: dict) -> Request:
-        return Request(text, init_image=o["init_img"], **{k: o[k] for k in _REQUEST_OPTIONS})
-
-    opts = dict(negative=negative, n=n, steps=steps, cfg=cfg, seed=seed, width=width, height=height,
-                scheduler=scheduler, batch_size=batch_size, init_img=init_img, strength=strength, out_dir=out_dir,
-                no_grid=no_grid, as_json=as_json)
-    with user_errors(), sigterm_as_interrupt():
-        request_of(prompt or "", opts).check()
-        check_out_dir(out_dir)
-        if prompt is None and not dream.stdin_is_terminal():
-            raise UsageError('no PROMPT given and stdin is not a terminal; pass one: textinv generate "a photo of *"')
-        _quiet_libraries()
-        session = Session.open(model, model_config=model_config, device=device, dtype=dtype,
-                               embeddings=embedding or [], tokens=token, reporter=reporter)
-        if prompt is not None:
-            make(session, request_of(prompt, opts), opts)
-            return
-
-    command = typer.main.get_command(app).commands["generate"]  # each dream> line takes this command's flags
-
-    def dream_line(args: list[str]) -> None:
-        try:
-            ctx = command.make_context("dream>", list(args))
-        except typer.Exit:
-            return  # --help
-        except Exception as e:  # the command parser's own usage errors
-            message = e.format_message() if hasattr(e, "format_message") else str(e)
-            err.print(f"[red]error:[/red] {escape(message)}")
-            return
-        # flags typed on the line win; the rest keep what `textinv generate ...` was started with
-        line = {k: v for k, v in ctx.params.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
-        with contextlib.suppress(typer.Exit), user_errors():
-            if not line.get("prompt"):
-                raise UsageError('give a prompt first, e.g. "a photo of *" -s 50 -n 4')
-            changed = [f for f, v in loaded_with.items() if f in line and line[f] != v]
-            if changed:
-                raise UsageError(f"--{changed[0].replace('_', '-')} cannot change inside dream>; quit (q) and restart")
-            if line.get("embedding"):
-                session.add_embeddings(line["embedding"], tokens=line.get("token"))
-            o = {**opts, **{k: v for k, v in line.items() if k in opts}}
-            make(session, request_of(line["prompt"], o), o)
-
-    loaded_with = {"model": model, "model_config": model_config, "device": device, "dtype": dtype}
-    info('dream> takes a prompt and flags, e.g. "a photo of *" -s 50 -n 4; q quits')
-    with sigterm_as_interrupt():
-        dream.run(dream_line, on_error=lambda m: err.print(f"[red]error:[/red] {escape(m)}"),
-                  history=dream.history_file())
+    _images(ctx.params)  # the options above, by name
 
 
 @app.command(rich_help_panel="Images")
 def img2img(
+    ctx: typer.Context,
     prompt: Annotated[str, typer.Argument(help="The prompt, e.g. 'waterfall and rainbow in the style of *'.")],
     *,
     init_img: Annotated[Path, typer.Option("--init-img", "--init_img", "-I", help="The starting image.",
@@ -596,10 +404,55 @@ def img2img(
 
     Runs int(steps x strength) denoising steps from the init image, resized to --width/--height if given.
     """
-    generate(prompt, embedding=embedding, token=token, model=model, model_config=model_config, device=device,
-             dtype=dtype, n=n, steps=steps, cfg=cfg, seed=seed, width=width, height=height, negative=negative,
-             scheduler=scheduler, init_img=init_img, strength=strength, batch_size=batch_size, out_dir=out_dir,
-             no_grid=no_grid, as_json=as_json)
+    _images(ctx.params)  # the options above, by name: generate's, with --init-img required
+
+
+def _images(o: dict) -> None:
+    """`generate` and `img2img`, from their options by name: check what the options show before the model loads,
+    load it once, then make the prompt's images, or one prompt's per dream> line when there is none."""
+    from textinv.generation import dream
+    from textinv.generation.session import Session, check_out_dir
+    from textinv.progress import ImageProgress
+
+    reporter = ImageProgress(err, enabled=not _state["quiet"])
+    with user_errors(), sigterm_as_interrupt():
+        dream.request_of(o).check()
+        check_out_dir(o["out_dir"])
+        if o["prompt"] is None and not dream.stdin_is_terminal():
+            raise UsageError('no PROMPT given and stdin is not a terminal; pass one: textinv generate "a photo of *"')
+        _quiet_libraries()
+        session = Session.open(o["model"], model_config=o["model_config"], device=o["device"], dtype=o["dtype"],
+                               embeddings=o["embedding"] or [], tokens=o["token"], reporter=reporter)
+        if o["prompt"] is not None:
+            return _make(session, o, reporter)
+    command = typer.main.get_command(app).commands["generate"]  # each dream> line takes this command's flags
+
+    def line(args: list[str]) -> None:
+        with contextlib.suppress(typer.Exit), user_errors():
+            options = dream.line_options(command, args, start=o)
+            if options is None:  # --help
+                return
+            if options["embedding"]:
+                session.add_embeddings(options["embedding"], tokens=options["token"])
+            _make(session, options, reporter)
+
+    info('dream> takes a prompt and flags, e.g. "a photo of *" -s 50 -n 4; q quits')
+    with sigterm_as_interrupt():
+        dream.run(line, on_error=print_error, history=dream.history_file())
+
+
+def _make(session, o: dict, reporter) -> None:
+    """One prompt's images: make and save them, then print their paths (or JSON lines) and the contact sheet's."""
+    from textinv.generation.dream import request_of
+
+    made = session.make(request_of(o), o["out_dir"], grid=False if o["no_grid"] else None, reporter=reporter)
+    for image, path in zip(made.images, made.paths, strict=True):
+        if o["as_json"]:
+            print_json({"path": str(path), "seed": image.seed, "prompt": o["prompt"]})
+        else:
+            out.print(str(path), markup=False)
+    if made.grid is not None:
+        info(f"grid: {made.grid}")
 
 
 # --- training: train, demo ------------------------------------------------------------------------------------
@@ -805,26 +658,6 @@ def eval_(
         _print_eval(result)
     if written:
         info(f"wrote {written} ({result.best.label})")
-
-
-def _print_eval(result) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
-    from textinv.evaluation.evaluate import best_rule_text
-
-    def fmt(x: float | None) -> str:
-        return "" if x is None else f"{x:.3f}"
-
-    table = Table("checkpoint", "identity", "clip", "dino", "editability", "", box=None, pad_edge=False)
-    for r in result.rows:
-        mark = "best" if result.best is not None and r.label == result.best.label else ""
-        table.add_row(Text(r.label), fmt(r.identity), fmt(r.identity_clip), fmt(r.identity_dino),
-                      fmt(r.editability), mark)
-    out.print(table)
-    if result.best is not None:
-        out.print(f"best: {result.best.label}" + (f" ({result.best.file})" if result.best.file else ""), markup=False)
-        info(f"rule: {best_rule_text(result.settings.margin, result.rows)}")
 
 
 @app.command(rich_help_panel="Evaluation")

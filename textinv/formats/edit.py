@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 from textinv.errors import EmbeddingFormatError, TextinvError
 from textinv.formats.embedding import Embedding, Token
+from textinv.formats.files import load_embedding
 
 
 def merge_embeddings(
@@ -87,6 +89,17 @@ def rename_token(emb: Embedding, new_name: str, old_name: str | None = None) -> 
     return emb
 
 
+def rename_or_pick(emb: Embedding, token: str) -> Embedding:
+    """`convert --token`: OLD=NEW renames token OLD; the name of one of several tokens keeps only that one; any
+    other word renames the only token (an embedding of several tokens asks which)."""
+    if "=" in token:
+        old, new = token.split("=", 1)
+        return rename_token(emb, new, old)
+    if len(emb.tokens) > 1 and token in [t.name for t in emb.tokens]:
+        return select_tokens(emb, [token])
+    return rename_token(emb, token)
+
+
 def select_tokens(emb: Embedding, names: list[str]) -> Embedding:
     """Keep only the named tokens."""
     known = [t.name for t in emb.tokens]
@@ -126,3 +139,21 @@ def describe_embedding(emb: Embedding) -> dict:
         "extra": emb.extra or None,
     }
     return {k: v for k, v in desc.items() if v is not None}
+
+
+def describe_files(
+    paths: Iterable[str | Path], *, check: Callable[[Embedding], dict] | None = None
+) -> Iterator[dict]:
+    """`textinv inspect`, one file at a time: `describe_embedding`, with `check(emb)` (the model check, e.g.
+    `models.vocabulary.diagnose` against a loaded model) under "model_check"; a file that cannot be read or
+    checked gives {"path", "error"} instead, and the files after it are still described."""
+    for path in paths:
+        try:
+            emb = load_embedding(path)
+            desc = describe_embedding(emb)
+            if check is not None:
+                desc["model_check"] = check(emb)
+        except TextinvError as e:
+            yield {"path": str(path), "error": str(e)}
+            continue
+        yield desc

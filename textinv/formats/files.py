@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from textinv.errors import EmbeddingFormatError, OutputExistsError
+from textinv.errors import EmbeddingFormatError, OutputExistsError, UsageError
 from textinv.formats import WRITE_NAMES
 from textinv.formats.embedding import Embedding
 
@@ -94,6 +94,8 @@ def write_files(
 ) -> list[Written]:
     """What `convert` and `merge` write: `emb` to `path` (the extension added if it has none), or with `split` one
     file per token; each with the words that trigger it in the tools that load it."""
+    if format is not None and for_tool is not None:
+        raise UsageError("--to and --for both choose the layout; give one")
     choice = {"format": format, "for_tool": for_tool}
     written = []
     for part, dst in split_outputs(emb, path) if split else [(emb, Path(path))]:
