@@ -128,8 +128,7 @@ def best_row(rows: list[Row], margin: float = DEFAULT_MARGIN) -> Row | None:
 @dataclass
 class Targets:
     candidates: list[Candidate]
-    run: Run | None = None  # set when a run folder was given: results and grids (one contact sheet per candidate,
-    # rows: prompts, columns: seeds) are written into it
+    run: Run | None = None  # set when a run folder was given: eval.json and the grids are written into it
     model: str | None = None
     data: str | None = None
     init_word: str | None = None

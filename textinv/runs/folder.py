@@ -65,10 +65,11 @@ class Run:
                 path.mkdir(parents=True, exist_ok=False)
             except FileExistsError:
                 continue
-            for sub in ("embeddings", "images", states.FOLDER):
-                (path / sub).mkdir()
+            run = cls(path, name=name)
+            for sub in (run.embeddings, run.images, path / states.FOLDER):
+                sub.mkdir()
             write_text(path / CONFIG_FILE, (f"# {comment}\n" if comment else "") + dump_config(cfg))
-            return cls(path, name=name)
+            return run
         raise ConfigError(f"cannot create a run folder under {root}")
 
     @classmethod
