@@ -9,6 +9,7 @@ import yaml
 
 from textinv import config as c
 from textinv.errors import ConfigError
+from textinv.runs import Run
 
 
 def test_v1_finetune_is_the_defaults_and_lists_every_key():
@@ -123,7 +124,7 @@ def test_pt_is_always_written_and_the_config_round_trips(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(c.dump_config(cfg))
     assert c.to_dict(c.load_config(path)) == c.to_dict(cfg)
-    resumed = c.config_for_resume(tmp_path, max_steps=7)
+    resumed = Run.open(tmp_path).config(max_steps=7)
     assert resumed.train.max_steps == 7 and resumed.data.paths == ["a", "b"]
 
 
@@ -238,4 +239,4 @@ def test_build_config_stores_absolute_paths(tmp_path, monkeypatch):
 def test_resume_says_when_the_image_folder_moved(tmp_path):
     cfg = c.build_config(None, None, **{"data.paths": [str(tmp_path / "gone")]})
     with pytest.raises(ConfigError, match=r"gone does not exist; was it moved\? Put it back, or edit data.paths"):
-        c.check_run_folders(cfg, tmp_path)
+        Run(tmp_path).check_image_folders(cfg)

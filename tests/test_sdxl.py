@@ -28,6 +28,7 @@ from textinv.models.conditioning import SDXLConditioning, conditioning_for, is_s
 from textinv.models.embeddings import add_embeddings, file_hash
 from textinv.models.loading import load_pipeline
 from textinv.training import loop as trainmod
+from textinv.training import setup
 
 runner = CliRunner()
 FAST = ["--set", "data.resolution=32", "--set", "optim.gradient_accumulation_steps=1", "--set", "log.sample_steps=2",
@@ -107,7 +108,8 @@ def test_the_file_loads_back_into_both_encoders_exactly(sdxl_run, tiny_sdxl_dir)
 
 def test_the_gradient_reaches_both_encoders_new_rows_and_nothing_else(tiny_sdxl_dir):
     cfg = build_config("sdxl-finetune", ["data.resolution=32", f"model.source={tiny_sdxl_dir}"])
-    pipe = trainmod.load_frozen(cfg, torch.device("cpu"))
+    pipe = setup.load_frozen(cfg.model, cfg.data.resolution, cfg.train.gradient_checkpointing,
+                             torch.device("cpu"))
     cond = conditioning_for(pipe, 32)
     assert isinstance(cond, SDXLConditioning) and cond.widths == [32, 64]
     first = len(pipe.tokenizer)
@@ -138,7 +140,7 @@ def test_every_other_weight_is_bit_exact_after_training(tiny_sdxl_dir, tmp_path,
     pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_dir)
     parts = ("text_encoder", "text_encoder_2", "unet", "vae")
     before = {f"{n}.{k}": v.clone() for n in parts for k, v in getattr(pipe, n).state_dict().items()}
-    monkeypatch.setattr(trainmod, "load_pipeline", lambda *args, **kwargs: pipe)
+    monkeypatch.setattr(setup, "load_pipeline", lambda *args, **kwargs: pipe)
     cfg = build_config(None, ["data.resolution=32", "optim.gradient_accumulation_steps=1", "log.image_every=0",
                               "optim.learning_rate=0.05"], **{
         "data.paths": [str(make_images(tmp_path / "imgs"))], "model.source": str(tiny_sdxl_dir),

@@ -5,6 +5,7 @@ imported, so the rules hold for code paths the other tests never run."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,80 @@ def test_the_structure_checker_sees_an_upward_import_and_a_circle(tmp_path, monk
     monkeypatch.setitem(MODULES, "textinv.errors", low)
     assert _imports("textinv.errors", low) == {"textinv.training.loop"}
     assert floor_of("textinv.errors") < floor_of("textinv.training.loop")
+
+
+# --- the run folder has one owner, and the loop reads in one sitting (issue 20) -----------------------------------
+
+TRAIN_MAX_LINES = 80
+# The run folder's file names, each spelled in one module only (textinv.runs): the literal, a path ending in it,
+# or, for the patterns, an f-string that writes the name or a regex that parses it.
+SHARED_NAMES = {  # name -> (the module that owns it, does a string spell it?)
+    "config.yaml": ("textinv.runs.folder", lambda s: s == "config.yaml" or s.endswith("/config.yaml")),
+    "loss.csv": ("textinv.runs.folder", lambda s: s == "loss.csv" or s.endswith("/loss.csv")),
+    "validation.csv": ("textinv.runs.folder", lambda s: s == "validation.csv" or s.endswith("/validation.csv")),
+    "eval.json": ("textinv.runs.folder", lambda s: s == "eval.json" or s.endswith("/eval.json")),
+    "state.json": ("textinv.runs.states", lambda s: s == "state.json" or s.endswith("/state.json")),
+    "checkpoint <name>-<step>.pt": ("textinv.runs.folder", lambda s: s == "{}-{}.pt" or s.endswith("/{}-{}.pt")
+                                    or re.search(r"\(\?P<name>.*\)-\(\?P<step>", s) is not None),
+    "image log <key>_gs-<step>.png": ("textinv.runs.folder", lambda s: "_gs-" in s),
+}
+
+
+def _strings(tree: ast.AST) -> list[str]:
+    """Every string a module spells outside its docstrings: constants as they are, f-strings as templates with `{}`
+    for each replacement field."""
+    docstrings, in_templates, out = set(), set(), []
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body:
+            first = body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+        if isinstance(node, ast.JoinedStr):
+            out.append("".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values))
+            in_templates |= {id(v) for v in node.values}
+    out += [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and id(node) not in docstrings | in_templates]
+    return out
+
+
+def modules_spelling(spells) -> list[str]:
+    """The modules with a string (docstrings aside) that `spells` recognises."""
+    return sorted(name for name, path in MODULES.items()
+                  if any(spells(s) for s in _strings(ast.parse(path.read_text()))))
+
+
+def function_lines(path: Path, name: str) -> int:
+    (node,) = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef) and n.name == name]
+    return node.end_lineno - node.lineno + 1
+
+
+def test_the_training_loop_fits_on_a_screen():
+    lines = function_lines(MODULES["textinv.training.loop"], "train")
+    assert lines <= TRAIN_MAX_LINES, f"train() has {lines} lines (at most {TRAIN_MAX_LINES})"
+
+
+@pytest.mark.parametrize("shared", sorted(SHARED_NAMES))
+def test_each_run_file_name_is_spelled_in_one_module(shared):
+    owner, spells = SHARED_NAMES[shared]
+    assert modules_spelling(spells) == [owner]
+
+
+def test_the_structure_checker_sees_a_second_spelling_and_a_long_loop(tmp_path, monkeypatch):
+    """The name and length checks themselves: a made-up module that spells the names again (docstrings aside)
+    and whose train() is one line too long."""
+    other = tmp_path / "other.py"
+    other.write_text('"""Reads config.yaml and eval.json."""\n\n'
+                     'def train(run, name, step):\n'
+                     '    """Writes loss.csv."""\n'
+                     '    path = run / "config.yaml"\n'
+                     '    ckpt = f"{run}/{name}-{step}.pt"\n'
+                     + "    x = 1\n" * (TRAIN_MAX_LINES - 4)
+                     + '    return f"{step}_gs-{step:06d}.png", path, ckpt\n')
+    monkeypatch.setitem(MODULES, "textinv.other", other)
+    assert modules_spelling(SHARED_NAMES["config.yaml"][1]) == ["textinv.other", "textinv.runs.folder"]
+    assert "textinv.other" in modules_spelling(SHARED_NAMES["checkpoint <name>-<step>.pt"][1])
+    assert "textinv.other" in modules_spelling(SHARED_NAMES["image log <key>_gs-<step>.png"][1])
+    assert "textinv.other" not in modules_spelling(SHARED_NAMES["eval.json"][1])  # only its docstring says it
+    assert "textinv.other" not in modules_spelling(SHARED_NAMES["loss.csv"][1])
+    assert function_lines(other, "train") == TRAIN_MAX_LINES + 1

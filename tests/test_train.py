@@ -25,8 +25,10 @@ from textinv.cli import app
 from textinv.formats.files import load_embedding
 from textinv.models import tokens
 from textinv.reporting import Reporter
+from textinv.runs import Run
 from textinv.training import data as datamod
 from textinv.training import loop as trainmod
+from textinv.training import setup
 
 # Two CPU threads fighting other processes make the tiny model ~100x slower; one thread is plenty for it.
 
@@ -130,7 +132,7 @@ def test_only_placeholder_rows_change(tmp_path, tiny_model_dir, images, monkeypa
     pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir)
     before = {f"{name}.{k}": v.clone() for name in ("text_encoder", "unet", "vae")
               for k, v in getattr(pipe, name).state_dict().items()}
-    monkeypatch.setattr(trainmod, "load_pipeline", lambda *args, **kwargs: pipe)
+    monkeypatch.setattr(setup, "load_pipeline", lambda *args, **kwargs: pipe)
     cfg = library_config(tmp_path, tiny_model_dir, images, "log.image_every=0", "optim.learning_rate=0.05")
     result = trainmod.train(cfg)
     after = {f"{name}.{k}": v for name in ("text_encoder", "unet", "vae")
@@ -248,7 +250,7 @@ def test_resume_after_a_kill_drops_the_lost_steps(tmp_path, tiny_model_dir, imag
     (whole.run_dir / "embeddings" / ".my_cat.pt.abc.tmp").write_bytes(b"trunc")  # a write cut short
     lines = (whole.run_dir / "loss.csv").read_text().splitlines()
     (whole.run_dir / "loss.csv").write_text("\n".join(lines[:6]) + "\n")  # header + steps 1-5
-    resumed = trainmod.train(cfgmod.config_for_resume(whole.run_dir), resume=whole.run_dir)
+    resumed = trainmod.train(Run.open(whole.run_dir).config(), resume=whole.run_dir)
     assert resumed.losses == whole.losses[4:]
     assert [s for s, _, _ in read_losses(whole.run_dir)] == [1, 2, 3, 4, 5, 6]
 
@@ -345,11 +347,11 @@ def test_accumulation_scales_the_learning_rate_and_learned_rows_stay_float32(tmp
 
 
 def test_lr_schedules():
-    const = trainmod.lr_lambda("constant", 2, 10)
+    const = setup.lr_lambda("constant", 2, 10)
     assert [const(s) for s in range(4)] == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0])
-    lin = trainmod.lr_lambda("linear", 0, 10)
+    lin = setup.lr_lambda("linear", 0, 10)
     assert [lin(0), lin(5), lin(10)] == pytest.approx([1.0, 0.5, 0.0])
-    cos = trainmod.lr_lambda("cosine", 0, 10)
+    cos = setup.lr_lambda("cosine", 0, 10)
     assert [cos(0), cos(5), cos(10)] == pytest.approx([1.0, 0.5, 0.0])
 
 
@@ -628,7 +630,7 @@ def test_resume_falls_back_to_the_previous_intact_state(tmp_path, tiny_model_dir
         latest.write_bytes(latest.read_bytes()[:300])
         (run / "state.json").write_text('{"step": 4, "sta')
     said = Messages()
-    resumed = trainmod.train(cfgmod.config_for_resume(run), resume=run, reporter=said)
+    resumed = trainmod.train(Run.open(run).config(), resume=run, reporter=said)
     assert any(line.startswith("warning: state-000004.pt is ") and "resuming from state-000002.pt (step 2)" in line
                for line in said.lines), said.lines
     assert resumed.losses == pytest.approx(whole.losses[2:], rel=1e-6)
@@ -677,7 +679,8 @@ def test_a_bad_loss_row_does_not_break_later_resumes(tmp_path, tiny_model_dir, i
     csv_path.write_text("\n".join([*lines[:3], "3,0.1", "garbage,,", *lines[3:5], "5,0.2"]) + "\n")
     (whole.run_dir / "state.json").write_text('{"step": 4, "state": "state/state-000004.pt"}\n')
     for _ in range(2):
-        resumed = trainmod.train(cfgmod.config_for_resume(whole.run_dir, max_steps=6 + _), resume=whole.run_dir)
+        resumed = trainmod.train(Run.open(whole.run_dir).config(max_steps=6 + _),
+                                 resume=whole.run_dir)
         assert resumed.losses
         (whole.run_dir / "state.json").write_text('{"step": 4, "state": "state/state-000004.pt"}\n')
     assert [s for s, _, _ in read_losses(whole.run_dir)] == [1, 2, 3, 4, 5, 6, 7]

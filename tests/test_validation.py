@@ -9,7 +9,7 @@ from PIL import Image
 
 from textinv import config as cfgmod
 from textinv.errors import ConfigError
-from textinv.runs import read_validation_csv
+from textinv.runs import Run
 from textinv.training.loop import train
 
 from .test_train import library_config, make_images, read_losses
@@ -30,7 +30,7 @@ def test_validation_loss_is_logged_and_leaves_training_unchanged(tmp_path, tiny_
     # its own generator: the training draws, and so the losses, are the same with and without it
     assert read_losses(on.run_dir) == read_losses(off.run_dir)
     assert not (off.run_dir / "validation.csv").exists()
-    rows = read_validation_csv(on.run_dir)
+    rows = Run.open(on.run_dir).validation_losses()
     assert [s for s, _ in rows] == [2, 4, 6]
     assert all(v > 0 for _, v in rows)
 

@@ -2,8 +2,8 @@
 
 Everything the CLI does is a plain function: `load_embedding`, `save_embedding`, `merge_embeddings`,
 `load_pipeline`, `add_embeddings`, `txt2img`, `img2img`, `Session`, `Request`, `fetch_concept`, `build_config` are
-re-exported here, as are `train`, `evaluate` and `write_report`. Heavy modules (torch, diffusers) load on first use, so that
-`textinv --help` stays fast.
+re-exported here, as are `train`, `evaluate`, `write_report` and `Run` (a run folder). Heavy modules (torch,
+diffusers) load on first use, so that `textinv --help` stays fast.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ _API = {
     "Config": "config",
     "build_config": "config",
     "load_config": "config",
+    "Run": "runs",
     "train": "training.loop",
     "evaluate": "evaluation.evaluate",
     "write_report": "evaluation.report",

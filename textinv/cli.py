@@ -529,24 +529,19 @@ def train(
     Writes logs/<name>_<timestamp>/ with config.yaml, embeddings/, images/, loss.csv and loss.png. Ctrl-C saves a checkpoint; `textinv train --resume LOGDIR` continues it. Several GPUs: accelerate launch -m textinv train ...
     """
     from textinv import config as cfgmod
-    from textinv.errors import UsageError
     from textinv.progress import TrainProgress
+    from textinv.runs import resume_config
     from textinv.training.loop import TrainingInterrupted
     from textinv.training.loop import train as run_training
+    from textinv.training.setup import check_image_folders
 
     with user_errors():
         if resume is not None:
-            given = {"DIR": data_dirs, "--init-word": init_word, "--placeholder": placeholder, "--name": name,
-                     "--config": config, "--model": model, "--model-config": model_config, "--set": set_,
-                     "--device": device, "--out": out_dir or output_dir, "--report-to": report_to,
-                     "--gradient-checkpointing": gradient_checkpointing is not None}
-            extra = [flag for flag, value in given.items() if value]
-            if extra:
-                raise cfgmod.ConfigError(
-                    f"--resume continues with the run's saved config; drop {', '.join(extra)} (only --max-steps may change)"
-                )
-            cfg = cfgmod.config_for_resume(resume, max_steps=max_steps)
-            cfgmod.check_run_folders(cfg, resume)
+            cfg = resume_config(resume, max_steps=max_steps, others={
+                "DIR": data_dirs, "--init-word": init_word, "--placeholder": placeholder, "--name": name,
+                "--config": config, "--model": model, "--model-config": model_config, "--set": set_,
+                "--device": device, "--out": out_dir or output_dir, "--report-to": report_to,
+                "--gradient-checkpointing": gradient_checkpointing is not None})
         else:
             notes: list[str] = []
             cfg = cfgmod.build_config(config, set_, notes=notes, **{
@@ -558,11 +553,7 @@ def train(
                 "model.config": str(model_config) if model_config else None,
                 "train.gradient_checkpointing": gradient_checkpointing,
             })
-            if not cfg.data.paths:
-                raise UsageError("pass a folder of images: textinv train ./my_cat --init-word cat")
-            missing = [d for d in cfg.data.paths if not Path(d).is_dir()]
-            if missing:
-                raise UsageError(f"{missing[0]}: no such folder; pass a folder of 3-5 images of the concept")
+            check_image_folders(cfg.data)
             for note in notes:
                 info(f"[yellow]note:[/yellow] {escape(note)}")
         _quiet_libraries()

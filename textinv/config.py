@@ -2,7 +2,8 @@
 default and a comment; a test keeps the two in step), a YAML file is a diff over them, flags win.
 
 Flow: `load_config(path)` (dataclass defaults <- YAML) -> `apply_overrides(cfg, ["optim.learning_rate=1e-3"])`
-(<- `--set` <- named flags) -> `validate(cfg)` (before any model loads) -> `save_config(cfg, run_dir / "config.yaml")`.
+(<- `--set` <- named flags) -> `validate(cfg)` (before any model loads) -> saved into the run folder by
+`textinv.runs.Run.create`, read back from it for --resume.
 
 A YAML file may start from another with `base: FILE` (a path beside it or a packaged config name) and list only
 what differs. A file in the paper code's own OmegaConf layout (`model.params.personalization_config...`) is
@@ -479,20 +480,3 @@ def build_config(
         cfg.model.source = str(source.absolute())
     return cfg
 
-
-def config_for_resume(run_dir: str | Path, *, max_steps: int | None = None) -> Config:
-    """The saved config of the run in `run_dir`, optionally with more steps."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a textinv run folder (no config.yaml); pass logs/<name>_<timestamp>")
-    return validate(apply_overrides(load_config(path), None, **{"train.max_steps": max_steps}))
-
-
-def check_run_folders(cfg: Config, run_dir: str | Path) -> None:
-    """Before resuming: every image folder the run was started with is still where its config says."""
-    for folder in cfg.data.paths:
-        if not Path(folder).is_dir():
-            hint = ("; it was saved as a relative path (by an older textinv): resume from the folder the run "
-                    "started in" if not Path(folder).is_absolute() else "; was it moved? Put it back")
-            raise ConfigError(f"the run's image folder {folder} does not exist{hint}, or edit data.paths in "
-                              f"{Path(run_dir) / 'config.yaml'}")

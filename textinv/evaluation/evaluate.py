@@ -18,8 +18,6 @@ checkpoint editability, the one with the highest identity; ties go to the earlie
 from __future__ import annotations
 
 import dataclasses
-import json
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import torch
 
 from textinv.errors import ConfigError, DataError
 from textinv.reporting import SILENT, Reporter
+from textinv.runs import Run
 
 IDENTITY_PROMPT = "a photo of {}"
 EDIT_PROMPTS = (
@@ -36,9 +35,6 @@ EDIT_PROMPTS = (
     "a {} made of gold",  # material
 )
 DEFAULT_MARGIN = 0.1
-RESULTS_FILE = "eval.json"  # in a run folder
-GRIDS_DIR = "eval"  # in a run folder: one contact sheet per candidate (rows: prompts, columns: seeds)
-_CHECKPOINT = re.compile(r"^(?P<name>.+)-(?P<step>\d+)$")
 
 
 @dataclass
@@ -132,7 +128,7 @@ def best_row(rows: list[Row], margin: float = DEFAULT_MARGIN) -> Row | None:
 @dataclass
 class Targets:
     candidates: list[Candidate]
-    run_dir: Path | None = None  # set when a run folder was given: results and grids are written into it
+    run: Run | None = None  # set when a run folder was given: eval.json and the grids are written into it
     model: str | None = None
     data: str | None = None
     init_word: str | None = None
@@ -142,23 +138,22 @@ class Targets:
 
 def find_targets(paths: list[Path]) -> Targets:
     """Candidates from run folders (their checkpoints, plus step 0) and embedding files, in step order."""
-    from textinv.config import config_for_resume
     from textinv.formats.files import load_embedding
 
     t = Targets(candidates=[])
-    runs = [p for p in paths if p.is_dir() and (p / "config.yaml").is_file()]
+    runs = [p for p in paths if p.is_dir() and Run.is_run(p)]
     if len(runs) > 1:
         raise ConfigError("pass one run folder at a time (or embedding files)")
     for path in paths:
         if path in runs:
-            cfg = config_for_resume(path)
-            t.run_dir = path
+            t.run = Run.open(path)
+            cfg = t.run.config()
             t.model, t.init_word = cfg.model.source, cfg.personalization.initializer_words[0]
             t.data = cfg.data.paths[0] if cfg.data.paths else None
             t.num_vectors = cfg.personalization.num_vectors_per_token
             t.placeholder = cfg.personalization.placeholder_strings[0]
             t.candidates.append(Candidate(label="step 0", step=0, embedding=None))  # built once the model loads
-            t.candidates += _run_checkpoints(path)
+            t.candidates += _run_checkpoints(t.run)
             continue
         if not path.exists():
             raise ConfigError(f"{path}: no such file or folder; pass a run folder (logs/<name>_<time>) or embeddings")
@@ -169,18 +164,18 @@ def find_targets(paths: list[Path]) -> Targets:
     return t
 
 
-def _run_checkpoints(run_dir: Path) -> list[Candidate]:
+def _run_checkpoints(run: Run) -> list[Candidate]:
+    """One candidate per step: a checkpoint, or a final file that records its step (the first file of a step wins)."""
     from textinv.formats.files import load_embedding
 
     found: dict[int, Candidate] = {}
-    for f in sorted((run_dir / "embeddings").glob("*.pt")):
-        m = _CHECKPOINT.match(f.stem)
+    for named_step, f in run.embedding_files():
         emb = load_embedding(f)
-        step = int(m["step"]) if m else emb.step
+        step = named_step if named_step is not None else emb.step
         if step is not None and step not in found:
             found[step] = Candidate(label=f"step {step}", step=step, embedding=emb, file=str(f))
     if not found:
-        raise ConfigError(f"{run_dir} has no embeddings yet; train it first (or pass embedding files)")
+        raise ConfigError(f"{run.path} has no embeddings yet; train it first (or pass embedding files)")
     return [found[s] for s in sorted(found)]
 
 
@@ -214,16 +209,16 @@ def evaluate(
     if toy:  # the judge scores `a photo of *` only: no edit prompts to generate
         s = dataclasses.replace(s, edit_prompts=())
     notes: list[str] = []
-    if t.run_dir is not None:
+    if t.run is not None:
         t.candidates[0].embedding = _initial_embedding(pipe, t.placeholder, init_word, t.num_vectors)
     scorer = Evaluator(pipe, data, s, toy, notes, reporter)
-    grids = t.run_dir / GRIDS_DIR if (write and t.run_dir is not None) else None
+    out = t.run if write else None  # the run folder the grids and eval.json go into
     todo = [Candidate(label=f"init word ({init_word})", step=None, embedding=None), *t.candidates]
     reporter.start("eval", len(todo), note=f"scoring {len(todo)} candidate(s), {s.seeds} seed(s) per prompt")
     rows, embeddings = [], {}
     try:
         for i, cand in enumerate(todo):
-            rows.append(scorer.score(cand, i, init_word, grids, t.run_dir))
+            rows.append(scorer.score(cand, i, init_word, out))
             if cand.embedding is not None:
                 embeddings[cand.label] = cand.embedding
             reporter.advance("eval", i + 1)
@@ -231,10 +226,8 @@ def evaluate(
         reporter.finish("eval")
     result = EvalResult(rows=rows, best=best_row(rows, s.margin), init_word=init_word, model=pipe.textinv.name,
                         data=str(data), settings=s, notes=notes, embeddings=embeddings)
-    if grids is not None:
-        from textinv.atomic import write_text
-
-        write_text(t.run_dir / RESULTS_FILE, json.dumps(result.to_json(), indent=2) + "\n")
+    if out is not None:
+        out.write_eval(result.to_json())
     return result
 
 
@@ -301,7 +294,8 @@ class Evaluator:
         return [g.image for g in txt2img(self.pipe, prompt, n=self.s.seeds, steps=self.s.steps, cfg=self.s.cfg,
                                          seed=self.s.seed)]
 
-    def score(self, cand: Candidate, index: int, init_word: str, grids: Path | None, run_dir: Path | None) -> Row:
+    def score(self, cand: Candidate, index: int, init_word: str, run: Run | None = None) -> Row:
+        """Score one candidate; with a `run`, its contact sheet is written into the run's eval grids."""
         from textinv.evaluation.scoring import image_similarity, text_similarity
         from textinv.models.embeddings import add_embeddings
 
@@ -333,15 +327,15 @@ class Evaluator:
                     text = self.clip.text_features([prompt.format(init_word)])
                     row.per_prompt[prompt] = text_similarity(self.clip.image_features(images), text)
                 row.editability = sum(row.per_prompt.values()) / len(row.per_prompt)
-        if grids is not None:
+        if run is not None:
             from textinv.atomic import atomic_path
             from textinv.generation.sampling import contact_sheet
 
             name = "init-word" if cand.embedding is None else f"step-{cand.step:06d}" if cand.step is not None \
                 else Path(cand.label).stem
-            with atomic_path(grids / f"{name}.png") as tmp:
+            with atomic_path(run.eval_grids / f"{name}.png") as tmp:
                 contact_sheet([im for line in sheet for im in line], columns=self.s.seeds).save(tmp, format="PNG")
-            row.grid = str((grids / f"{name}.png").relative_to(run_dir))
+            row.grid = str((run.eval_grids / f"{name}.png").relative_to(run.path))
         return row
 
 

@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import base64
 import html
-import json
-import re
 from pathlib import Path
 
-from textinv.errors import ConfigError
+from textinv.runs import Run
 
-REPORT_FILE = "report.html"
-_IMAGE_LOG = re.compile(r"^(?P<key>[a-z_]+)_gs-(?P<step>\d+)\.png$")
 GRID_KEYS = ("samples_scaled", "init_word", "validation")  # columns of the samples table, in order
 
 _STYLE = """
@@ -30,38 +26,35 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     """Write the report of `run_dir` (default: RUN_DIR/report.html); returns its path."""
     from textinv.atomic import write_text
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{run_dir} is not a textinv run folder (no config.yaml); pass logs/<name>_<timestamp>")
-    path = out or run_dir / REPORT_FILE
-    write_text(path, render_report(run_dir))
+    run = Run.open(run_dir)
+    path = out or run.report_file
+    write_text(path, render_report(run))
     return path
 
 
-def render_report(run_dir: Path) -> str:
-    from textinv.config import load_config
-    from textinv.runs import read_validation_csv, run_name
-
-    cfg = load_config(run_dir / "config.yaml")
-    name = run_name(cfg)
-    results = _read_eval(run_dir)
+def render_report(run: Run | Path) -> str:
+    """The report page of a run (a `Run`, or its folder)."""
+    run = run if isinstance(run, Run) else Run.open(run)
+    cfg = run.config(check=False)
+    name = run.name
+    results = run.read_eval()
     parts = [f"<h1>textinv report: {_e(name)}</h1>",
-             f"<p class=note>run folder {_e(str(run_dir))} · model {_e(cfg.model.source)} · placeholder "
+             f"<p class=note>run folder {_e(str(run.path))} · model {_e(cfg.model.source)} · placeholder "
              f"{_e(cfg.personalization.placeholder_strings[0])} (init word "
              f"{_e(cfg.personalization.initializer_words[0])})</p>"]
     if results and results.get("best"):
         parts.append(f"<p id=chosen>Chosen step: <b>{_e(results['best']['label'])}</b> "
                      f"<span class=note>({_e(results['rule'])})</span></p>")
     parts.append("<h2>Loss</h2>")
-    losses = _read_losses(run_dir / "loss.csv")
-    parts.append(loss_chart(losses, read_validation_csv(run_dir)) if losses else "<p class=note>no loss.csv yet</p>")
+    losses = [(step, loss) for step, loss, _ in run.losses()]
+    parts.append(loss_chart(losses, run.validation_losses()) if losses else "<p class=note>no loss.csv yet</p>")
     parts.append("<h2>Evaluation</h2>")
-    parts.append(_eval_table(run_dir, results) if results else
+    parts.append(_eval_table(run.path, results) if results else
                  "<p class=note>no eval.json: run <code>textinv eval RUN_DIR</code> to score the checkpoints</p>")
     parts.append("<h2>Samples over steps</h2>")
-    parts.append(_samples_table(run_dir))
+    parts.append(_samples_table(run.image_logs()))
     parts.append("<h2>Config</h2>")
-    parts.append(f"<pre>{_e((run_dir / 'config.yaml').read_text())}</pre>")
+    parts.append(f"<pre>{_e(run.config_text())}</pre>")
     return (f"<!doctype html>\n<html lang=en><head><meta charset=utf-8><title>textinv report: {_e(name)}</title>"
             f"<style>{_STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
 
@@ -73,31 +66,6 @@ def _e(text: str) -> str:
 def _img(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
-
-
-def _read_eval(run_dir: Path) -> dict | None:
-    from textinv.evaluation.evaluate import RESULTS_FILE
-
-    path = run_dir / RESULTS_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        raise ConfigError(f"{path} is damaged; run `textinv eval {run_dir}` again") from None
-
-
-def _read_losses(path: Path) -> list[tuple[int, float]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines()[1:]:
-        parts = line.split(",")
-        try:
-            rows.append((int(parts[0]), float(parts[1])))
-        except (ValueError, IndexError):
-            continue
-    return rows
 
 
 def loss_chart(losses: list[tuple[int, float]], validation: list[tuple[int, float]], *, width: int = 720,
@@ -165,12 +133,9 @@ def _eval_table(run_dir: Path, results: dict) -> str:
     return "\n".join(lines)
 
 
-def _samples_table(run_dir: Path) -> str:
-    found: dict[int, dict[str, Path]] = {}
-    for f in sorted((run_dir / "images").glob("*_gs-*.png")):
-        m = _IMAGE_LOG.match(f.name)
-        if m and m["key"] in GRID_KEYS:
-            found.setdefault(int(m["step"]), {})[m["key"]] = f
+def _samples_table(logs: dict[int, dict[str, Path]]) -> str:
+    found = {step: {k: f for k, f in keys.items() if k in GRID_KEYS} for step, keys in logs.items()}
+    found = {step: keys for step, keys in found.items() if keys}
     if not found:
         return "<p class=note>no image logs (log.image_every is 0)</p>"
     keys = [k for k in GRID_KEYS if any(k in row for row in found.values())]

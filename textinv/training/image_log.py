@@ -4,13 +4,12 @@ init_word), one row per placeholder.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from textinv.atomic import atomic_path, write_text
 from textinv.models.tokens import expand_placeholders
 from textinv.pictures import TrainImage, grid_of, text_image, to_pil
+from textinv.runs import Run
 from textinv.training.data import Batches, fill_prompt, load_templates
 
 TEXT_SIDE = 256  # the conditioning tiles are at least this wide, so the prompt stays readable at 32 px training
@@ -28,20 +27,22 @@ def logged_images(batches: Batches, n_placeholders: int, k: int) -> list[list[tu
 
 
 @torch.no_grad()
-def log_images(pipe, out: Path, step: int, log, p, images: list[TrainImage], batches: Batches,
-               expansions: dict[str, str], resolution: int, seed: int, autocast_dtype, device) -> None:
-    """Write images/<key>_gs-<step>.png for every key, and conditioning_gs-<step>.txt: the drawn prompts, one line
-    per image, a blank line between placeholders. `log` and `p` are the log and personalization config sections."""
+def log_images(run: Run, step: int, model, log, p, images: list[TrainImage], batches: Batches, seed: int) -> None:
+    """Write the run's image log of every key at `step`, and the conditioning prompts drawn (.txt), one line per
+    image, a blank line between placeholders. `model` is the training model (pipeline with the placeholders
+    spliced in); `log` and `p` are the log and personalization config sections."""
     from PIL import Image
 
+    pipe, expansions, resolution = model.pipe, model.expansions, model.resolution
+    autocast_dtype, device = model.precision, model.device
     rows = logged_images(batches, len(p.placeholder_strings), log.num_images)
 
     def save(key: str, grid: Image.Image) -> None:
-        with atomic_path(out / f"{key}_gs-{step:06d}.png") as tmp:
+        with atomic_path(run.image_log(key, step)) as tmp:
             grid.save(tmp, format="PNG")
 
     prompts = [[batches.items[i].prompts[c] for i, _, c in row] for row in rows]
-    write_text(out / f"conditioning_gs-{step:06d}.txt", "\n\n".join("\n".join(r) for r in prompts) + "\n")
+    write_text(run.image_log("conditioning", step, ".txt"), "\n\n".join("\n".join(r) for r in prompts) + "\n")
     side = max(resolution, TEXT_SIDE)
     save("conditioning", grid_of([[text_image(t, side) for t in r] for r in prompts]))
     save("inputs", grid_of([[to_pil(_flipped(images[batches.items[i].image].pixels, f)) for i, f, _ in row]

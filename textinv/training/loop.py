@@ -18,31 +18,26 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from textinv import config as config_mod
-from textinv import runs
-from textinv.config import Config
-from textinv.errors import ConfigError, ModelError, TextinvError
-from textinv.models import peek
-from textinv.models.conditioning import conditioning_for, is_sdxl
-from textinv.models.loading import base_model_of, load_pipeline, model_family, resolve_device
-from textinv.models.tokens import SplicedEmbedding, add_placeholders, expand_placeholders, replace_module
+from textinv.config import Config, to_dict
+from textinv.errors import ConfigError, TextinvError
+from textinv.models.loading import base_model_of
 from textinv.reporting import Reporter
-from textinv.training import data
+from textinv.runs import Run
+from textinv.training import data, setup
 from textinv.training.image_log import log_images
-
-TRACKERS = {"none": [], "tensorboard": ["tensorboard"], "wandb": ["wandb"], "all": ["tensorboard", "wandb"]}
+from textinv.training.setup import TrainingModel
+from textinv.training.state import LearnedEmbedding, Learning, start_run
+from textinv.training.validation import Validation
 
 
 class TrainingInterrupted(TextinvError):
@@ -81,285 +76,110 @@ def compute_loss(unet, condition, noisy, timesteps, ids, target, autocast_dtype,
     return F.mse_loss(pred.float(), target.float())
 
 
-def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
-    """Multiplier of the base rate at step s: linear warmup, then constant / linear to 0 / cosine to 0."""
+@dataclass
+class Forward:
+    """The loss of one draw (noisy, timesteps, ids, target) through the training model; validation uses it too."""
 
-    def f(s: int) -> float:
-        if s < warmup:
-            return (s + 1) / (warmup + 1)
-        if kind == "constant":
-            return 1.0
-        progress = min(1.0, (s - warmup) / max(1, total - warmup))
-        return 1.0 - progress if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    model: TrainingModel
 
-    return f
-
-
-def resolve_precision(mixed_precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for the frozen modules, or None for plain float32. `auto` takes `accelerate launch
-    --mixed_precision` (or a saved `accelerate config`) when one was given, else bf16/fp16 on a GPU, none on CPU."""
-    if mixed_precision == "auto":
-        mixed_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "auto")
-    if mixed_precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return None
-    if mixed_precision == "no":
-        return None
-    if mixed_precision == "fp16" and device.type == "cpu":
-        raise ConfigError("mixed_precision fp16 needs a GPU; on the CPU use bf16 or no")
-    return torch.float16 if mixed_precision == "fp16" else torch.bfloat16
-
-
-def make_accelerator(train_cfg):
-    """The Accelerator: the process group (gloo on CPUs, NCCL on GPUs) and trackers. Mixed precision and the
-    gradient averaging stay in the loop: only one small Parameter learns, so no model is wrapped."""
-    from accelerate import Accelerator
-
-    cpu = train_cfg.device == "cpu" or (train_cfg.device == "auto" and not torch.cuda.is_available())
-    return Accelerator(cpu=cpu, mixed_precision="no")
-
-
-def effective_batch(cfg: Config, processes: int) -> tuple[float, str]:
-    """(learning rate, a line saying how it and the samples per optimizer step were worked out)."""
-    o, b = cfg.optim, cfg.data.batch_size
-    total = b * o.gradient_accumulation_steps * processes
-    lr = o.learning_rate * (total if o.scale_lr else 1)
-    how = (f"effective batch {total} = {b} per process x {o.gradient_accumulation_steps} accumulation x "
-           f"{processes} process(es); learning rate {lr:g}"
-           + (f" = {o.learning_rate:g} x {total} (optim.scale_lr)" if o.scale_lr else ""))
-    return lr, how
+    def __call__(self, noisy, timesteps, ids, target) -> torch.Tensor:
+        m = self.model
+        return compute_loss(m.pipe.unet, m.condition, noisy, timesteps, ids, target, m.precision, m.device)
 
 
 def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path | None = None) -> RunResult:
     """Train the placeholder embeddings described by `cfg` (already validated); `resume` continues a run folder."""
-    from accelerate.utils import broadcast_object_list, gather_object
-    from diffusers import DDPMScheduler
-
-    acc = make_accelerator(cfg.train)
+    acc = setup.make_accelerator(cfg.train)
     main, world = acc.is_main_process, acc.num_processes
     reporter = (reporter or Reporter()) if main else Reporter()  # one process reports
-    device = torch.device(acc.device.type, acc.device.index) if world > 1 else resolve_device(cfg.train.device)
-    if device.type == "cpu":
-        device = torch.device("cpu")
-    autocast_dtype = resolve_precision(cfg.train.mixed_precision, device)
-    p = cfg.personalization
-    images, items = data.build_items(p, cfg.data, reporter)
-
-    pipe = load_frozen(cfg, device)
-    unet, vae = pipe.unet, pipe.vae
-    # [conditioning] one text encoder, or SDXL's two (textinv/conditioning.py); the config must fit the model
-    condition = conditioning_for(pipe, cfg.data.resolution)
-    peek.check_config(cfg.model.family, is_sdxl(pipe), model_family(pipe), len(p.placeholder_strings))
-    bases, first_ids, vectors = [], [], []
-    for k, (tokenizer, text_encoder) in enumerate(condition.encoders):  # a row for each placeholder in each encoder
-        base = text_encoder.get_input_embeddings()
-        first_id = len(tokenizer)
-        if first_id > base.num_embeddings:
-            raise ModelError(f"tokenizer ({first_id} tokens) is larger than the text encoder's table ({base.num_embeddings})")
-        vecs, expansions = add_placeholders(tokenizer, base.weight, p, first_id, reporter if k == 0 else Reporter())
-        bases.append(base)
-        first_ids.append(first_id)
-        vectors.append(vecs)
-    # the VAE stays float32 (fp16 VAEs are known to overflow); it encodes each (image, flip) once, when first drawn
-    cache = data.cache_latents(vae, images, device)
-    if autocast_dtype is not None:  # cast the frozen weights once rather than on every op of every step
-        for _, text_encoder in condition.encoders:
-            text_encoder.to(autocast_dtype)
-        unet.to(autocast_dtype)
-    # [conditioning] one float32 Parameter whatever the precision; each encoder's splice reads its columns of it
-    learned = nn.Parameter(torch.cat(vectors, dim=1).to(device))
-    splices = [SplicedEmbedding(base, learned, first_id, columns)
-               for base, first_id, columns in zip(bases, first_ids, condition.columns(), strict=True)]
-    for (_, text_encoder), base, spliced in zip(condition.encoders, bases, splices, strict=True):
-        replace_module(text_encoder, base, spliced)
-    prompt_ids = [condition.tokenize([expand_placeholders(s, expansions) for s in it.prompts]).to(device)
-                  for it in items]
-    noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
-    prediction = cfg.model.prediction_type or noise_sched.config.prediction_type
-    if prediction not in ("epsilon", "v_prediction"):
-        raise ModelError(f"the model predicts {prediction!r}; textinv trains epsilon and v_prediction models")
-    noise_sched.register_to_config(prediction_type=prediction)
-
-    o = cfg.optim
-    lr, how = effective_batch(cfg, world)
-    optimizer = torch.optim.AdamW([learned], lr=lr, betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_epsilon,
-                                  weight_decay=o.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(o.lr_scheduler, o.lr_warmup_steps, cfg.train.max_steps))
-    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
-    generator = torch.Generator().manual_seed(cfg.train.seed)  # the same on every process: see data.Batches
-    sampler = data.EpochSampler(len(items), cfg.data.repeats, generator)
-    batches = data.Batches(items=items, prompt_ids=prompt_ids, cache=cache, scaling=vae.config.scaling_factor,
-                           noise_scheduler=noise_sched, prediction=prediction, flip_p=cfg.data.flip_p,
-                           sampler=sampler, generator=generator, device=device, rank=acc.process_index,
-                           world=world)
-    training = (learned, optimizer, scheduler, scaler, generator, batches)
-
-    step = 0
-    if resume is not None:
-        run_dir = Path(resume)
-        step = restore(run_dir, acc, reporter, *training)
-    else:
-        run_dir = None
-        if main:
-            run_dir = runs.new_run_dir(cfg.log.output_dir, runs.run_name(cfg))
-            runs.write_text(run_dir / "config.yaml", f"# {how}\n" + config_mod.dump_config(cfg))
-        run_dir = Path(broadcast_object_list([str(run_dir) if run_dir else None])[0])
-    name = runs.run_name(cfg)
-    base_model = base_model_of(pipe, cfg.model.source)  # source, A1111 hash of a single file, hub commit
-
-    def embedding_at(s: int):  # [conditioning] SDXL: clip_l's and clip_g's columns
-        return runs.embedding_of(condition.split(learned.detach().float().cpu()), p, name, s, base_model)
-
-    # [conditioning] an SDXL .pt holds {clip_l, clip_g} and nothing else: the .safetensors, which also keeps the
-    # placeholder and the metadata, is the run's embedding
-    formats = list(dict.fromkeys(["safetensors", *cfg.log.formats])) if is_sdxl(pipe) else cfg.log.formats
-    finals = runs.final_paths(embedding_at(step), run_dir, name, formats)
+    device = setup.training_device(acc, cfg.train.device)
+    precision = setup.resolve_precision(cfg.train.mixed_precision, device)
+    images, items = data.build_items(cfg.personalization, cfg.data, reporter)
+    model = setup.prepare_model(cfg.model, cfg.personalization, cfg.data.resolution, cfg.train.gradient_checkpointing,
+                                device, precision, reporter)
+    batches = setup.make_batches(model, images, items, cfg.data, cfg.train.seed, acc.process_index, world)
+    lr, how = setup.effective_batch(cfg.optim, cfg.data.batch_size, world)
+    learning = setup.make_learning(model, batches, cfg.optim, lr, cfg.train.max_steps)
+    run, step = start_run(cfg, resume, acc, learning, reporter, comment=how)
+    embedding = LearnedEmbedding(model.learned, model.condition.split, cfg.personalization, run.name,
+                                 base_model_of(model.pipe, cfg.model.source))  # source, A1111 hash, hub commit
+    formats = setup.final_formats(cfg.log.formats, model.sdxl)
+    finals = run.final_paths(embedding.at(step), formats)
     if step >= cfg.train.max_steps and all(f.exists() for f in finals):
-        raise ConfigError(f"{run_dir} already finished at step {step}; pass a larger --max-steps to train further")
+        raise ConfigError(f"{run.path} already finished at step {step}; pass a larger --max-steps to train further")
     reporter.message(how)
-    writer = runs.RunWriter(run_dir, name, main)
-    tracking = start_trackers(acc, cfg, run_dir)
+    tracking = setup.start_trackers(acc, cfg.log.report_to, to_dict(cfg), run)
+    forward, log, p, max_steps = Forward(model), cfg.log, cfg.personalization, cfg.train.max_steps
+    validation = Validation(run, log, cfg.train.seed, model=model, batches=batches, batch_size=cfg.data.batch_size,
+                            forward=forward, embedding_at=embedding.at, reporter=reporter,
+                            patience=cfg.train.early_stop)
     last_good = step if resume is not None else None
-
-    def checkpoint(s: int) -> None:
-        nonlocal last_good
-        states = gather_object([(generator.get_state(), sampler.state_dict(), list(batches.drawn.items()))])
-        writer.checkpoint(s, embedding_at(s), {
-            "step": s, "learned": learned.detach().float().cpu(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": [g for g, _, _ in states],
-            "sampler": [smp for _, smp, _ in states], "drawn": [d for _, _, d in states],
-            "scaler": scaler.state_dict(),
-        })
-        last_good = s
-
-    def sample_images(s: int) -> None:
-        if main:
-            log_images(pipe, run_dir / "images", s, cfg.log, p, images, batches, expansions, cfg.data.resolution,
-                       cfg.train.seed, autocast_dtype, device)
-            writer.plot()
-
-    # textinv.training.validation hook (1/2): validation loss, prompts, checkpoint scores, early stop
-    from textinv.training.validation import Validation
-
-    validation = Validation(cfg, run_dir, batches, pipe=pipe, expansions=expansions, embedding_at=embedding_at,
-                            forward=lambda *d: compute_loss(unet, condition, *d, autocast_dtype, device),
-                            reporter=reporter, autocast_dtype=autocast_dtype, enabled=main, start_step=step)
-
-    verb = "resuming" if step else "training"
-    reporter.start("train", cfg.train.max_steps, done=step,
-                   note=f"{verb} in {run_dir} from step {step} to {cfg.train.max_steps}")
+    reporter.start("train", max_steps, done=step,
+                   note=f"{'resuming' if step else 'training'} in {run.path} from step {step} to {max_steps}")
     losses: list[float] = []
-    batch, accum = cfg.data.batch_size, o.gradient_accumulation_steps
+    batch, accum = cfg.data.batch_size, cfg.optim.gradient_accumulation_steps
     try:
         with _ctrl_c() as stop:
-            while step < cfg.train.max_steps:
+            while step < max_steps:
                 total = torch.zeros((), device=device)
                 for _ in range(accum):  # micro-steps: gradients add up locally, nothing is all-reduced
-                    noisy, t, ids, target = batches.draw(batch)
-                    loss = compute_loss(unet, condition, noisy, t, ids, target, autocast_dtype, device) / accum
-                    scaler.scale(loss).backward()
+                    loss = forward(*batches.draw(batch)) / accum
+                    learning.scaler.scale(loss).backward()
                     total += loss.detach()
-                # one all-reduce per optimizer step for the loss and the stop request, one for the gradient
-                agreed = acc.reduce(torch.stack([total, torch.tensor(float(stop.is_set()), device=device)]), "sum")
-                value, stopping = float(agreed[0]) / world, bool(agreed[1] > 0)
+                value, stopping = _agree(acc, total, stop.is_set())  # one all-reduce for these, one for the gradient
                 if not math.isfinite(value):
-                    kept = (f"the last good checkpoint is {run_dir / 'embeddings' / f'{name}-{last_good}.pt'}"
-                            if last_good is not None else "no checkpoint was written yet")
-                    raise NonFiniteLoss(
-                        f"loss became {value} at step {step + 1}; stopped, {kept}. Lower optim.learning_rate or "
-                        "use --set train.mixed_precision=no"
-                    )
+                    raise _non_finite(value, step + 1, run, last_good)
                 if world > 1:
-                    learned.grad = acc.reduce(learned.grad, "mean")
-                current_lr = _update(optimizer, scheduler, scaler, learned, o.max_grad_norm)
+                    model.learned.grad = acc.reduce(model.learned.grad, "mean")
+                current_lr = _update(learning.optimizer, learning.scheduler, learning.scaler, model.learned,
+                                     cfg.optim.max_grad_norm)
                 step += 1
                 losses.append(value)
-                writer.log(step, value, current_lr)
+                run.log_loss(step, value, current_lr)
                 if tracking:
                     acc.log({"train/loss": value, "train/lr": current_lr}, step=step)
                 reporter.advance("train", step, loss=value, lr=current_lr)
-                if cfg.log.image_every and step % cfg.log.image_every == 0:
-                    sample_images(step)  # before the checkpoint: a kill while logging redoes the step and its log
-                if validation.after_step(step):  # textinv.training.validation hook (2/2): early stop; the finish below saves
+                # the image log before the checkpoint: a kill while logging redoes the step and its log
+                if log.image_every and step % log.image_every == 0:
+                    _log_images(run, step, model, batches, images, log, p, cfg.train.seed)
+                if validation.after_step(step):  # early stop; the finish below saves
                     break
-                if cfg.log.save_every and step % cfg.log.save_every == 0 and step < cfg.train.max_steps:
-                    checkpoint(step)
-                if stopping and step < cfg.train.max_steps:
-                    checkpoint(step)
-                    raise TrainingInterrupted(run_dir, step, saved=True, quiet=not main)
+                if ((log.save_every and step % log.save_every == 0) or stopping) and step < max_steps:
+                    last_good = _checkpoint(run, step, embedding, learning)
+                if stopping and step < max_steps:
+                    raise TrainingInterrupted(run.path, step, saved=True, quiet=not main)
             if losses:  # the last image log, then the last state: what a resume after a kill here trusts
-                if cfg.log.image_every and step % cfg.log.image_every:
-                    sample_images(step)
-                checkpoint(step)
+                if log.image_every and step % log.image_every:
+                    _log_images(run, step, model, batches, images, log, p, cfg.train.seed)
+                _checkpoint(run, step, embedding, learning)
             else:
                 reporter.message(f"the run reached step {step} but its final files were not written; writing them")
-            files = writer.finals(embedding_at(step), formats)
-            writer.plot()
+            files = run.write_finals(embedding.at(step), formats)
+            run.plot_losses()
     except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the last checkpoint stands
-        raise TrainingInterrupted(run_dir, last_good, saved=False, quiet=not main) from None
+        raise TrainingInterrupted(run.path, last_good, saved=False, quiet=not main) from None
     finally:
-        writer.close()
+        run.close()
         if tracking:
             acc.end_training()
         reporter.finish("train")
     acc.wait_for_everyone()
-    for (_, text_encoder), base, spliced in zip(condition.encoders, bases, splices, strict=True):
-        replace_module(text_encoder, spliced, base)
-    return RunResult(run_dir=run_dir, step=step, embedding_path=next(iter(finals)), files=files, losses=losses,
-                     prediction_type=prediction)
+    model.unsplice()
+    return RunResult(run_dir=run.path, step=step, embedding_path=next(iter(finals)), files=files, losses=losses,
+                     prediction_type=model.prediction)
 
 
-def start_trackers(acc, cfg: Config, run_dir: Path) -> bool:
-    """Start the `--report-to` trackers (TensorBoard events under <run>/tensorboard/textinv/); False if none."""
-    wanted = TRACKERS[cfg.log.report_to]
-    if not wanted:
-        return False
-    from accelerate.tracking import filter_trackers
-
-    acc.project_configuration.set_directories(str(run_dir / "tensorboard"))
-    acc.log_with = filter_trackers(wanted, acc.logging_dir)
-    flat = {f"{section}.{k}": v if isinstance(v, (int, float, str, bool)) else str(v)
-            for section, values in config_mod.to_dict(cfg).items() for k, v in values.items()}
-    acc.init_trackers("textinv", config=flat, init_kwargs={"wandb": {"name": run_dir.name, "dir": str(run_dir)}})
-    return True
+def _agree(acc, total: torch.Tensor, stop: bool) -> tuple[float, bool]:
+    """The step's loss averaged over the processes, and whether any of them was asked to stop: one all-reduce."""
+    agreed = acc.reduce(torch.stack([total, torch.tensor(float(stop), device=total.device)]), "sum")
+    return float(agreed[0]) / acc.num_processes, bool(agreed[1] > 0)
 
 
-def load_frozen(cfg: Config, device: torch.device):
-    """The float32 pipeline with every module frozen (no weight gradients), on diffusers' default SDPA attention
-    (`set_default_attn_processor` would switch SDPA off), with gradient checkpointing in the UNet if asked."""
-    pipe = load_pipeline(cfg.model.source, model_config=cfg.model.config, device=device, dtype=torch.float32)
-    for module in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None), pipe.unet, pipe.vae):
-        if module is None:  # [conditioning] only SDXL has text_encoder_2
-            continue
-        module.requires_grad_(False)
-        module.eval()
-    _check_resolution(cfg.data.resolution, pipe.unet, pipe.vae)
-    if cfg.train.gradient_checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def restore(run_dir: Path, acc, reporter: Reporter, learned, optimizer, scheduler, scaler, generator, batches) -> int:
-    """Load the run's latest intact state into the training objects; returns its step."""
-    state = runs.load_latest_state(run_dir, reporter.message)
-    if len(state["rng"]) != acc.num_processes:
-        raise ConfigError(f"{run_dir} was trained by {len(state['rng'])} process(es); resume it with as many "
-                          f"(this is {acc.num_processes})")
-    rank = acc.process_index
-    learned.data.copy_(state["learned"].to(learned.device))
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    generator.set_state(state["rng"][rank])
-    batches.sampler.load_state_dict(state["sampler"][rank])
-    batches.drawn = {int(i): (int(f), int(c)) for i, (f, c) in state.get("drawn", [[]] * (rank + 1))[rank]}
-    if state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    if acc.is_main_process:
-        runs.truncate_csv(run_dir / "loss.csv", int(state["step"]))
-    return int(state["step"])
+def _non_finite(value: float, step: int, run: Run, last_good: int | None) -> NonFiniteLoss:
+    kept = (f"the last good checkpoint is {run.checkpoint_path(last_good)}" if last_good is not None
+            else "no checkpoint was written yet")
+    return NonFiniteLoss(f"loss became {value} at step {step}; stopped, {kept}. Lower optim.learning_rate or "
+                         "use --set train.mixed_precision=no")
 
 
 def _update(optimizer, scheduler, scaler, learned: torch.Tensor, max_grad_norm: float) -> float:
@@ -375,13 +195,20 @@ def _update(optimizer, scheduler, scaler, learned: torch.Tensor, max_grad_norm: 
     return lr
 
 
-def _check_resolution(resolution: int, unet, vae) -> None:
-    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    unet_factor = 2 ** (len(unet.config.block_out_channels) - 1)
-    if resolution % (vae_factor * unet_factor):
-        raise ConfigError(
-            f"resolution {resolution} does not fit this model: it must be a multiple of {vae_factor * unet_factor}"
-        )
+def _checkpoint(run: Run, step: int, embedding: LearnedEmbedding, learning: Learning) -> int:
+    """The embedding and the state at `step` (every process hands in its draws; the main one writes)."""
+    from accelerate.utils import gather_object
+
+    run.save_checkpoint(step, embedding.at(step), learning.state(step, gather_object))
+    return step
+
+
+def _log_images(run: Run, step: int, model: TrainingModel, batches, images, log, p, seed: int) -> None:
+    """The image log at `step` (`log`, `p`: the log and personalization configs), and the loss plot redrawn with it
+    (main process only)."""
+    if run.main:
+        log_images(run, step, model, log, p, images, batches, seed)
+        run.plot_losses()
 
 
 @contextlib.contextmanager

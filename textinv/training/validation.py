@@ -14,40 +14,34 @@ The training loop calls `Validation.after_step(step)` once per optimizer step; e
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from textinv.atomic import atomic_path, write_text
-from textinv.config import Config
+from textinv.atomic import atomic_path
 from textinv.reporting import Reporter
-from textinv.runs import VALIDATION_CSV
+from textinv.runs import Run
+from textinv.training.data import Batches, EpochSampler
 
 
 class Validation:
-    """Built once the training batches exist. `forward(noisy, t, ids, target)` returns the loss tensor,
-    `embedding_at(step)` the checkpoint's Embedding; `pipe` is the training pipeline (placeholders spliced in,
-    written in prompts as `expansions` say); `start_step` > 0 when resuming."""
+    """Built once the training batches exist. `log` is the log config, `seed` the run's; `forward(noisy, t, ids,
+    target)` returns the loss tensor, `embedding_at(step)` the checkpoint's Embedding; `model` is the training
+    model (placeholders spliced in, written in prompts as its `expansions` say); `batch_size` draws the fixed
+    samples as training does; `patience` is train.early_stop. Only the main process (`run.main`) writes."""
 
-    def __init__(self, cfg: Config, run_dir: Path, batches, *, pipe, expansions: dict[str, str], forward: Callable,
-                 embedding_at: Callable, reporter: Reporter, autocast_dtype=None, enabled: bool = True,
-                 start_step: int = 0):
-        from textinv.runs import truncate_csv
-        from textinv.training.data import EpochSampler
-
-        self.cfg, self.run_dir, self.enabled = cfg, run_dir, enabled
-        self.pipe, self.expansions, self.autocast_dtype = pipe, expansions, autocast_dtype
+    def __init__(self, run: Run, log, seed: int, *, model, batches: Batches, batch_size: int, forward: Callable,
+                 embedding_at: Callable, reporter: Reporter, patience: int = 0):
+        self.run, self.log, self.seed, self.model = run, log, seed, model
+        self.batch_size, self.patience = batch_size, patience
         self.forward, self.embedding_at, self.reporter = forward, embedding_at, reporter
-        if enabled and start_step:
-            truncate_csv(run_dir / VALIDATION_CSV, start_step)
         self.best_loss: float | None = None
         self.since_best = 0
         self.evaluator = None
         self.eval_rows: list = []
         self._fixed: list[tuple] | None = None
-        g = torch.Generator().manual_seed(cfg.train.seed + 10_000)
+        g = torch.Generator().manual_seed(seed + 10_000)
         self._own = dataclasses.replace(batches, generator=g, sampler=EpochSampler(len(batches.items), 1, g), drawn={})
 
     @property
@@ -56,9 +50,9 @@ class Validation:
         the lazy cache would otherwise encode up front). Their own generator makes them the same whenever drawn."""
         if self._fixed is None:
             self._fixed = []
-            left = self.cfg.log.val_samples
+            left = self.log.val_samples
             while left > 0:  # in micro-batches, as training draws them
-                k = min(left, self.cfg.data.batch_size)
+                k = min(left, self.batch_size)
                 self._fixed.append(self._own.draw(k))
                 left -= k
         return self._fixed
@@ -71,31 +65,26 @@ class Validation:
 
     def after_step(self, step: int) -> bool:
         """Run what is due at `step`; True asks the loop to stop early."""
-        log = self.cfg.log
+        log = self.log
         stop = False
         if log.val_loss_every and step % log.val_loss_every == 0:
             stop = self._validation_loss(step)
-        if self.enabled and log.prompts and log.image_every and step % log.image_every == 0:
+        if self.run.main and log.prompts and log.image_every and step % log.image_every == 0:
             self.render_prompts(step)
-        if self.enabled and log.eval_every and step % log.eval_every == 0:
+        if self.run.main and log.eval_every and step % log.eval_every == 0:
             self.score(step)
         return stop
 
     def _validation_loss(self, step: int) -> bool:
         value = self.loss()
-        if self.enabled:
-            path = self.run_dir / VALIDATION_CSV
-            new = not path.is_file()
-            with open(path, "a") as f:
-                f.write(("step,val_loss\n" if new else "") + f"{step},{value:.6g}\n")
+        self.run.log_validation(step, value)
         if self.best_loss is None or value < self.best_loss:
             self.best_loss, self.since_best = value, 0
             return False
         self.since_best += 1
-        patience = self.cfg.train.early_stop
-        if patience and self.since_best >= patience:
+        if self.patience and self.since_best >= self.patience:
             self.reporter.message(f"early stop at step {step}: the validation loss has not improved on "
-                                  f"{self.best_loss:.4g} for {patience} check(s)")
+                                  f"{self.best_loss:.4g} for {self.patience} check(s)")
             return True
         return False
 
@@ -104,63 +93,52 @@ class Validation:
         from textinv.generation.sampling import txt2img
         from textinv.models.tokens import expand_placeholders
 
-        log, dev = self.cfg.log, self.pipe.device
-        size = self.cfg.data.resolution
-        with torch.autocast(dev.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
-            return [g.image for g in txt2img(self.pipe, expand_placeholders(prompt, self.expansions),
-                                             negative=expand_placeholders(negative, self.expansions),
+        log, m = self.log, self.model
+        size, precision = m.resolution, m.precision
+        with torch.autocast(m.pipe.device.type, dtype=precision or torch.float32, enabled=precision is not None):
+            return [g.image for g in txt2img(m.pipe, expand_placeholders(prompt, m.expansions),
+                                             negative=expand_placeholders(negative, m.expansions),
                                              n=log.num_images, steps=log.sample_steps, cfg=log.guidance_scale,
-                                             seed=self.cfg.train.seed, width=size, height=size)]
+                                             seed=self.seed, width=size, height=size)]
 
     def render_prompts(self, step: int) -> Path:
         from textinv.generation.sampling import contact_sheet
 
-        log = self.cfg.log
+        log = self.log
         pics = [im for prompt in log.prompts for im in self.render(prompt, log.negative_prompt)]
-        path = self.run_dir / "images" / f"validation_gs-{step:06d}.png"
+        path = self.run.image_log("validation", step)
         with atomic_path(path) as tmp:
             contact_sheet(pics, columns=log.num_images).save(tmp, format="PNG")
         return path
 
     def score(self, step: int) -> None:
-        """Score this step's embedding as `textinv eval` does; eval.json holds the rows so far and the best."""
-        from textinv.evaluation.evaluate import (
-            GRIDS_DIR,
-            RESULTS_FILE,
-            Candidate,
-            EvalResult,
-            EvalSettings,
-            Evaluator,
-            best_row,
-        )
-        from textinv.formats.files import save_embedding
+        """Score this step's embedding as `textinv eval` does (model, pictures and init word from the run's
+        config); eval.json holds the rows so far and the best."""
+        from textinv.evaluation.evaluate import Candidate, EvalResult, EvalSettings, Evaluator, best_row
         from textinv.models.loading import load_pipeline
 
-        log, p = self.cfg.log, self.cfg.personalization
+        log, run = self.log, self.run
         emb = self.embedding_at(step)
-        file = save_embedding(emb, self.run_dir / "embeddings" / f"{emb.name}-{step}.pt", format="pt", force=True)
-        settings = EvalSettings(seeds=log.num_images, seed=self.cfg.train.seed, steps=log.sample_steps,
-                                           cfg=log.guidance_scale, clip=log.eval_clip, dino=log.eval_dino)
-        grids = self.run_dir / GRIDS_DIR
+        file = run.save_checkpoint_embedding(step, emb)
+        settings = EvalSettings(seeds=log.num_images, seed=self.seed, steps=log.sample_steps, cfg=log.guidance_scale,
+                                clip=log.eval_clip, dino=log.eval_dino)
         if self.evaluator is None:
-            notes: list[str] = []
-            pipe = load_pipeline(self.cfg.model.source, model_config=self.cfg.model.config,
-                                        device=self.cfg.train.device)
-            self.evaluator = Evaluator(pipe, Path(self.cfg.data.paths[0]), settings,
-                                                  pipe.textinv.kind == "toy", notes, self.reporter)
-            self.notes = notes
-            baseline = Candidate(label=f"init word ({p.initializer_words[0]})", step=None, embedding=None)
-            self.eval_rows.append(self.evaluator.score(baseline, 0, p.initializer_words[0], grids, self.run_dir))
+            cfg = run.config(check=False)
+            self.source, self.data, self.init_word = (cfg.model.source, cfg.data.paths[0],
+                                                      cfg.personalization.initializer_words[0])
+            self.notes: list[str] = []
+            pipe = load_pipeline(cfg.model.source, model_config=cfg.model.config, device=cfg.train.device)
+            self.evaluator = Evaluator(pipe, Path(self.data), settings, pipe.textinv.kind == "toy", self.notes,
+                                       self.reporter)
+            baseline = Candidate(label=f"init word ({self.init_word})", step=None, embedding=None)
+            self.eval_rows.append(self.evaluator.score(baseline, 0, self.init_word, run))
         cand = Candidate(label=f"step {step}", step=step, embedding=emb, file=str(file))
-        row = self.evaluator.score(cand, len(self.eval_rows), p.initializer_words[0], grids, self.run_dir)
+        row = self.evaluator.score(cand, len(self.eval_rows), self.init_word, run)
         self.eval_rows.append(row)
         result = EvalResult(rows=self.eval_rows, best=best_row(self.eval_rows, settings.margin),
-                                       init_word=p.initializer_words[0], model=self.cfg.model.source,
-                                       data=self.cfg.data.paths[0], settings=settings, notes=self.notes)
-        write_text(self.run_dir / RESULTS_FILE, json.dumps(result.to_json(), indent=2) + "\n")
+                            init_word=self.init_word, model=self.source, data=self.data, settings=settings,
+                            notes=self.notes)
+        run.write_eval(result.to_json())
         shown = "n/a" if row.identity is None else f"{row.identity:.3f}"
         self.reporter.message(f"eval at step {step}: identity {shown}"
                               + (f", editability {row.editability:.3f}" if row.editability is not None else ""))
-
-

@@ -1,0 +1,89 @@
+"""The run's resumable states: state/state-<step>.pt and state.json, the pointer at the latest one.
+
+The pointer is written after the state it names, so a SIGKILL between the two leaves the previous pair; reading
+falls back to the newest earlier state when the latest is damaged.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from textinv.atomic import torch_save, write_text
+from textinv.errors import ConfigError
+
+POINTER = "state.json"
+FOLDER = "state"
+KEEP = 2  # the latest and the one before it
+KEYS = ("step", "learned", "optimizer", "scheduler", "rng", "sampler")
+
+
+def state_files(run_dir: Path) -> list[Path]:
+    """The state files of the run, oldest first."""
+    return sorted((run_dir / FOLDER).glob("state-*.pt"))
+
+
+def save_state(run_dir: Path, step: int, state: dict[str, Any]) -> Path:
+    """Write state-<step>.pt atomically, then point state.json at it, then drop older states."""
+    path = run_dir / FOLDER / f"state-{step:06d}.pt"
+    torch_save(state, path)
+    write_text(run_dir / POINTER, json.dumps({"step": step, "state": f"{FOLDER}/{path.name}"}) + "\n")
+    for old in state_files(run_dir)[:-KEEP]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def latest_state(run_dir: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    """The newest intact state of the run: the one state.json points at, or, when that one is damaged (truncated,
+    empty, missing keys) or state.json itself is, the newest earlier one, said in one line through `say`. A state
+    file that holds code rather than tensors is refused, not skipped."""
+    pointed = _pointed_state(run_dir)
+    candidates = state_files(run_dir)[::-1]
+    if pointed is not None:
+        candidates = [pointed] + [c for c in candidates if c.name < pointed.name]
+    if not candidates:
+        raise ConfigError(f"{run_dir} has no checkpoint to resume from (no state/state-*.pt); start a new run")
+    damaged = []
+    for path in candidates:
+        problem = _state_problem(path)
+        if isinstance(problem, dict):
+            if damaged:
+                say(f"warning: {', '.join(damaged)} damaged; resuming from {path.name} (step {problem['step']})")
+            return problem
+        damaged.append(f"{path.name} is {problem}")
+    raise ConfigError(f"no intact state in {run_dir / FOLDER} ({'; '.join(damaged)}); start a new run")
+
+
+def _pointed_state(run_dir: Path) -> Path | None:
+    """The state file state.json names, or None when state.json is missing or damaged."""
+    try:
+        info = json.loads((run_dir / POINTER).read_text())
+        return run_dir / FOLDER / Path(info["state"]).name
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _state_problem(path: Path) -> dict[str, Any] | str:
+    """The state in `path`, or what is wrong with it (a few words)."""
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size == 0:
+        return "empty"
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise ConfigError(f"{path} holds Python code, not only tensors (it was not written by textinv); "
+                              "refusing to load it: delete it to resume from the state before") from None
+        return "not readable"
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile):
+        return "truncated or not a state file"
+    if not isinstance(state, dict) or any(k not in state for k in KEYS):
+        return "missing entries"
+    return state
