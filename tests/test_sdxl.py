@@ -22,10 +22,11 @@ from textinv.errors import ModelError
 from textinv.formats.embedding import Embedding, Token
 from textinv.formats.files import load_embedding, save_embedding
 from textinv.generation.metadata import read_parameters
+from textinv.hashing import embedding_hash
 from textinv.models import embeddings as pipeline_embeddings
 from textinv.models import peek, tokens
 from textinv.models.conditioning import SDXLConditioning, conditioning_for, is_sdxl
-from textinv.models.embeddings import add_embeddings, file_hash
+from textinv.models.embeddings import add_embeddings
 from textinv.models.loading import load_pipeline
 from textinv.training import loop as trainmod
 
@@ -238,7 +239,7 @@ def test_several_sdxl_embeddings_txt2img_and_img2img_with_metadata(tiny_sdxl_dir
     assert result.exit_code == 0, result.output
     assert "placeholders: <xa> <xb>" in result.stderr
     params = read_parameters(out / "000001.3.png")
-    assert params["TI hashes"] == f"<xa>: {file_hash(a)}, <xb>: {file_hash(b)}"
+    assert params["TI hashes"] == f"<xa>: {embedding_hash(a)}, <xb>: {embedding_hash(b)}"
     assert params["Model"] == tiny_sdxl_dir.name
     init = tmp_path / "init.png"
     Image.new("RGB", (32, 32), (200, 40, 40)).save(init)
@@ -246,7 +247,7 @@ def test_several_sdxl_embeddings_txt2img_and_img2img_with_metadata(tiny_sdxl_dir
                  "-o", out)
     assert again.exit_code == 0, again.output
     params = read_parameters(out / "000002.7.png")
-    assert params["Denoising strength"] == "0.5" and params["TI hashes"] == f"<xa>: {file_hash(a)}"
+    assert params["Denoising strength"] == "0.5" and params["TI hashes"] == f"<xa>: {embedding_hash(a)}"
     sd1 = save_embedding(Embedding(tokens=[Token("<s1>", torch.zeros(1, 32))]), tmp_path / "s1.pt", format="pt")
     refused = _run("generate", "a photo of <s1>", "--model", tiny_sdxl_dir, "-e", sd1, "-s", 2, "-o", out)
     assert refused.exit_code == 1
@@ -266,7 +267,7 @@ def test_dream_prompt_on_sdxl(tiny_sdxl_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     result = _run("--quiet", "generate", "--model", tiny_sdxl_dir, "-e", a, "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
-    assert read_parameters(tmp_path / "out" / "000001.4.png")["TI hashes"] == f"<xa>: {file_hash(a)}"
+    assert read_parameters(tmp_path / "out" / "000001.4.png")["TI hashes"] == f"<xa>: {embedding_hash(a)}"
 
 
 # --- learning ----------------------------------------------------------------------------------------------------

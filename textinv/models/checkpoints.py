@@ -1,13 +1,11 @@
 """Single-file checkpoints (`model.ckpt`, `*.safetensors`) as the original code and AUTOMATIC1111 keep them.
 
 diffusers' single-file loader reads them; this module makes that safe (no pickled code runs) and offline
-(`model_config` names a local diffusers folder for the configs, else the hub cache is searched), and computes
-the model hash AUTOMATIC1111 shows, so that trained embeddings can name the checkpoint they came from.
+(`model_config` names a local diffusers folder for the configs, else the hub cache is searched).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import tempfile
@@ -18,15 +16,6 @@ import torch
 from textinv import hub
 from textinv.errors import ModelError, first_line
 from textinv.formats.container import detect_container
-
-
-def a1111_model_hash(path: str | Path) -> str:
-    """The short model hash AUTOMATIC1111 shows (and civitai matches): sha256 of the file, first 10 hex digits."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:10]
 
 
 def load_single_file(

@@ -12,6 +12,7 @@ from textinv.concepts.fetch import find_local
 from textinv.errors import ConfigError, EmbeddingFormatError, ModelError
 from textinv.formats.embedding import Embedding, family_for
 from textinv.formats.files import load_embedding
+from textinv.hashing import embedding_hash
 from textinv.models.info import LoadedToken, ModelInfo
 
 EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors", ".png")
@@ -98,7 +99,7 @@ def add_embeddings(pipe, embeddings: list[tuple[Path, Embedding]]) -> list[str]:
                 placeholder=tok.name,
                 token_ids=ids,
                 source=str(path),
-                hash=file_hash(path),
+                hash=embedding_hash(path),
                 vectors=tok.vectors.clone(),
             )
             added.append(tok.name)
@@ -152,17 +153,3 @@ def check_prompt(pipe, prompt: str) -> list[str]:
         else "no embedding is loaded; add one with --embedding"
     )
     return [f"{word} is not a loaded placeholder, so it is used as plain text ({hint})" for word in unknown]
-
-
-def file_hash(path: str | Path) -> str:
-    """sha256 of a file (first 12 hex digits, AUTOMATIC1111's embedding short hash); for a folder, its files."""
-    import hashlib
-
-    path = Path(path)
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:12]

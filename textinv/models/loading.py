@@ -15,7 +15,8 @@ import torch
 from textinv import hub
 from textinv.errors import ConfigError, ModelError, first_line
 from textinv.formats.embedding import family_for
-from textinv.models.checkpoints import a1111_model_hash, load_single_file
+from textinv.hashing import model_hash
+from textinv.models.checkpoints import load_single_file
 from textinv.models.info import ModelInfo
 from textinv.models.source import DEFAULT_MODEL, resolve_source
 
@@ -112,7 +113,7 @@ def base_model_of(pipe, source: str) -> dict[str, object]:
     if info is None:
         return fields
     if info.kind == "single-file":
-        fields["base_model_hash"] = a1111_model_hash(info.source)
+        fields["base_model_hash"] = model_hash(info.source)
     elif info.revision:
         fields["extra"] = {"base_model_revision": info.revision}
     return fields
