@@ -114,7 +114,7 @@ class Validation:
                                              seed=self.cfg.train.seed, width=size, height=size)]
 
     def render_prompts(self, step: int) -> Path:
-        from textinv.generation.sampling import contact_sheet
+        from textinv.pictures import contact_sheet
 
         log = self.cfg.log
         pics = [im for prompt in log.prompts for im in self.render(prompt, log.negative_prompt)]
