@@ -367,3 +367,15 @@ def test_every_sdxl_writer_stores_the_encoder_parts(tmp_path, fmt):
     assert sorted(data) == sorted(ENCODER_KEYS)  # safetensors sorts its keys
     assert all(torch.equal(data[k], v) for k, v in encoder_parts(tok).items())
     assert load_embedding(path).tokens[0].vectors_2.shape == (3, 1280)
+
+
+def test_one_list_of_embedding_file_endings_and_its_tensor_subset():
+    from textinv.formats import EMBEDDING_SUFFIXES, SHORTHANDS, TENSOR_SUFFIXES
+    from textinv.formats.registry import resolve
+
+    assert EMBEDDING_SUFFIXES == (".pt", ".bin", ".safetensors", ".png")
+    assert set(TENSOR_SUFFIXES) == set(EMBEDDING_SUFFIXES) - {".png"} and TENSOR_SUFFIXES[0] == ".safetensors"
+    for suffix in EMBEDDING_SUFFIXES:  # writing picks the format from the ending, upper case too
+        assert resolve(None, _emb(), Path(f"x{suffix.upper()}")).name == SHORTHANDS[suffix[1:]]
+    with pytest.raises(EmbeddingFormatError, match="cannot tell the output format"):
+        resolve(None, _emb(), Path("x.ckpt"))

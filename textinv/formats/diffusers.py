@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 from textinv.atomic import atomic_write, torch_save, write_text
 from textinv.errors import EmbeddingFormatError
+from textinv.formats import TENSOR_SUFFIXES
 from textinv.formats.common import (
     Source,
     encoder_parts,
@@ -81,7 +82,7 @@ def _write_safetensors(emb: Embedding, path: Path) -> None:
 def concept_file(folder: Path) -> Path:
     """The embedding file of an sd-concepts-library folder: learned_embeds.{safetensors,bin}, else the only one."""
     candidates = [folder / "learned_embeds.safetensors", folder / "learned_embeds.bin"]
-    candidates += sorted(p for p in folder.iterdir() if p.suffix in (".bin", ".safetensors", ".pt"))
+    candidates += sorted(p for p in folder.iterdir() if p.suffix in TENSOR_SUFFIXES)
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
         raise EmbeddingFormatError(f"{folder}: a folder with no embedding file (.bin, .safetensors or .pt) in it")

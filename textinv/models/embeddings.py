@@ -10,13 +10,13 @@ import torch
 
 from textinv.concepts.fetch import find_local
 from textinv.errors import ConfigError, EmbeddingFormatError, ModelError
+from textinv.formats import EMBEDDING_SUFFIXES
 from textinv.formats.embedding import Embedding, family_for
 from textinv.formats.files import load_embedding
 from textinv.hashing import embedding_hash
 from textinv.models.info import LoadedToken, ModelInfo
 from textinv.models.tokens import as_word
 
-EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors", ".png")
 # Words a user means as placeholders: `<cat-toy>` (sd-concepts) or a bare `*` (the paper code).
 _PLACEHOLDER_LIKE = re.compile(r"<[^<>\s]+>|" + as_word(r"\*"))
 
