@@ -19,11 +19,11 @@ from tests.test_train import make_images
 from textinv.cli import app
 from textinv.config import build_config
 from textinv.errors import ModelError
+from textinv.formats import families
 from textinv.formats.embedding import Embedding, Token
 from textinv.formats.files import load_embedding, save_embedding
 from textinv.generation.metadata import read_parameters
 from textinv.hashing import embedding_hash
-from textinv.models import embeddings as pipeline_embeddings
 from textinv.models import peek, tokens
 from textinv.models.conditioning import SDXLConditioning, conditioning_for, is_sdxl
 from textinv.models.embeddings import add_embeddings
@@ -196,9 +196,9 @@ def test_an_sd1_embedding_on_sdxl_and_the_reverse_name_both_families():
     sd1 = Embedding(tokens=[Token("<a>", torch.zeros(1, 768))])
     xl = Embedding(tokens=[Token("<b>", torch.zeros(1, 768), torch.zeros(1, 1280))])
     with pytest.raises(ModelError, match=r"SD1\.x \(768-dim\) but the model is SDXL \(768\+1280-dim\)"):
-        pipeline_embeddings._check_fits(Path("a.pt"), sd1, sd1.tokens[0], 768, 1280, "SDXL")
+        families.check_fits(Path("a.pt"), "<a>", sd1.tokens[0].widths, (768, 1280))
     with pytest.raises(ModelError, match=r"SDXL \(768\+1280-dim\) but the model is SD1\.x \(768-dim\)"):
-        pipeline_embeddings._check_fits(Path("b.safetensors"), xl, xl.tokens[0], 768, None, "SD1.x")
+        families.check_fits(Path("b.safetensors"), "<b>", xl.tokens[0].widths, (768, None))
 
 
 # --- generating ------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import torch
 from textinv import hub
 from textinv.errors import ModelError, first_line
 from textinv.formats.container import detect_container
+from textinv.models.peek import is_sdxl_checkpoint, is_sdxl_index
 
 
 def load_single_file(
@@ -35,10 +36,9 @@ def load_single_file(
         if config is None:
             config = _cached_config_for(path, state)  # None: online, let diffusers fetch it
         if config is not None:
-            cls_name = json.loads((config / "model_index.json").read_text()).get("_class_name", "")
-            is_xl = "XL" in cls_name
+            is_xl = is_sdxl_index(json.loads((config / "model_index.json").read_text()))
         else:
-            is_xl = any(k.startswith("conditioner.embedders.1.") for k in state)
+            is_xl = is_sdxl_checkpoint(state)
         pipe_cls = StableDiffusionXLPipeline if is_xl else StableDiffusionPipeline
         kwargs: dict = {"torch_dtype": torch_dtype}
         if pipe_cls is StableDiffusionPipeline:
