@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from textinv import strict_yaml
 from textinv.errors import ConfigError
 from textinv.formats import SHORTHANDS, TOOLS, WRITE_NAMES
 from textinv.formats.families import CONFIG_FOR
@@ -280,7 +281,7 @@ def _read_yaml(p: Path, seen: tuple[Path, ...]) -> Any:
     try:
         if p.stat().st_size > MAX_CONFIG_BYTES:
             raise ConfigError(f"{p} is {p.stat().st_size >> 20} MiB; a config is a small YAML text file")
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = strict_yaml.load(p.read_text(encoding="utf-8"), p)
     except UnicodeDecodeError:
         raise ConfigError(f"{p} is not a text file; pass a YAML config such as configs/v1-finetune.yaml") from None
     except yaml.YAMLError as e:
