@@ -26,6 +26,7 @@ FAMILIES = (
     Family("SDXL", (768, 1280), "sdxl-finetune"),  # CLIP ViT-L/14 + OpenCLIP ViT-bigG/14
     Family("textinv toy", (64,)),  # the small model textinv ships (--model toy)
 )
+Widths = tuple[int, int | None]  # a text encoder's width and the second one's (SDXL), else None
 _BY_WIDTHS = {f.widths: f.name for f in FAMILIES}
 # The packaged config for each family that has one: what `model.family` may name, and what `train` picks.
 CONFIG_FOR = {f.name: f.config for f in FAMILIES if f.config}
@@ -45,9 +46,6 @@ def describe(dim: int, dim_2: int | None = None) -> str:
     family = family_for(dim, dim_2)
     dims = f"{dim}+{dim_2}-dim" if dim_2 else f"{dim}-dim"
     return f"{dims} (no known family)" if family.startswith("unknown") else f"{family} ({dims})"
-
-
-Widths = tuple[int, int | None]  # a text encoder's width and the second one's (SDXL), else None
 
 
 def check_fits(path: str | Path, placeholder: str, widths: Widths, dims: Widths) -> None:
