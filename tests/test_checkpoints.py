@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import torch
 import yaml
@@ -11,9 +9,9 @@ from typer.testing import CliRunner
 
 from tests.ldm_checkpoint import config_only_copy, ldm_state_dict
 from tests.test_train import make_images
+from textinv import hashing
 from textinv.cli import app
 from textinv.formats.files import load_embedding
-from textinv.models import checkpoints
 from textinv.models.loading import load_pipeline
 
 runner = CliRunner()
@@ -26,12 +24,6 @@ def ckpt(tiny_model_dir, tmp_path_factory):
     pipe = load_pipeline(tiny_model_dir, device="cpu")
     torch.save({"state_dict": ldm_state_dict(pipe), "global_step": 7}, folder / "model.ckpt")
     return folder / "model.ckpt", config_only_copy(tiny_model_dir, folder / "config")
-
-
-def test_a1111_model_hash_is_sha256_first_ten(tmp_path):
-    f = tmp_path / "m.safetensors"
-    f.write_bytes(b"weights" * 1000)
-    assert checkpoints.a1111_model_hash(f) == hashlib.sha256(b"weights" * 1000).hexdigest()[:10]
 
 
 def _train_args(tmp_path, images, *extra: str) -> list[str]:
@@ -58,7 +50,7 @@ def test_train_from_a_ckpt_offline_with_model_config(tmp_path, ckpt):
 
     # the model's hash, as AUTOMATIC1111 computes it, is in every format that has room for it (not .bin: a
     # plain {token: tensor} dict), and travels through convert and merge
-    model_hash = checkpoints.a1111_model_hash(model)
+    model_hash = hashing.model_hash(model)
     for name in ("cat.pt", "cat.safetensors"):
         emb = load_embedding(run_dir / "embeddings" / name)
         assert (emb.base_model_hash, emb.base_model) == (model_hash, str(model)), name

@@ -68,6 +68,39 @@ def test_yaml_errors_name_the_file(tmp_path):
         c.load_config(bad)
 
 
+def test_a_key_given_twice_is_an_error_naming_it_and_the_file(tmp_path):
+    bad = tmp_path / "twice.yaml"
+    bad.write_text("model:\n  family: SD1.x\n  source: toy\n  family: SDXL\n")  # PyYAML alone keeps SDXL
+    assert yaml.safe_load(bad.read_text())["model"]["family"] == "SDXL"
+    with pytest.raises(ConfigError) as e:
+        c.load_config(bad)
+    assert str(e.value) == f"{bad}: `model.family` is given twice (lines 2 and 4); keep one"
+    bad.write_text("train:\n  max_steps: 1\ntrain:\n  seed: 2\n")
+    with pytest.raises(ConfigError, match=r"`train` is given twice \(lines 1 and 3\)"):
+        c.load_config(bad)
+    child = tmp_path / "child.yaml"  # a duplicate in a `base:` file names that file
+    child.write_text(f"base: {bad.name}\ntrain:\n  seed: 3\n")
+    with pytest.raises(ConfigError, match=rf"^{bad}: `train` is given twice"):
+        c.load_config(child)
+
+
+def test_keys_alike_only_as_text_in_different_mappings_or_from_a_merge_are_not_duplicates(tmp_path):
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("log:\n  prompts: [{a: 1, b: 2}, {a: 3}]\noptim: {1: x, '1': y}\n"
+                  "d: &d {max_steps: 7, seed: 1}\ntrain:\n  <<: *d\n  seed: 5\n")
+    assert c._read_yaml(ok, ()) == {
+        "log": {"prompts": [{"a": 1, "b": 2}, {"a": 3}]},
+        "optim": {1: "x", "1": "y"},  # an int key and a string key
+        "d": {"max_steps": 7, "seed": 1},
+        "train": {"max_steps": 7, "seed": 5},  # a merge key, then an override of what it brought
+    }
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in c.PACKAGED_CONFIGS.glob("*.yaml")))
+def test_no_packaged_config_gives_a_key_twice(name):
+    assert isinstance(c.load_config(name), c.Config)
+
+
 @pytest.mark.parametrize(
     ("item", "message"),
     [

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from textinv.errors import EmbeddingFormatError, MetadataWarning
 from textinv.formats import FOR_TOOL, TOOLS, WRITE_NAMES
+from textinv.formats.common import ENCODER_KEYS, encoder_parts
 from textinv.formats.embedding import Embedding, Token
 from textinv.formats.files import load_embedding, save_embedding
 from textinv.formats.registry import FORMATS, WRITABLE
@@ -342,3 +343,39 @@ def test_sdxl_for_a_tool_is_clip_l_and_clip_g(tmp_path, tool):
     data = load_file(path) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
     assert set(data) == {"clip_l", "clip_g"}
     assert torch.equal(data["clip_l"], emb.tokens[0].vectors) and torch.equal(data["clip_g"], emb.tokens[0].vectors_2)
+
+
+def test_encoder_parts_are_contiguous_copies_under_the_encoder_keys():
+    wide = torch.arange(2 * 1280 * 2, dtype=torch.float32).view(1280 * 2, 2)
+    tok = Token("<xl>", torch.randn(768, 2).t(), wide.t()[:, ::2])  # two non-contiguous views
+    parts = encoder_parts(tok)
+    assert list(parts) == list(ENCODER_KEYS) == ["clip_l", "clip_g"]
+    assert [p.shape for p in parts.values()] == [(2, 768), (2, 1280)]
+    assert all(p.is_contiguous() for p in parts.values())
+    assert torch.equal(parts["clip_l"], tok.vectors) and torch.equal(parts["clip_g"], tok.vectors_2)
+    parts["clip_g"].zero_()
+    assert tok.vectors_2.abs().sum() > 0  # a copy, not a view of the token
+
+
+@pytest.mark.parametrize("fmt", ["a1111-pt", "kohya", "diffusers-bin", "diffusers-safetensors"])
+def test_every_sdxl_writer_stores_the_encoder_parts(tmp_path, fmt):
+    g = torch.Generator().manual_seed(1)
+    tok = Token("<xl>", torch.randn(3, 768, generator=g), torch.randn(3, 1280, generator=g))
+    path = tmp_path / f"xl{FORMATS[fmt].extension}"
+    FORMATS[fmt].write(Embedding([tok]), path)
+    data = load_file(path) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
+    assert sorted(data) == sorted(ENCODER_KEYS)  # safetensors sorts its keys
+    assert all(torch.equal(data[k], v) for k, v in encoder_parts(tok).items())
+    assert load_embedding(path).tokens[0].vectors_2.shape == (3, 1280)
+
+
+def test_one_list_of_embedding_file_endings_and_its_tensor_subset():
+    from textinv.formats import EMBEDDING_SUFFIXES, SHORTHANDS, TENSOR_SUFFIXES
+    from textinv.formats.registry import resolve
+
+    assert EMBEDDING_SUFFIXES == (".pt", ".bin", ".safetensors", ".png")
+    assert set(TENSOR_SUFFIXES) == set(EMBEDDING_SUFFIXES) - {".png"} and TENSOR_SUFFIXES[0] == ".safetensors"
+    for suffix in EMBEDDING_SUFFIXES:  # writing picks the format from the ending, upper case too
+        assert resolve(None, _emb(), Path(f"x{suffix.upper()}")).name == SHORTHANDS[suffix[1:]]
+    with pytest.raises(EmbeddingFormatError, match="cannot tell the output format"):
+        resolve(None, _emb(), Path("x.ckpt"))

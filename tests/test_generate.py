@@ -25,7 +25,7 @@ from textinv.generation import dream
 from textinv.generation import session as session_module
 from textinv.generation.metadata import a1111_parameters, read_parameters
 from textinv.generation.sampling import GenerationParams, scheduler_name
-from textinv.models.embeddings import file_hash
+from textinv.hashing import embedding_hash
 from textinv.models.loading import load_pipeline
 from textinv.progress import ImageProgress
 
@@ -108,7 +108,7 @@ def test_generate_writes_pngs_with_their_parameters(kind, model_args, emb_files,
         assert (params["Steps"], params["Sampler"], params["CFG scale"]) == ("2", "DDIM", "7.5")
         assert (params["Seed"], params["Size"]) == (str(seed), "32x48")
         assert params["Model"] == ("model" if kind == "ckpt" else model_args["folder"][1].split("/")[-1])
-        hashes = {name: file_hash(emb_files[fmt]) for name, fmt in (("<p-bin>", "bin"), ("<p-pt>", "pt"))}
+        hashes = {name: embedding_hash(emb_files[fmt]) for name, fmt in (("<p-bin>", "bin"), ("<p-pt>", "pt"))}
         assert params["TI hashes"] == ", ".join(f"{n}: {h}" for n, h in hashes.items())
         with Image.open(path) as im:
             dream_line = f'"a photo of <p-bin> in the style of <p-pt> [blurry]" -s 2 -S {seed} -W 32 -H 48 -C 7.5 -A ddim'
@@ -148,7 +148,7 @@ def test_every_format_and_several_embeddings_in_one_prompt(model_args, emb_files
     assert json.loads(line) == {"path": str(tmp_path / "000001.1.png"), "seed": 1, "prompt": prompt}
     params = read_parameters(tmp_path / "000001.1.png")
     assert params["Sampler"] == "Euler a"
-    assert params["TI hashes"] == ", ".join(f"<p-{fmt}>: {file_hash(f)}" for fmt, f in emb_files.items())
+    assert params["TI hashes"] == ", ".join(f"<p-{fmt}>: {embedding_hash(f)}" for fmt, f in emb_files.items())
 
 
 def test_token_renames_a_placeholder_and_unknown_ones_warn(model_args, emb_files, tmp_path):
@@ -272,7 +272,7 @@ def test_dream_prompt_keeps_the_model_loaded(model_args, emb_files, tmp_path, mo
     assert (out / "000001.3.grid.png").is_file()
     assert read_parameters(out / "000003.7.png")["Denoising strength"] == "0.5"
     assert read_parameters(out / "000003.7.png")["Steps"] == "2"
-    assert read_parameters(out / "000001.3.png")["TI hashes"] == f"<p-bin>: {file_hash(emb_files['bin'])}"
+    assert read_parameters(out / "000001.3.png")["TI hashes"] == f"<p-bin>: {embedding_hash(emb_files['bin'])}"
     errors = result.stderr.strip().splitlines()
     assert len(errors) == 3 and all(e.startswith("error: ") for e in errors)
     assert "--steps 0" in errors[0] and "--model cannot change inside dream>" in errors[1]

@@ -19,13 +19,14 @@ from tests.test_train import make_images
 from textinv.cli import app
 from textinv.config import build_config
 from textinv.errors import ModelError
+from textinv.formats import families
 from textinv.formats.embedding import Embedding, Token
 from textinv.formats.files import load_embedding, save_embedding
 from textinv.generation.metadata import read_parameters
-from textinv.models import embeddings as pipeline_embeddings
+from textinv.hashing import embedding_hash
 from textinv.models import peek, tokens
 from textinv.models.conditioning import SDXLConditioning, conditioning_for, is_sdxl
-from textinv.models.embeddings import add_embeddings, file_hash
+from textinv.models.embeddings import add_embeddings
 from textinv.models.loading import load_pipeline
 from textinv.training import loop as trainmod
 from textinv.training import setup
@@ -197,9 +198,9 @@ def test_an_sd1_embedding_on_sdxl_and_the_reverse_name_both_families():
     sd1 = Embedding(tokens=[Token("<a>", torch.zeros(1, 768))])
     xl = Embedding(tokens=[Token("<b>", torch.zeros(1, 768), torch.zeros(1, 1280))])
     with pytest.raises(ModelError, match=r"SD1\.x \(768-dim\) but the model is SDXL \(768\+1280-dim\)"):
-        pipeline_embeddings._check_fits(Path("a.pt"), sd1, sd1.tokens[0], 768, 1280, "SDXL")
+        families.check_fits(Path("a.pt"), "<a>", sd1.tokens[0].widths, (768, 1280))
     with pytest.raises(ModelError, match=r"SDXL \(768\+1280-dim\) but the model is SD1\.x \(768-dim\)"):
-        pipeline_embeddings._check_fits(Path("b.safetensors"), xl, xl.tokens[0], 768, None, "SD1.x")
+        families.check_fits(Path("b.safetensors"), "<b>", xl.tokens[0].widths, (768, None))
 
 
 # --- generating ------------------------------------------------------------------------------------------------
@@ -240,7 +241,7 @@ def test_several_sdxl_embeddings_txt2img_and_img2img_with_metadata(tiny_sdxl_dir
     assert result.exit_code == 0, result.output
     assert "placeholders: <xa> <xb>" in result.stderr
     params = read_parameters(out / "000001.3.png")
-    assert params["TI hashes"] == f"<xa>: {file_hash(a)}, <xb>: {file_hash(b)}"
+    assert params["TI hashes"] == f"<xa>: {embedding_hash(a)}, <xb>: {embedding_hash(b)}"
     assert params["Model"] == tiny_sdxl_dir.name
     init = tmp_path / "init.png"
     Image.new("RGB", (32, 32), (200, 40, 40)).save(init)
@@ -248,7 +249,7 @@ def test_several_sdxl_embeddings_txt2img_and_img2img_with_metadata(tiny_sdxl_dir
                  "-o", out)
     assert again.exit_code == 0, again.output
     params = read_parameters(out / "000002.7.png")
-    assert params["Denoising strength"] == "0.5" and params["TI hashes"] == f"<xa>: {file_hash(a)}"
+    assert params["Denoising strength"] == "0.5" and params["TI hashes"] == f"<xa>: {embedding_hash(a)}"
     sd1 = save_embedding(Embedding(tokens=[Token("<s1>", torch.zeros(1, 32))]), tmp_path / "s1.pt", format="pt")
     refused = _run("generate", "a photo of <s1>", "--model", tiny_sdxl_dir, "-e", sd1, "-s", 2, "-o", out)
     assert refused.exit_code == 1
@@ -268,7 +269,7 @@ def test_dream_prompt_on_sdxl(tiny_sdxl_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     result = _run("--quiet", "generate", "--model", tiny_sdxl_dir, "-e", a, "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
-    assert read_parameters(tmp_path / "out" / "000001.4.png")["TI hashes"] == f"<xa>: {file_hash(a)}"
+    assert read_parameters(tmp_path / "out" / "000001.4.png")["TI hashes"] == f"<xa>: {embedding_hash(a)}"
 
 
 # --- learning ----------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "textinv"
 # Floors, bottom first. A module belongs to the floor of the longest prefix that names it.
 FLOORS = [
     ("shared", ["textinv", "textinv.errors", "textinv.reporting", "textinv.atomic", "textinv.safe_pickle",
-                "textinv.hub", "textinv.pictures",
+                "textinv.hub", "textinv.hashing", "textinv.pictures", "textinv.strict_yaml",
                 # the toy world and its judge are data and rules, not the product: evaluation reads the judge
                 "textinv.toy.world", "textinv.toy.judge", "textinv.toy.tokenizer", "textinv.toy.pipeline"]),
     ("formats", ["textinv.formats"]),

@@ -124,6 +124,7 @@ def test_side_by_side_lays_out_three_titled_columns():
     assert picture.getpixel((picture.width // 2, picture.height // 2)) in ((255, 0, 0), (255, 255, 255))
 
 
+@pytest.mark.slow  # the whole demo again through the CLI; the fast tests below cover the run and the command
 @shipped
 def test_demo_command_writes_the_picture_and_prints_its_path(tmp_path):
     from typer.testing import CliRunner
@@ -136,6 +137,30 @@ def test_demo_command_writes_the_picture_and_prints_its_path(tmp_path):
     assert result.stdout.strip().endswith(str(picture))
     assert len(list((tmp_path / "demo" / "inputs").glob("*.png"))) == 4
     assert Image.open(picture).size[0] > 3 * 2 * 96
+
+
+def test_demo_command_passes_its_options_to_run_demo_and_prints_the_picture(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from textinv.cli import app
+    from textinv.toy import demo
+
+    calls = []
+
+    def fake_run_demo(out_dir, **kwargs):
+        calls.append((out_dir, kwargs))
+        kwargs["reporter"].message("wrote 4 pictures")
+        return demo.DemoResult(picture=out_dir / "demo.png", inputs=[], embedding=out_dir / "e.pt", run_dir=out_dir,
+                               steps=2, init_prompt="a photo of a triangle", learned_prompt="a photo of *",
+                               init_match=0.25, learned_match=0.75, seconds=3.0)
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    result = CliRunner().invoke(app, ["demo", "--steps", "2", "--seed", "5", "--output", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    ((out_dir, kwargs),) = calls
+    assert out_dir == tmp_path / "demo" and (kwargs["max_steps"], kwargs["seed"]) == (2, 5)
+    assert result.stdout.strip() == str(tmp_path / "demo" / "demo.png")
+    assert "the judge sees the concept in 75% of 'a photo of *' and 25% of 'a photo of a triangle'" in result.stderr
 
 
 def test_the_shipped_toy_model_is_recognised_by_family():
@@ -165,10 +190,14 @@ def test_demo_runs_torch_on_one_thread_and_reports_through_the_reporter(tmp_path
     heard, before = Heard(), torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        demo.run_demo(tmp_path, max_steps=2, samples=2, reporter=heard)
+        result = demo.run_demo(tmp_path, max_steps=2, samples=2, reporter=heard)
         assert torch.get_num_threads() == 2  # put back afterwards
     finally:
         torch.set_num_threads(before)
+    assert result.picture == tmp_path / "demo.png" and result.steps == 2
+    assert sorted(p.name for p in (tmp_path / "inputs").glob("*.png")) == sorted(p.name for p in result.inputs)
+    assert len(result.inputs) == 4 and result.embedding.is_file()
+    assert Image.open(result.picture).size[0] > 3 * 2 * 96  # three columns of two pictures each
     assert heard.threads == {demo.THREADS} == {1}
     assert {"train", "images", "steps"} <= set(heard.tasks)
     stages = [m for m in heard.messages if m.startswith(("wrote 4 pictures", "learned *", "generating 2 pictures"))]

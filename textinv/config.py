@@ -24,8 +24,10 @@ from typing import Any
 
 import yaml
 
+from textinv import strict_yaml
 from textinv.errors import ConfigError
 from textinv.formats import SHORTHANDS, TOOLS, WRITE_NAMES
+from textinv.formats.families import CONFIG_FOR
 from textinv.paper_config import from_paper_layout, is_paper_layout
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
@@ -36,7 +38,7 @@ class ModelConfig:
     source: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # hub id, diffusers folder, single file, or `toy`
     prediction_type: str | None = None  # None: whatever the model's scheduler says
     config: str | None = None  # for a .ckpt/.safetensors: a local diffusers folder whose configs describe it
-    family: str | None = "SD1.x"  # SD1.x | SD2.x | SDXL | None (any); checked against the model (families.py)
+    family: str | None = "SD1.x"  # SD1.x | SD2.x | SDXL | None (any); checked against the model (formats/families.py)
 
 
 @dataclass
@@ -113,7 +115,7 @@ class Config:
 
 CHOICES = {
     "model.prediction_type": (None, "epsilon", "v_prediction"),
-    "model.family": (None, "SD1.x", "SD2.x", "SDXL"),
+    "model.family": (None, *CONFIG_FOR),  # the families with a packaged config
     "personalization.learnable_property": ("object", "style"),
     "optim.lr_scheduler": ("constant", "linear", "cosine"),
     "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
@@ -280,7 +282,7 @@ def _read_yaml(p: Path, seen: tuple[Path, ...]) -> Any:
     try:
         if p.stat().st_size > MAX_CONFIG_BYTES:
             raise ConfigError(f"{p} is {p.stat().st_size >> 20} MiB; a config is a small YAML text file")
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = strict_yaml.load(p.read_text(encoding="utf-8"), p)
     except UnicodeDecodeError:
         raise ConfigError(f"{p} is not a text file; pass a YAML config such as configs/v1-finetune.yaml") from None
     except yaml.YAMLError as e:
@@ -456,9 +458,6 @@ def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
 
 
-DEFAULT_CONFIG = "v1-finetune"
-
-
 def build_config(
     path: str | Path | None, sets: list[str] | None = None, *, notes: list[str] | None = None, **named: Any
 ) -> Config:
@@ -469,7 +468,7 @@ def build_config(
         from textinv.models.peek import default_config
 
         source = named.get("model.source") or dict(parse_override(s) for s in sets or []).get("model.source")
-        path = default_config(source) if source else DEFAULT_CONFIG
+        path = default_config(source)
     cfg = load_config(path, notes=notes)
     cfg = validate(apply_overrides(cfg, sets, **named))
     cfg.data.paths = [str(Path(d).expanduser().absolute()) for d in cfg.data.paths]

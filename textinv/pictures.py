@@ -5,11 +5,11 @@ with a warning, captions beside them), and tensors turned back into pictures and
 
 from __future__ import annotations
 
+import math
 import re
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from warnings import catch_warnings, simplefilter
 
 import numpy as np
@@ -159,9 +159,8 @@ def _caption(image_path: Path) -> str | None:
     return None
 
 
-def to_pil(x: torch.Tensor):
-    from PIL import Image
-
+def to_pil(x: torch.Tensor) -> Image.Image:
+    """A [3, h, w] tensor in [-1, 1] (a training picture, a VAE decode) as an 8-bit RGB picture."""
     arr = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(arr)
 
@@ -176,14 +175,21 @@ def text_image(text: str, side: int):
     return img
 
 
-def grid_of(rows: list[list[Any]]) -> Any:
-    """One row of tiles per placeholder; tiles take the first one's size, empty places stay white."""
-    from PIL import Image
-
+def grid_of(rows: list[list[Image.Image]], *, columns: int | None = None, background: str = "white") -> Image.Image:
+    """Pictures laid out row by row, each in a tile of the first one's size; the sheet is `columns` tiles wide
+    (default: the longest row), and empty places show `background`."""
     first = next((pic for row in rows for pic in row), None)
     w, h = first.size if first is not None else (8, 8)
-    grid = Image.new("RGB", (w * max(1, max(len(r) for r in rows)), h * len(rows)), "white")
+    columns = columns or max(1, max(len(r) for r in rows))
+    grid = Image.new("RGB", (w * columns, h * len(rows)), background)
     for y, row in enumerate(rows):
         for x, pic in enumerate(row):
             grid.paste(pic.convert("RGB").resize((w, h)), (x * w, y * h))
     return grid
+
+
+def contact_sheet(images: list[Image.Image], *, columns: int | None = None) -> Image.Image:
+    """The images in a grid on black, `columns` wide or as square as their count allows."""
+    columns = columns or math.ceil(math.sqrt(len(images)))
+    return grid_of([images[i : i + columns] for i in range(0, len(images), columns)], columns=columns,
+                   background="black")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from textinv.atomic import atomic_write
 from textinv.errors import ConceptError, EmbeddingFormatError, OutputExistsError, first_line
+from textinv.formats import TENSOR_SUFFIXES
 from textinv.formats.diffusers import TOKEN_FILE, TYPE_FILE, apply_concept_files
 from textinv.formats.embedding import Embedding
 from textinv.formats.files import load_embedding, save_embedding
@@ -29,7 +30,6 @@ from textinv.reporting import SILENT, Reporter
 SD_CONCEPTS = "sd-concepts-library"
 # What diffusers writes now, then what the 2022 sd-concepts notebooks wrote (anchors-detailed.md F4/F5).
 STANDARD_FILES = ("learned_embeds.safetensors", "learned_embeds.bin")
-EMBEDDING_SUFFIXES = (".safetensors", ".bin", ".pt")
 SIDECAR = ".concept.json"
 FETCH_FORMATS = ("pt", "bin", "safetensors")
 # Hub repo names: letters, digits, '-', '_', '.'; no '--' or '..' (the hub refuses them too), at most 96 chars.
@@ -134,7 +134,7 @@ def find_local(name: str, folder: Path) -> Path | None:
         side = _read_sidecar(_sidecar_path(folder, ref.local_name))
         if side is not None and (folder / Path(side["file"]).name).is_file():
             return folder / Path(side["file"]).name
-        for suffix in EMBEDDING_SUFFIXES:
+        for suffix in TENSOR_SUFFIXES:
             if (folder / f"{ref.local_name}{suffix}").is_file():
                 return folder / f"{ref.local_name}{suffix}"
     # `cat-toy` fetched from another owner, or the token itself (`<cat-toy>`)
@@ -161,7 +161,7 @@ def _cached_snapshot(hub: Client, repo_id: str) -> Path | None:
             repo_id,
             cache_dir=hub.cache_dir,
             local_files_only=True,
-            allow_patterns=[TOKEN_FILE, TYPE_FILE, *(f"*{s}" for s in EMBEDDING_SUFFIXES)],
+            allow_patterns=[TOKEN_FILE, TYPE_FILE, *(f"*{s}" for s in TENSOR_SUFFIXES)],
         )
     except IncompleteSnapshotError as e:  # we download only the files we need; what is there is enough
         folder = e.snapshot_path
@@ -265,7 +265,7 @@ def pick_embedding_file(filenames: list[str]) -> str | None:
     for name in STANDARD_FILES:
         if name in top:
             return name
-    others = sorted(f for f in top if f.endswith(EMBEDDING_SUFFIXES) and not f.startswith("."))
+    others = sorted(f for f in top if f.endswith(TENSOR_SUFFIXES) and not f.startswith("."))
     # A repo with several weight files (a full model, a LoRA) is not one concept; refuse to guess.
     return others[0] if len(others) == 1 else None
 

@@ -21,8 +21,6 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
 from textinv.errors import ConfigError, DataError
 from textinv.reporting import SILENT, Reporter
 from textinv.runs import Run
@@ -246,7 +244,7 @@ class Evaluator:
     """The fixed parts of an evaluation (model, references, scoring models), and the scoring of one candidate."""
 
     def __init__(self, pipe, data: Path, s: EvalSettings, toy: bool, notes: list[str], reporter: Reporter):
-        from textinv.pictures import load_folder
+        from textinv.pictures import load_folder, to_pil
 
         self.pipe, self.s, self.toy = pipe, s, toy
         self.scratch = None
@@ -254,7 +252,7 @@ class Evaluator:
         found, warnings = load_folder(data, size)
         for w in warnings:
             reporter.message(f"warning: {w}")
-        self.references = [_to_pil(img.pixels) for img in found]
+        self.references = [to_pil(img.pixels) for img in found]
         self.clip = self.dino = None
         self.concept = None
         if toy:
@@ -329,7 +327,7 @@ class Evaluator:
                 row.editability = sum(row.per_prompt.values()) / len(row.per_prompt)
         if run is not None:
             from textinv.atomic import atomic_path
-            from textinv.generation.sampling import contact_sheet
+            from textinv.pictures import contact_sheet
 
             name = "init-word" if cand.embedding is None else f"step-{cand.step:06d}" if cand.step is not None \
                 else Path(cand.label).stem
@@ -337,13 +335,6 @@ class Evaluator:
                 contact_sheet([im for line in sheet for im in line], columns=self.s.seeds).save(tmp, format="PNG")
             row.grid = str((run.eval_grids / f"{name}.png").relative_to(run.path))
         return row
-
-
-def _to_pil(x: torch.Tensor):
-    from PIL import Image
-
-    arr = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(arr)
 
 
 def copy_best(result: EvalResult, out: Path, *, force: bool = False) -> Path:

@@ -2,8 +2,9 @@
 `paper`, `png`, `diffusers`, `kohya`, `sdxl`), the bounded container reader (`container.py`) and the registry
 that reads and writes with them (`registry.py`).
 
-This module holds only the names the command line offers, so that importing it (for `--to`/`--for` choices)
-needs no torch; the registry checks at import that each name has its record.
+This module holds only the names the command line offers and the file endings embeddings come in, so that
+importing it (for `--to`/`--for` choices) needs no torch; the registry checks at import that each name has its
+record.
 """
 
 # The writable formats, in the order the README and `--to` list them.
@@ -12,6 +13,10 @@ WRITE_NAMES = ("a1111-pt", "paper-pt", "diffusers-bin", "diffusers-safetensors",
 # Shorthands named after file extensions; `pt` with several tokens is the paper layout, the only one whose
 # readers keep them all.
 SHORTHANDS = {"pt": "a1111-pt", "bin": "diffusers-bin", "safetensors": "diffusers-safetensors", "png": "a1111-png"}
+# The endings of embedding files, one per shorthand: what `--embedding DIR` takes from a folder ...
+EMBEDDING_SUFFIXES = tuple(f".{s}" for s in SHORTHANDS)
+# ... and those that hold tensors rather than a picture, safest first: what a concept's repo or folder holds.
+TENSOR_SUFFIXES = (".safetensors", ".bin", ".pt")
 # The tools people load embeddings into (the names `--for` takes), and the format each one gets.
 TOOLS = {
     "a1111": "AUTOMATIC1111 webui",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from textinv.atomic import torch_save
-from textinv.formats.common import Source, single_token
+from textinv.formats.common import Source, encoder_parts, single_token
 from textinv.formats.embedding import Embedding
 from textinv.formats.paper import from_string_to_param, string_to_param_dict
 from textinv.formats.record import Format
@@ -45,7 +45,7 @@ def _read(data, metadata, source: Source) -> Embedding:
 def _write(emb: Embedding, path: Path) -> None:
     tok = single_token(emb, "a1111-pt")
     if emb.is_sdxl:  # the webui's SDXL layout, also in a .pt
-        data = {"clip_l": tok.vectors.clone(), "clip_g": tok.vectors_2.clone()}
+        data = encoder_parts(tok)
     else:
         data = string_to_param_dict(emb, {"*": tok.vectors.clone()})
     torch_save(data, path)

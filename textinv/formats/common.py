@@ -14,6 +14,10 @@ from textinv.errors import EmbeddingFormatError, MetadataWarning
 from textinv.formats.embedding import Embedding, Token
 
 MAX_VECTORS = 1024  # per token; A1111 allows 75
+# The key each text encoder's vectors go under in a file that holds one tensor per encoder, in the order a Token
+# keeps them (`vectors`, `vectors_2`): SDXL's CLIP-L and OpenCLIP-bigG, as AUTOMATIC1111, kohya and diffusers
+# write them. A family with more encoders (SD3: clip_l, clip_g, t5) extends this tuple and Token's parts.
+ENCODER_KEYS = ("clip_l", "clip_g")
 META_PREFIX = "textinv."  # our keys in safetensors metadata
 _JSON_KEYS = ("placeholders", "init_words", "extra", "num_vectors")
 
@@ -168,6 +172,13 @@ def single_token(emb: Embedding, fmt: str) -> Token:
             "pass --split for one file per token, --token NAME for one, or write the paper layout (--to paper-pt)"
         )
     return emb.tokens[0]
+
+
+def encoder_parts(tok: Token) -> dict[str, torch.Tensor]:
+    """A multi-encoder token's vectors by encoder key ({clip_l: [n, 768], clip_g: [n, 1280]} for SDXL), each a
+    contiguous copy, ready for torch.save or safetensors."""
+    parts = (tok.vectors, tok.vectors_2)
+    return {key: v.contiguous().clone() for key, v in zip(ENCODER_KEYS, parts, strict=True)}
 
 
 def require_single_encoder(emb: Embedding, fmt: str) -> None:

@@ -10,8 +10,10 @@ from safetensors.torch import save_file
 
 from textinv.atomic import atomic_write, torch_save, write_text
 from textinv.errors import EmbeddingFormatError
+from textinv.formats import TENSOR_SUFFIXES
 from textinv.formats.common import (
     Source,
+    encoder_parts,
     ours,
     require_single_encoder,
     safetensors_metadata,
@@ -62,7 +64,7 @@ def _read(data, metadata, source: Source) -> Embedding:
 def _write_bin(emb: Embedding, path: Path) -> None:
     tok = single_token(emb, "diffusers-bin")
     if emb.is_sdxl:
-        data = {"clip_l": tok.vectors.clone(), "clip_g": tok.vectors_2.clone()}
+        data = encoder_parts(tok)
     else:  # one vector as 1-D [dim], as sd-concepts-library stores it (InvokeAI reads shape[0] as the width)
         data = {tok.name: tok.vectors[0].clone() if tok.num_vectors == 1 else tok.vectors.clone()}
     torch_save(data, path)
@@ -71,7 +73,7 @@ def _write_bin(emb: Embedding, path: Path) -> None:
 def _write_safetensors(emb: Embedding, path: Path) -> None:
     tok = single_token(emb, "diffusers-safetensors")
     if emb.is_sdxl:
-        data = {"clip_l": tok.vectors.contiguous(), "clip_g": tok.vectors_2.contiguous()}
+        data = encoder_parts(tok)
     else:
         data = {tok.name: tok.vectors.contiguous()}
     atomic_write(path, lambda tmp: save_file(data, str(tmp), metadata=safetensors_metadata(emb)))
@@ -80,7 +82,7 @@ def _write_safetensors(emb: Embedding, path: Path) -> None:
 def concept_file(folder: Path) -> Path:
     """The embedding file of an sd-concepts-library folder: learned_embeds.{safetensors,bin}, else the only one."""
     candidates = [folder / "learned_embeds.safetensors", folder / "learned_embeds.bin"]
-    candidates += sorted(p for p in folder.iterdir() if p.suffix in (".bin", ".safetensors", ".pt"))
+    candidates += sorted(p for p in folder.iterdir() if p.suffix in TENSOR_SUFFIXES)
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
         raise EmbeddingFormatError(f"{folder}: a folder with no embedding file (.bin, .safetensors or .pt) in it")

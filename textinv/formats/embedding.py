@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-FAMILIES = {768: "SD1.x", 1024: "SD2.x", 64: "textinv toy"}  # 64: the small model textinv ships (--model toy)
+from textinv.formats.families import family_for
 
 
 @dataclass
@@ -34,6 +34,11 @@ class Token:
     def dim(self) -> int:
         return self.vectors.shape[1]
 
+    @property
+    def widths(self) -> tuple[int, int | None]:
+        """(width, the second encoder's width or None): what tells the family."""
+        return self.dim, self.vectors_2.shape[1] if self.vectors_2 is not None else None
+
 
 @dataclass
 class Embedding:
@@ -52,7 +57,7 @@ class Embedding:
     @property
     def family(self) -> str:
         """SD1.x / SD2.x / SDXL from the vector widths, or 'unknown (dim N)'."""
-        return family_for(self.tokens[0].dim, self.tokens[0].vectors_2.shape[1] if self.is_sdxl else None)
+        return family_for(*self.tokens[0].widths)
 
     @property
     def is_sdxl(self) -> bool:
@@ -63,9 +68,3 @@ class Embedding:
             if tok.name == name:
                 return tok
         raise KeyError(name)
-
-
-def family_for(dim: int, dim_2: int | None = None) -> str:
-    if dim_2 is not None:
-        return "SDXL" if (dim, dim_2) == (768, 1280) else f"unknown (dims {dim}+{dim_2})"
-    return FAMILIES.get(dim, f"unknown (dim {dim})")

@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from textinv.atomic import atomic_write
 from textinv.formats.common import (
     Source,
+    encoder_parts,
     ours,
     placeholder,
     safetensors_metadata,
@@ -43,7 +44,7 @@ def _read(fmt: str):
 def _write(emb: Embedding, path: Path) -> None:
     tok = single_token(emb, "kohya")
     if emb.is_sdxl:
-        data = {"clip_l": tok.vectors.contiguous(), "clip_g": tok.vectors_2.contiguous()}
+        data = encoder_parts(tok)
     else:
         data = {"emb_params": tok.vectors.contiguous()}
     meta = safetensors_metadata(emb)

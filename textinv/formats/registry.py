@@ -14,6 +14,7 @@ import torch
 
 from textinv.errors import EmbeddingFormatError, TextinvError
 from textinv.formats import (
+    EMBEDDING_SUFFIXES,
     FOR_TOOL,
     SHORTHANDS,
     TOOLS,
@@ -41,7 +42,6 @@ FORMATS: dict[str, Format] = {name: _ALL[name] for name in _ORDER}
 WRITABLE = [name for name in WRITE_NAMES if FORMATS[name].write is not None]
 if len(WRITABLE) != len(WRITE_NAMES) or any(FORMATS[n].name != n for n in [*SHORTHANDS.values(), *FOR_TOOL.values()]):
     raise RuntimeError("textinv.formats names a format that has no writer")
-_EXTENSIONS = {".pt": "pt", ".bin": "bin", ".safetensors": "safetensors", ".png": "png"}
 
 
 # --- reading ---------------------------------------------------------------------------------------------
@@ -121,7 +121,8 @@ def _refuse_non_embeddings(data, path: Path) -> None:
 def resolve(choice: str | None, emb: Embedding, path: Path) -> Format:
     """The record to write: a format name, an extension shorthand, a tool from TOOLS, or (None) the extension."""
     if choice is None:
-        choice = _EXTENSIONS.get(path.suffix.lower())
+        suffix = path.suffix.lower()
+        choice = suffix.removeprefix(".") if suffix in EMBEDDING_SUFFIXES else None
         if choice is None:
             raise EmbeddingFormatError(
                 f"{path}: cannot tell the output format from {path.suffix or 'no extension'!r}; "

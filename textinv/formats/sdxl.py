@@ -4,23 +4,24 @@ diffusers-safetensors as textinv writes it) and XL-Inversion's `{emb, emb2}` (or
 from __future__ import annotations
 
 from textinv.errors import EmbeddingFormatError
-from textinv.formats.common import Source, ours, placeholder, token, with_metadata
+from textinv.formats.common import ENCODER_KEYS, Source, ours, placeholder, token, with_metadata
 from textinv.formats.embedding import Embedding
 from textinv.formats.kohya import has_kohya_metadata
 from textinv.formats.record import Format
 
 
 def _has_clip_keys(data) -> bool:
-    return isinstance(data, dict) and ("clip_l" in data or "clip_g" in data)
+    return isinstance(data, dict) and any(key in data for key in ENCODER_KEYS)
 
 
 def _read_clip(fmt: str):
     def read(data, metadata, source: Source) -> Embedding:
-        if "clip_l" not in data or "clip_g" not in data:
+        if any(key not in data for key in ENCODER_KEYS):
             raise EmbeddingFormatError(f"{source.path}: an SDXL embedding needs both clip_l and clip_g; one is missing")
         found = ours(metadata, source.path)
         name = placeholder(found, source)
-        emb = Embedding([token(name, data["clip_l"], source.path, data["clip_g"])],
+        first, second = (data[key] for key in ENCODER_KEYS)
+        emb = Embedding([token(name, first, source.path, second)],
                         name=metadata.get("modelspec.title"), source_format=fmt)
         return with_metadata(emb, found)
 

@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -15,30 +13,20 @@ from typing import TYPE_CHECKING
 
 from textinv import __version__
 from textinv.errors import DataError
+from textinv.hashing import model_hash
+from textinv.models.source import SINGLE_FILE_SUFFIXES
 
 if TYPE_CHECKING:
     from textinv.generation.sampling import GenerationParams
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-
 
 def checkpoint_hash(model: str) -> str | None:
-    """AUTOMATIC1111's `Model hash` (the first 10 hex digits of the file's sha256) for a single-file checkpoint;
-    None for a hub id or a diffusers folder, which have no such hash."""
+    """AUTOMATIC1111's `Model hash` for a single-file checkpoint; None for a hub id or a diffusers folder, which
+    have no such hash."""
     path = Path(model)
-    if path.suffix.lower() not in CHECKPOINT_SUFFIXES or not path.is_file():
+    if path.suffix.lower() not in SINGLE_FILE_SUFFIXES or not path.is_file():
         return None
-    stat = path.stat()
-    return _sha256_10(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=8)
-def _sha256_10(path: str, size: int, mtime_ns: int) -> str:  # size and mtime key the cache: a changed file rehashes
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:10]
+    return model_hash(path)
 
 
 def a1111_parameters(p: GenerationParams) -> str:

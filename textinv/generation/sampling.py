@@ -293,16 +293,3 @@ def _embeddings_in(pipe, *texts: str) -> list[tuple[str, str]]:
         if any(placeholder in t for t in texts):
             used.append((placeholder, loaded.hash))  # the word the prompt uses, as A1111 names them
     return list(dict.fromkeys(used))
-
-
-def contact_sheet(images: list, *, columns: int | None = None):
-    """The images in a grid, as square as their count allows, row by row."""
-    from PIL import Image
-
-    columns = columns or math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / columns)
-    w, h = images[0].size
-    sheet = Image.new("RGB", (columns * w, rows * h), (0, 0, 0))
-    for i, im in enumerate(images):
-        sheet.paste(im, ((i % columns) * w, (i // columns) * h))
-    return sheet

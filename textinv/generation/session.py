@@ -24,6 +24,7 @@ from textinv.generation.sampling import GeneratedImage, Request
 from textinv.models.embeddings import add_embeddings, check_prompt, load_embeddings
 from textinv.models.loading import load_pipeline
 from textinv.models.source import DEFAULT_MODEL
+from textinv.pictures import contact_sheet
 from textinv.reporting import SILENT, Reporter
 
 
@@ -97,7 +98,7 @@ class Session:
         sheet = None
         if (grid if grid is not None else len(images) > 1) and images:
             name = f"{start:06d}.{images[0].seed}.grid.png"
-            sheet = _save(sampling.contact_sheet([m.image for m in images]), images[0].params, out_dir / name)
+            sheet = _save(contact_sheet([m.image for m in images]), images[0].params, out_dir / name)
         return Made(images=images, paths=paths, grid=sheet)
 
 

@@ -1,13 +1,11 @@
 """Single-file checkpoints (`model.ckpt`, `*.safetensors`) as the original code and AUTOMATIC1111 keep them.
 
 diffusers' single-file loader reads them; this module makes that safe (no pickled code runs) and offline
-(`model_config` names a local diffusers folder for the configs, else the hub cache is searched), and computes
-the model hash AUTOMATIC1111 shows, so that trained embeddings can name the checkpoint they came from.
+(`model_config` names a local diffusers folder for the configs, else the hub cache is searched).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import tempfile
@@ -18,15 +16,7 @@ import torch
 from textinv import hub
 from textinv.errors import ModelError, first_line
 from textinv.formats.container import detect_container
-
-
-def a1111_model_hash(path: str | Path) -> str:
-    """The short model hash AUTOMATIC1111 shows (and civitai matches): sha256 of the file, first 10 hex digits."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:10]
+from textinv.models.peek import is_sdxl_checkpoint, is_sdxl_index
 
 
 def load_single_file(
@@ -46,10 +36,9 @@ def load_single_file(
         if config is None:
             config = _cached_config_for(path, state)  # None: online, let diffusers fetch it
         if config is not None:
-            cls_name = json.loads((config / "model_index.json").read_text()).get("_class_name", "")
-            is_xl = "XL" in cls_name
+            is_xl = is_sdxl_index(json.loads((config / "model_index.json").read_text()))
         else:
-            is_xl = any(k.startswith("conditioner.embedders.1.") for k in state)
+            is_xl = is_sdxl_checkpoint(state)
         pipe_cls = StableDiffusionXLPipeline if is_xl else StableDiffusionPipeline
         kwargs: dict = {"torch_dtype": torch_dtype}
         if pipe_cls is StableDiffusionPipeline:

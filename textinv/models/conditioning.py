@@ -18,7 +18,9 @@ import torch
 
 
 def is_sdxl(pipe) -> bool:
-    """Two text encoders and a UNet conditioned on pooled text and size ids: SDXL's architecture, any width."""
+    """Two text encoders and a UNet conditioned on pooled text and size ids: SDXL's architecture, any width (so the
+    tiny test models too), which is what picks the conditioning; the family's name comes from the widths
+    (`models.loading.model_family`)."""
     return getattr(pipe, "text_encoder_2", None) is not None and (
         getattr(pipe.unet.config, "addition_embed_type", None) == "text_time"
     )

@@ -10,13 +10,17 @@ import torch
 
 from textinv.concepts.fetch import find_local
 from textinv.errors import ConfigError, EmbeddingFormatError, ModelError
-from textinv.formats.embedding import Embedding, family_for
+from textinv.formats import EMBEDDING_SUFFIXES
+from textinv.formats.embedding import Embedding
+from textinv.formats.families import check_fits
 from textinv.formats.files import load_embedding
+from textinv.hashing import embedding_hash
 from textinv.models.info import LoadedToken, ModelInfo
+from textinv.models.loading import encoder_widths
+from textinv.models.tokens import as_word
 
-EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors", ".png")
 # Words a user means as placeholders: `<cat-toy>` (sd-concepts) or a bare `*` (the paper code).
-_PLACEHOLDER_LIKE = re.compile(r"<[^<>\s]+>|(?<!\S)\*(?!\S)")
+_PLACEHOLDER_LIKE = re.compile(r"<[^<>\s]+>|" + as_word(r"\*"))
 
 
 def find_embedding_files(spec: str | Path, *, folder: Path = Path("embeddings")) -> list[Path]:
@@ -72,12 +76,11 @@ def add_embeddings(pipe, embeddings: list[tuple[Path, Embedding]]) -> list[str]:
     """
     info: ModelInfo = pipe.textinv
     te, te2 = pipe.text_encoder, getattr(pipe, "text_encoder_2", None)
-    dim = te.get_input_embeddings().weight.shape[1]
-    dim_2 = te2.get_input_embeddings().weight.shape[1] if te2 is not None else None
+    dims = encoder_widths(pipe)
     added: list[str] = []
     for path, emb in embeddings:
         for tok in emb.tokens:
-            _check_fits(path, emb, tok, dim, dim_2, info.family)
+            check_fits(path, tok.name, tok.widths, dims)
             prior = info.embeddings.get(tok.name)
             if prior is not None:
                 if prior.vectors.shape == tok.vectors.shape and torch.equal(prior.vectors, tok.vectors):
@@ -98,29 +101,11 @@ def add_embeddings(pipe, embeddings: list[tuple[Path, Embedding]]) -> list[str]:
                 placeholder=tok.name,
                 token_ids=ids,
                 source=str(path),
-                hash=file_hash(path),
+                hash=embedding_hash(path),
                 vectors=tok.vectors.clone(),
             )
             added.append(tok.name)
     return added
-
-
-def _check_fits(path: Path, emb: Embedding, tok, dim: int, dim_2: int | None, model_family: str) -> None:
-    tok_dim_2 = tok.vectors_2.shape[1] if tok.vectors_2 is not None else None
-    if tok.dim == dim and tok_dim_2 == dim_2:
-        return
-    emb_family = family_for(tok.dim, tok_dim_2)
-    raise ModelError(
-        f"{Path(path).name}: embedding {tok.name} is {_label(emb_family, tok.dim, tok_dim_2)} but the model is "
-        f"{_label(model_family, dim, dim_2)}; use an embedding trained for "
-        f"{'this model' if model_family.startswith('unknown') else model_family}, or a model of the embedding's "
-        "family with --model"
-    )
-
-
-def _label(family: str, dim: int, dim_2: int | None) -> str:
-    dims = f"{dim}+{dim_2}-dim" if dim_2 else f"{dim}-dim"
-    return f"{dims} (no known family)" if family.startswith("unknown") else f"{family} ({dims})"
 
 
 def _add_tokens(tokenizer, text_encoder, names: list[str], vectors: torch.Tensor) -> list[int]:
@@ -152,17 +137,3 @@ def check_prompt(pipe, prompt: str) -> list[str]:
         else "no embedding is loaded; add one with --embedding"
     )
     return [f"{word} is not a loaded placeholder, so it is used as plain text ({hint})" for word in unknown]
-
-
-def file_hash(path: str | Path) -> str:
-    """sha256 of a file (first 12 hex digits, AUTOMATIC1111's embedding short hash); for a folder, its files."""
-    import hashlib
-
-    path = Path(path)
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:12]

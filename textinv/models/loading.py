@@ -14,8 +14,9 @@ import torch
 
 from textinv import hub
 from textinv.errors import ConfigError, ModelError, first_line
-from textinv.formats.embedding import family_for
-from textinv.models.checkpoints import a1111_model_hash, load_single_file
+from textinv.formats.families import family_for
+from textinv.hashing import model_hash
+from textinv.models.checkpoints import load_single_file
 from textinv.models.info import ModelInfo
 from textinv.models.source import DEFAULT_MODEL, resolve_source
 
@@ -112,7 +113,7 @@ def base_model_of(pipe, source: str) -> dict[str, object]:
     if info is None:
         return fields
     if info.kind == "single-file":
-        fields["base_model_hash"] = a1111_model_hash(info.source)
+        fields["base_model_hash"] = model_hash(info.source)
     elif info.revision:
         fields["extra"] = {"base_model_revision": info.revision}
     return fields
@@ -146,12 +147,19 @@ def _variant(pipe, kind: str, auto_cls: str):
     return out
 
 
+def encoder_widths(pipe) -> tuple[int, int | None]:
+    """The token-embedding widths of a loaded pipeline's text encoder and of its second one (SDXL), else None."""
+    te2 = getattr(pipe, "text_encoder_2", None)
+    return _width(pipe.text_encoder), _width(te2) if te2 is not None else None
+
+
 def model_family(pipe) -> str:
     """SD1.x (768-dim text), SD2.x (1024) or SDXL (two encoders), from the text encoders' widths."""
-    dim = pipe.text_encoder.get_input_embeddings().weight.shape[1]
-    te2 = getattr(pipe, "text_encoder_2", None)
-    dim_2 = te2.get_input_embeddings().weight.shape[1] if te2 is not None else None
-    return family_for(dim, dim_2)
+    return family_for(*encoder_widths(pipe))
+
+
+def _width(text_encoder) -> int:
+    return text_encoder.get_input_embeddings().weight.shape[1]
 
 
 def _load_folder(folder: Path, torch_dtype: torch.dtype):

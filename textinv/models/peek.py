@@ -13,8 +13,8 @@ import struct
 from pathlib import Path
 
 from textinv.errors import ConfigError
+from textinv.formats.families import CONFIG_FOR
 
-CONFIG_FOR = {"SD1.x": "v1-finetune", "SD2.x": "v2-finetune", "SDXL": "sdxl-finetune"}
 # Token-embedding tensors in original-layout checkpoints: SD1 (CLIP-L), SD2 (OpenCLIP-H), SDXL's two encoders.
 _SD1 = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
 _SD2 = "cond_stage_model.model.token_embedding.weight"
@@ -41,14 +41,23 @@ def peek_is_sdxl(source: str) -> bool:
     except Exception:  # a bad source is reported, with its own message, when the model is loaded
         return False
     if kind == "single-file":
-        header = _safetensors_header(Path(location)) or {}
-        return any(k.startswith(_SDXL_SECOND_ENCODER) for k in header)
+        return is_sdxl_checkpoint(_safetensors_header(Path(location)) or {})
     index = _cached(location, "model_index.json") if kind == "hub" else Path(location) / "model_index.json"
     try:
         data = json.loads(index.read_text()) if index is not None else {}
     except (OSError, ValueError):
         return False
-    return "text_encoder_2" in data or "XL" in str(data.get("_class_name", ""))
+    return is_sdxl_index(data)
+
+
+def is_sdxl_index(index: dict) -> bool:
+    """Whether a diffusers `model_index.json` (read as a dict) describes an SDXL pipeline."""
+    return "text_encoder_2" in index or "XL" in str(index.get("_class_name", ""))
+
+
+def is_sdxl_checkpoint(keys) -> bool:
+    """Whether an original-layout checkpoint's tensor names include SDXL's second text encoder."""
+    return any(str(k).startswith(_SDXL_SECOND_ENCODER) for k in keys)
 
 
 def check_config(config_family: str | None, model_is_sdxl: bool, model_family: str, n_placeholders: int) -> None:
@@ -87,16 +96,14 @@ def text_encoder_dims(source: str | Path | None, model_config: str | Path | None
 
 def check_fit(source, model_config, embeddings: list) -> None:
     """ModelError when an embedding's width is not the model's, told from the model's files alone."""
-    from textinv.formats.embedding import family_for
-    from textinv.models.embeddings import _check_fits
+    from textinv.formats.families import check_fits
 
     dims = text_encoder_dims(source, model_config)
     if dims is None:
         return
-    dim, dim_2 = dims
     for path, emb in embeddings:
         for tok in emb.tokens:
-            _check_fits(path, emb, tok, dim, dim_2, family_for(dim, dim_2))
+            check_fits(path, tok.name, tok.widths, dims)
 
 
 def _cached(repo_id: str, filename: str) -> Path | None:

@@ -11,6 +11,15 @@ from torch import nn
 from textinv.errors import ConfigError, ModelError
 from textinv.reporting import Reporter
 
+# A placeholder is a prompt word where it stands alone: after the start or a space, before a space, punctuation or
+# the end (`a photo of *, big` names `*`; `a*b` and `*x` do not).
+_WORD_START, _WORD_END = r"(?<!\S)", r"(?=[\s,.;:!?]|$)"
+
+
+def as_word(pattern: str) -> str:
+    """The regex `pattern`, matched only where it stands as a whole prompt word; its groups keep their numbers."""
+    return rf"{_WORD_START}(?:{pattern}){_WORD_END}"
+
 
 class SplicedEmbedding(nn.Module):
     """The frozen token embedding, with ids >= `first_id` looked up in a separate float32 `learned` table."""
@@ -100,4 +109,4 @@ def expand_placeholders(text: str, expansions: dict[str, str]) -> str:
     if not expansions:
         return text
     pattern = "|".join(re.escape(p) for p in sorted(expansions, key=len, reverse=True))
-    return re.sub(rf"(?<!\S)({pattern})(?=[\s,.;:!?]|$)", lambda m: expansions[m.group(1)], text)
+    return re.sub(as_word(f"({pattern})"), lambda m: expansions[m.group(1)], text)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from textinv.errors import ConfigError, DataError
+from textinv.models.tokens import as_word
 from textinv.pictures import TrainImage, load_folder
 from textinv.reporting import Reporter
 
@@ -30,12 +31,11 @@ def fill_prompt(template: str, placeholder_text: str) -> str:
     """Put the placeholder (already expanded to all its vector tokens) where `[name]`, `{}` or a lone `*` stands."""
     out = template.replace("[name]", placeholder_text).replace("{}", placeholder_text)
     if out == template:
-        out = re.sub(r"(?<!\S)\*(?=[\s,.;:!?]|$)", lambda _: placeholder_text, template)
+        out = re.sub(as_word(r"\*"), lambda _: placeholder_text, template)
     return out
 
 
 CACHE_ON_DEVICE_BYTES = 256 * 2**20
-_WORD_END = r"(?=[\s,.;:!?]|$)"
 
 
 @dataclass
@@ -70,7 +70,7 @@ def build_items(p, data, reporter: Reporter) -> tuple[list[TrainImage], list[Ite
             if img.caption:
                 prompt = fill_prompt(img.caption, p.placeholder_strings[own or 0])
                 named = [k for k, s in enumerate(p.placeholder_strings)
-                         if re.search(rf"(?<!\S){re.escape(s)}{_WORD_END}", prompt)]
+                         if re.search(as_word(re.escape(s)), prompt)]
                 if not named:
                     raise DataError(
                         f"caption {img.path.with_suffix('.txt').name} does not mention the placeholder; write * or "

@@ -102,7 +102,7 @@ class Validation:
                                              seed=self.seed, width=size, height=size)]
 
     def render_prompts(self, step: int) -> Path:
-        from textinv.generation.sampling import contact_sheet
+        from textinv.pictures import contact_sheet
 
         log = self.log
         pics = [im for prompt in log.prompts for im in self.render(prompt, log.negative_prompt)]
