@@ -16,9 +16,17 @@ import typer
 from rich.markup import escape
 
 from textinv import __version__
-from textinv.cli_output import err, info, out, print_error, print_json, show_warning, user_errors
-from textinv.cli_output import print_eval as _print_eval  # the name `eval_` calls
-from textinv.cli_output import state as _state  # the name `train` and `eval_` read
+from textinv.cli_output import (
+    err,
+    info,
+    out,
+    print_error,
+    print_eval,
+    print_json,
+    show_warning,
+    state,
+    user_errors,
+)
 from textinv.errors import TextinvError, UsageError
 from textinv.formats import SHORTHANDS, TOOLS, WRITE_NAMES
 
@@ -47,8 +55,8 @@ def _main(
     ] = False,
 ) -> None:
     """Textual inversion for Stable Diffusion: teach a model a new word from a few pictures."""
-    _state["debug"] = debug or bool(os.environ.get("TEXTINV_DEBUG"))
-    _state["quiet"] = quiet
+    state["debug"] = debug or bool(os.environ.get("TEXTINV_DEBUG"))
+    state["quiet"] = quiet
     warnings.showwarning = show_warning
 
 
@@ -260,7 +268,7 @@ def fetch(
         else:
             from textinv.progress import DownloadProgress
 
-            reporter = DownloadProgress(err, enabled=not _state["quiet"] and not as_json)
+            reporter = DownloadProgress(err, enabled=not state["quiet"] and not as_json)
             fmt = to.value if to else None
             res = fetch_concept(concept, out_dir=out_dir, to=fmt, force=force, reporter=reporter)
     if search is not None:
@@ -414,7 +422,7 @@ def _images(o: dict) -> None:
     from textinv.generation.session import Session, check_out_dir
     from textinv.progress import ImageProgress
 
-    reporter = ImageProgress(err, enabled=not _state["quiet"])
+    reporter = ImageProgress(err, enabled=not state["quiet"])
     with user_errors(), sigterm_as_interrupt():
         dream.request_of(o).check()
         check_out_dir(o["out_dir"])
@@ -456,6 +464,14 @@ def _make(session, o: dict, reporter) -> None:
 
 
 # --- training: train, demo ------------------------------------------------------------------------------------
+
+
+# The config key each `train` option sets (an option not given leaves the config's value).
+_TRAIN_KEYS = {"DIR": "data.paths", "--init-word": "personalization.initializer_words",
+               "--placeholder": "personalization.placeholder_strings", "--name": "log.name", "--model": "model.source",
+               "--device": "train.device", "--out": "log.output_dir",
+               "--report-to": "log.report_to", "--model-config": "model.config",
+               "--gradient-checkpointing": "train.gradient_checkpointing"}
 
 
 @app.command(rich_help_panel="Training")
@@ -531,38 +547,26 @@ def train(
     from textinv import config as cfgmod
     from textinv.progress import TrainProgress
     from textinv.runs import resume_config
-    from textinv.training.loop import TrainingInterrupted
     from textinv.training.loop import train as run_training
     from textinv.training.setup import check_image_folders
 
+    given = {"DIR": [str(d) for d in data_dirs] if data_dirs else None, "--init-word": init_word or None,
+             "--placeholder": placeholder or None, "--name": name, "--config": config, "--model": model,
+             "--model-config": str(model_config) if model_config else None, "--set": set_, "--device": device,
+             "--out": out_dir or output_dir, "--report-to": report_to, "--gradient-checkpointing": gradient_checkpointing}
     with user_errors():
-        if resume is not None:
-            cfg = resume_config(resume, max_steps=max_steps, others={
-                "DIR": data_dirs, "--init-word": init_word, "--placeholder": placeholder, "--name": name,
-                "--config": config, "--model": model, "--model-config": model_config, "--set": set_,
-                "--device": device, "--out": out_dir or output_dir, "--report-to": report_to,
-                "--gradient-checkpointing": gradient_checkpointing is not None})
+        if resume is not None:  # only --max-steps may change; any other option is refused by name
+            others = {**given, "--gradient-checkpointing": gradient_checkpointing is not None}
+            cfg = resume_config(resume, max_steps=max_steps, others=others)
         else:
             notes: list[str] = []
-            cfg = cfgmod.build_config(config, set_, notes=notes, **{
-                "data.paths": [str(d) for d in data_dirs] if data_dirs else None,  # else the config's
-                "personalization.initializer_words": init_word or None,
-                "personalization.placeholder_strings": placeholder or None,
-                "log.name": name, "model.source": model, "train.max_steps": max_steps, "train.device": device,
-                "log.output_dir": out_dir or output_dir, "log.report_to": report_to,
-                "model.config": str(model_config) if model_config else None,
-                "train.gradient_checkpointing": gradient_checkpointing,
-            })
+            keys = {_TRAIN_KEYS[f]: v for f, v in given.items() if f in _TRAIN_KEYS}
+            cfg = cfgmod.build_config(config, set_, notes=notes, **keys, **{"train.max_steps": max_steps})
             check_image_folders(cfg.data)
             for note in notes:
                 info(f"[yellow]note:[/yellow] {escape(note)}")
         _quiet_libraries()
-        try:
-            result = run_training(cfg, reporter=TrainProgress(err, quiet=_state["quiet"]), resume=resume)
-        except TrainingInterrupted as e:
-            if not e.quiet:
-                err.print(f"[yellow]{e}[/yellow]", highlight=False)
-            raise typer.Exit(e.exit_code) from None
+        result = run_training(cfg, reporter=TrainProgress(err, quiet=state["quiet"]), resume=resume)
     out.print(f"{result.embedding_path}", highlight=False)
     info(f"trained to step {result.step}; run folder {result.run_dir}")
 
@@ -582,7 +586,7 @@ def demo(
     from textinv.progress import TrainProgress
     from textinv.toy.demo import run_demo
 
-    quiet = _state["quiet"]
+    quiet = state["quiet"]
     _quiet_libraries()
     with user_errors():
         result = run_demo(
@@ -639,14 +643,14 @@ def eval_(
                                        clip=None if clip == "none" else clip, dino=None if dino == "none" else dino)
     with user_errors():
         result = evaluation.evaluate(targets, data=data, model=model, init_word=init_word, settings=settings,
-                                     device=device, reporter=CountProgress(err, quiet=_state["quiet"]))
+                                     device=device, reporter=CountProgress(err, quiet=state["quiet"]))
         written = evaluation.copy_best(result, copy_best, force=force) if copy_best else None
     for note in result.notes:
         info(f"note: {escape(note)}")
     if as_json:
         print_json(result.to_json())
     else:
-        _print_eval(result)
+        print_eval(result)
     if written:
         info(f"wrote {written} ({result.best.label})")
 

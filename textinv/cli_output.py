@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from textinv.errors import MetadataWarning, TextinvError
+from textinv.errors import Interrupted, MetadataWarning, TextinvError
 from textinv.formats import TOOLS
 
 out = Console(highlight=False, soft_wrap=True)
@@ -30,7 +30,11 @@ def user_errors() -> Iterator[None]:
     except TextinvError as e:
         if state["debug"]:
             raise
-        print_error(str(e))
+        if isinstance(e, Interrupted):
+            if not e.quiet:
+                err.print(f"[yellow]{escape(str(e))}[/yellow]", highlight=False)
+        else:
+            print_error(str(e))
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         if state["debug"]:

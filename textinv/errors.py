@@ -41,6 +41,14 @@ class UsageError(TextinvError):
     exit_code = 2
 
 
+class Interrupted(TextinvError):
+    """Ctrl-C or a kill, after which what was finished is kept; the CLI says so in one line and exits 130.
+    `quiet` is set where another process of the same run says it."""
+
+    exit_code = 130
+    quiet = False
+
+
 class MetadataWarning(UserWarning):
     """A malformed field in a file from elsewhere (an embedding's metadata, a concept's token file) that was
     ignored; the CLI prints it as one `warning:` line."""

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from textinv.config import Config, to_dict
-from textinv.errors import ConfigError, TextinvError
+from textinv.errors import ConfigError, Interrupted, TextinvError
 from textinv.models.loading import base_model_of
 from textinv.reporting import Reporter
 from textinv.runs import Run
@@ -40,10 +40,8 @@ from textinv.training.state import LearnedEmbedding, Learning, start_run
 from textinv.training.validation import Validation
 
 
-class TrainingInterrupted(TextinvError):
+class TrainingInterrupted(Interrupted):
     """Ctrl-C: a checkpoint was written (or the last one kept) and the run can be resumed."""
-
-    exit_code = 130
 
     def __init__(self, run_dir: Path, step: int | None, saved: bool, quiet: bool = False):
         self.run_dir, self.step, self.saved = run_dir, step, saved
