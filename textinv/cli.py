@@ -471,7 +471,7 @@ _TRAIN_KEYS = {"DIR": "data.paths", "--init-word": "personalization.initializer_
                "--placeholder": "personalization.placeholder_strings", "--name": "log.name", "--model": "model.source",
                "--device": "train.device", "--out": "log.output_dir",
                "--report-to": "log.report_to", "--model-config": "model.config",
-               "--gradient-checkpointing": "train.gradient_checkpointing"}
+               "--gradient-checkpointing": "train.gradient_checkpointing", "--max-memory": "train.max_memory"}
 
 
 @app.command(rich_help_panel="Training")
@@ -535,6 +535,11 @@ def train(
                                   help="Recompute the UNet's activations in the backward pass: less memory, slower.",
                                   rich_help_panel="Training", show_default=False),
     ] = None,
+    max_memory: Annotated[
+        float | None, typer.Option("--max-memory", metavar="GIB", help="Memory budget in GiB: textinv picks the "
+                                   "fastest settings estimated to fit (bf16 weights, VAE offload, checkpointing).",
+                                   rich_help_panel="Training", show_default=False),
+    ] = None,
     resume: Annotated[
         Path | None, typer.Option("--resume", metavar="LOGDIR", help="Continue a run from its last checkpoint.",
                                   rich_help_panel="Training", show_default=False),
@@ -553,10 +558,12 @@ def train(
     given = {"DIR": [str(d) for d in data_dirs] if data_dirs else None, "--init-word": init_word or None,
              "--placeholder": placeholder or None, "--name": name, "--config": config, "--model": model,
              "--model-config": str(model_config) if model_config else None, "--set": set_, "--device": device,
-             "--out": out_dir or output_dir, "--report-to": report_to, "--gradient-checkpointing": gradient_checkpointing}
+             "--out": out_dir or output_dir, "--report-to": report_to, "--gradient-checkpointing": gradient_checkpointing,
+             "--max-memory": max_memory}
     with user_errors():
         if resume is not None:  # only --max-steps may change; any other option is refused by name
-            others = {**given, "--gradient-checkpointing": gradient_checkpointing is not None}
+            others = {**given, "--gradient-checkpointing": gradient_checkpointing is not None,
+                      "--max-memory": max_memory is not None}
             cfg = resume_config(resume, max_steps=max_steps, others=others)
         else:
             notes: list[str] = []

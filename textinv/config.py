@@ -81,6 +81,8 @@ class TrainConfig:
     device: str = "auto"
     gradient_checkpointing: bool = False  # recompute the UNet's activations in the backward pass: less memory
     early_stop: int = 0  # patience, in validation-loss checks; 0: train to max_steps
+    offload: bool = False  # the VAE leaves the device once every latent is cached; image logs bring it back
+    max_memory: float | None = None  # a budget in GiB: the fastest memory settings estimated to fit (training/budget.py)
 
 
 @dataclass
@@ -330,6 +332,7 @@ def apply_overrides(cfg: Config, items: list[str] | None = None, **named: Any) -
 
 MAX_SEED = 2**32 - 1  # the paper code's seed_everything (Lightning) takes 32-bit seeds; so does numpy
 MAX_LEARNING_RATE = 1.0  # the paper's rate is 5e-3; above 1 the vectors leave the embedding space in a step
+MAX_MEMORY_GIB = 4096  # train.max_memory, in GiB: more than any one machine holds
 MAX_BATCH_AT_512 = 64  # images per micro-batch at 512 px; larger batches go through gradient accumulation
 # Upper bounds of sizes that are allocated up front: 2048 px is twice SDXL's; an epoch's order (images x repeats)
 # is kept in every resumable state; image logs are made in one batch; the schedulers have 1000 timesteps.
@@ -372,6 +375,9 @@ def validate(cfg: Config) -> Config:
     _non_negative(cfg, "optim.lr_warmup_steps", "optim.weight_decay", "optim.max_grad_norm", "log.save_every",
                   "log.image_every", "train.seed", "log.val_loss_every", "log.eval_every", "train.early_stop")
     _positive(cfg, "log.val_samples")
+    if cfg.train.max_memory is not None and not 0 < cfg.train.max_memory <= MAX_MEMORY_GIB:
+        raise ConfigError(f"`train.max_memory` is {cfg.train.max_memory}; it must be above 0 and at most "
+                          f"{MAX_MEMORY_GIB} (GiB, e.g. 6 for a 6 GiB budget)")
     if cfg.train.early_stop and not cfg.log.val_loss_every:
         raise ConfigError("`train.early_stop` needs the validation loss; set `log.val_loss_every` (e.g. 100)")
     if p.num_vectors_per_token > 75:

@@ -4,6 +4,7 @@ optimizer and the trackers."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable
@@ -15,14 +16,14 @@ import torch
 from torch import nn
 
 from textinv.errors import ConfigError, ModelError, UsageError
-from textinv.models import peek
+from textinv.models import memory, peek
 from textinv.models.conditioning import Conditioning, conditioning_for, is_sdxl
 from textinv.models.loading import load_pipeline, model_family, resolve_device
 from textinv.models.tokens import SplicedEmbedding, add_placeholders, expand_placeholders, replace_module
 from textinv.pictures import TrainImage
 from textinv.reporting import Reporter
 from textinv.runs import Run
-from textinv.training import data
+from textinv.training import budget, data
 from textinv.training.state import Learning
 
 TRACKERS = {"none": [], "tensorboard": ["tensorboard"], "wandb": ["wandb"], "all": ["tensorboard", "wandb"]}
@@ -111,10 +112,15 @@ class TrainingModel:
     precision: torch.dtype | None
     device: torch.device
     resolution: int
+    parked: memory.Offload | None = None  # [memory] the VAE, off the device once the latents are cached
 
     @property
     def sdxl(self) -> bool:
         return is_sdxl(self.pipe)
+
+    def whole(self):
+        """[memory] A block in which the parked parts are back on the device (image logs, validation prompts)."""
+        return self.parked.back() if self.parked else contextlib.nullcontext()
 
     def unsplice(self) -> None:
         """Put the frozen token tables back (the pipeline is the caller's again)."""
@@ -122,13 +128,53 @@ class TrainingModel:
             replace_module(text_encoder, spliced, base)
 
 
+@dataclass
+class MemoryWish:
+    """[memory] What the config asks of memory: a budget in GiB (train.max_memory) or none, the VAE offloaded
+    (train.offload), whether the frozen weights may be cast (train.mixed_precision auto), the micro-batch."""
+
+    max_memory: float | None = None
+    offload: bool = False
+    may_cast: bool = False
+    batch: int = 1
+
+
+def memory_wish(train_cfg, data_cfg) -> MemoryWish:
+    return MemoryWish(max_memory=train_cfg.max_memory, offload=train_cfg.offload,
+                      may_cast=train_cfg.mixed_precision == "auto", batch=data_cfg.batch_size)
+
+
+def plan_memory(pipe, wish: MemoryWish, wanted: budget.Settings, resolution: int, before: int,
+                device: torch.device, reporter: Reporter) -> budget.Settings:
+    """[memory] The settings the run uses: as configured, or the fastest that fit train.max_memory."""
+    if wish.max_memory is None:
+        return wanted
+    settings, est = budget.choose(wish.max_memory, wanted, wish.may_cast, lambda s: budget.estimate(
+        pipe, s, resolution, wish.batch, before, device))
+    reporter.message(f"memory budget {wish.max_memory:g} GiB: {settings.describe()}; estimated peak "
+                     f"{est.describe()}")
+    return settings
+
+
 def prepare_model(model_cfg, p, resolution: int, gradient_checkpointing: bool, device: torch.device,
-                  precision: torch.dtype | None, reporter: Reporter) -> TrainingModel:
+                  precision: torch.dtype | None, reporter: Reporter, memory_wish: MemoryWish | None = None
+                  ) -> TrainingModel:
     """Load the model, check the config fits it, add the placeholders (`p`: the personalization config) and
-    splice one float32 Parameter of their rows into every text encoder."""
+    splice one float32 Parameter of their rows into every text encoder. The model loads on the CPU (memory-mapped:
+    nothing is read yet), is cast there one tensor at a time, then moves to `device`, so neither holds a float32
+    copy beside the cast one."""
     from diffusers import DDPMScheduler
 
-    pipe = load_frozen(model_cfg, resolution, gradient_checkpointing, device)
+    wish = memory_wish or MemoryWish()
+    before = (memory.resident_bytes() or 0) if device.type == "cpu" else 0
+    if device.type == "cpu":
+        memory.return_freed_memory()
+    pipe = load_frozen(model_cfg, resolution, False, torch.device("cpu"))
+    settings = plan_memory(pipe, wish, budget.Settings(precision, wish.offload, gradient_checkpointing), resolution,
+                           before, device, reporter)
+    precision = settings.precision
+    if settings.checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
     # [conditioning] one text encoder, or SDXL's two (textinv/models/conditioning.py); the config must fit the model
     condition = conditioning_for(pipe, resolution)
     peek.check_config(model_cfg.family, is_sdxl(pipe), model_family(pipe), len(p.placeholder_strings))
@@ -145,8 +191,9 @@ def prepare_model(model_cfg, p, resolution: int, gradient_checkpointing: bool, d
         vectors.append(vecs)
     if precision is not None:  # cast the frozen weights once rather than on every op of every step
         for _, text_encoder in condition.encoders:
-            text_encoder.to(precision)
-        pipe.unet.to(precision)  # the VAE stays float32: fp16 VAEs are known to overflow
+            memory.cast_frozen(text_encoder, precision)
+        memory.cast_frozen(pipe.unet, precision)  # the VAE stays float32: fp16 VAEs are known to overflow
+    pipe.to(device)
     # [conditioning] one float32 Parameter whatever the precision; each encoder's splice reads its columns of it
     learned = nn.Parameter(torch.cat(vectors, dim=1).to(device))
     splices = [SplicedEmbedding(base, learned, first_id, columns)
@@ -160,7 +207,8 @@ def prepare_model(model_cfg, p, resolution: int, gradient_checkpointing: bool, d
     noise_scheduler.register_to_config(prediction_type=prediction)
     return TrainingModel(pipe=pipe, condition=condition, learned=learned, expansions=expansions, bases=bases,
                          splices=splices, noise_scheduler=noise_scheduler, prediction=prediction,
-                         precision=precision, device=device, resolution=resolution)
+                         precision=precision, device=device, resolution=resolution,
+                         parked=memory.Offload(device) if settings.offload else None)
 
 
 def make_batches(model: TrainingModel, images: list[TrainImage], items: list[data.Item], data_cfg, seed: int,
@@ -171,6 +219,10 @@ def make_batches(model: TrainingModel, images: list[TrainImage], items: list[dat
                   .to(model.device) for it in items]
     generator = torch.Generator().manual_seed(seed)
     cache = data.cache_latents(model.pipe.vae, images, model.device)
+    if model.parked is not None:  # [memory] every latent now, then the VAE leaves the device
+        every = range(len(images))
+        cache.lookup([i for i in every for _ in (0, 1)], [f for _ in every for f in (0, 1)])
+        model.parked.add(model.pipe.vae)
     return data.Batches(items=items, prompt_ids=prompt_ids, cache=cache,
                         scaling=model.pipe.vae.config.scaling_factor, noise_scheduler=model.noise_scheduler,
                         prediction=model.prediction, flip_p=data_cfg.flip_p,

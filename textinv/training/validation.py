@@ -105,7 +105,8 @@ class Validation:
         from textinv.pictures import contact_sheet
 
         log = self.log
-        pics = [im for prompt in log.prompts for im in self.render(prompt, log.negative_prompt)]
+        with self.model.whole():  # [memory] an offloaded VAE comes back to draw them
+            pics = [im for prompt in log.prompts for im in self.render(prompt, log.negative_prompt)]
         path = self.run.image_log("validation", step)
         with atomic_path(path) as tmp:
             contact_sheet(pics, columns=log.num_images).save(tmp, format="PNG")
