@@ -121,10 +121,11 @@ def release(modules: Iterable[nn.Module]) -> int:
     return pages.released
 
 
-def cast_frozen(module: nn.Module, dtype: torch.dtype) -> None:
+def cast_frozen(module: nn.Module, dtype: torch.dtype) -> int:
     """`module.to(dtype)` for frozen weights, one tensor at a time: each floating parameter and buffer is copied in
     `dtype` and its file pages (if it was memory-mapped) are given back before the next, so the peak is the new copy
-    plus one tensor rather than the old file plus the new copy. The values are `.to(dtype)`'s."""
+    plus one tensor rather than the old file plus the new copy. The values are `.to(dtype)`'s. Returns the bytes
+    of file pages given back."""
     pages = _Pages()
     for sub in module.modules():
         for p in sub.parameters(recurse=False):
@@ -136,6 +137,7 @@ def cast_frozen(module: nn.Module, dtype: torch.dtype) -> None:
             if b is not None and b.is_floating_point() and b.dtype != dtype:
                 setattr(sub, name, b.to(dtype))
                 pages.release(b)
+    return pages.released
 
 
 class Offload:
