@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch; override for a GPU, e.g. `make install TORCH="torch --index-url ..."`.
 TORCH ?= torch==2.13.0
 
-.PHONY: install test test-slow test-all lint demo bench bench-sd gpu-check toy-model interop clean
+.PHONY: install test test-slow test-all lint demo bench bench-sd bench-sdxl gpu-check gpu-check-sdxl toy-model interop clean
 
 install: $(VENV)/.installed
 
@@ -49,6 +49,9 @@ bench-sd: install
 
 gpu-check: install
 	DIFFUSERS_REPO=$(DIFFUSERS_REPO) PYTHON=$(BIN)/python bench/gpu_check.sh
+
+gpu-check-sdxl: install
+	SHAPE=sdxl DIFFUSERS_REPO=$(DIFFUSERS_REPO) PYTHON=$(BIN)/python bench/gpu_check.sh
 
 toy-model: install
 	$(BIN)/python -m textinv.toy.build
