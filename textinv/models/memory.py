@@ -122,14 +122,15 @@ def release(modules: Iterable[nn.Module]) -> int:
 
 
 def cast_frozen(module: nn.Module, dtype: torch.dtype) -> int:
-    """`module.to(dtype)` for frozen weights, one tensor at a time: each floating parameter and buffer is copied in
+    """`module.to(dtype)` for frozen weights, one tensor at a time (a parameter that learns is left as it is):
+    each floating parameter and buffer is copied in
     `dtype` and its file pages (if it was memory-mapped) are given back before the next, so the peak is the new copy
     plus one tensor rather than the old file plus the new copy. The values are `.to(dtype)`'s. Returns the bytes
     of file pages given back."""
     pages = _Pages()
     for sub in module.modules():
         for p in sub.parameters(recurse=False):
-            if p.is_floating_point() and p.dtype != dtype:
+            if p.is_floating_point() and p.dtype != dtype and not p.requires_grad:
                 old = p.data
                 p.data = old.to(dtype)
                 pages.release(old)

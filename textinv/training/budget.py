@@ -4,15 +4,16 @@ Each way of saving memory costs something, so they are tried in order of cost (m
 "Training speed"), each added to the ones before, and the first whose estimate fits is used:
 
 1. the settings as configured;
-2. offload: the VAE leaves the device once every latent is cached (they are all encoded before the first step,
-   so the first step starts later by those encodes; image logs bring it back);
+2. offload: every latent is encoded first, before the other weights are cast or moved to the device, then the VAE
+   leaves the device (the first step starts later by those encodes; image logs bring the VAE back);
 3. frozen weights in bf16 (only where `train.mixed_precision` is `auto`, and on a GPU it already is): half the
    bytes of the text encoders and the UNet, and of the activations; the loss moves within bf16's rounding;
 4. gradient checkpointing: the UNet keeps only its blocks' inputs and recomputes the rest in the backward pass
    (a slower step, the same loss).
 
-The estimate: the memory in use before the model loads (on the CPU: libraries and training images), the weights in
-their dtypes, and the larger of one training step's activations and one VAE encode. The activations are counted by
+The estimate: the memory in use before the model loads (on the CPU: libraries and training images), plus the larger
+of the weights in their dtypes with one training step's activations, and one VAE encode (with the other weights
+beside it, unless offload encodes first). The activations are counted by
 running the UNet once on the meta device (no memory, no arithmetic) and adding up what autograd keeps for the
 backward pass, with PyTorch's flash attention (which keeps no attention matrix), as on the real run. A budget that
 even the leanest settings exceed is refused with the estimate's parts.
@@ -55,17 +56,20 @@ class Estimate:
     """Bytes of each part of the estimated peak."""
 
     before: int  # in use before the model loads
-    weights: int
+    weights: int  # during the steps
     activations: int
-    encode: int  # one VAE encode's working memory (with the VAE's weights when it is not kept)
+    encode: int  # one VAE encode's working memory, and the VAE's own weights when it is offloaded
+    encode_first: bool = False  # offload: every latent is encoded before the other weights are cast or moved
 
     @property
     def peak(self) -> int:
-        return self.before + self.weights + max(self.activations, self.encode)
+        return self.before + max(self.weights + self.activations,
+                                 self.encode + (0 if self.encode_first else self.weights))
 
     def describe(self) -> str:
         return (f"{self.peak / GIB:.1f} GiB: {self.before / GIB:.1f} in use before loading, weights "
-                f"{self.weights / GIB:.1f}, activations {self.activations / GIB:.1f}, a VAE encode {self.encode / GIB:.1f}")
+                f"{self.weights / GIB:.1f}, activations {self.activations / GIB:.1f}, a VAE encode "
+                f"{self.encode / GIB:.1f}{' (before the other weights load)' if self.encode_first else ''}")
 
 
 def candidates(wanted: Settings, may_cast: bool, low_precision: torch.dtype) -> list[Settings]:
@@ -101,7 +105,7 @@ def estimate(pipe, settings: Settings, resolution: int, batch: int, before: int,
     side = resolution // 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     acts = int(MARGIN * step_activations(pipe.unet, batch, side, low, settings.checkpointing))
     return Estimate(before=before, weights=weights + (0 if settings.offload else vae), activations=acts,
-                    encode=encode if settings.offload else encode - vae)
+                    encode=encode if settings.offload else encode - vae, encode_first=settings.offload)
 
 
 def module_bytes(module, dtype: torch.dtype) -> int:

@@ -113,6 +113,7 @@ class TrainingModel:
     device: torch.device
     resolution: int
     parked: memory.Offload | None = None  # [memory] the VAE, off the device once the latents are cached
+    settled: bool = False  # [memory] the frozen weights cast and on the device
 
     @property
     def sdxl(self) -> bool:
@@ -121,6 +122,21 @@ class TrainingModel:
     def whole(self):
         """[memory] A block in which the parked parts are back on the device (image logs, validation prompts)."""
         return self.parked.back() if self.parked else contextlib.nullcontext()
+
+    def settle(self) -> None:
+        """[memory] Cast the frozen text encoder(s) and UNet to the training precision, one tensor at a time where
+        they were loaded, and move them to the device (a no-op once done). With offload this waits until every
+        latent is cached, so the VAE's encodes never share memory with the other weights."""
+        if self.settled:
+            return
+        if self.precision is not None:  # cast the frozen weights once rather than on every op of every step
+            for _, text_encoder in self.condition.encoders:
+                memory.cast_frozen(text_encoder, self.precision)  # the learned rows stay float32
+            memory.cast_frozen(self.pipe.unet, self.precision)  # the VAE stays float32: fp16 VAEs overflow
+        for _, text_encoder in self.condition.encoders:
+            text_encoder.to(self.device)
+        self.pipe.unet.to(self.device)
+        self.settled = True
 
     def unsplice(self) -> None:
         """Put the frozen token tables back (the pipeline is the caller's again)."""
@@ -161,8 +177,9 @@ def prepare_model(model_cfg, p, resolution: int, gradient_checkpointing: bool, d
                   ) -> TrainingModel:
     """Load the model, check the config fits it, add the placeholders (`p`: the personalization config) and
     splice one float32 Parameter of their rows into every text encoder. The model loads on the CPU (memory-mapped:
-    nothing is read yet), is cast there one tensor at a time, then moves to `device`, so neither holds a float32
-    copy beside the cast one."""
+    nothing is read yet); the frozen text encoder(s) and UNet are cast there one tensor at a time and then moved
+    to `device` (TrainingModel.settle), so neither holds a float32 copy beside the cast one; with offload (or a
+    budget that chooses it) that waits until make_batches has cached every latent."""
     from diffusers import DDPMScheduler
 
     wish = memory_wish or MemoryWish()
@@ -189,11 +206,7 @@ def prepare_model(model_cfg, p, resolution: int, gradient_checkpointing: bool, d
         bases.append(base)
         first_ids.append(first_id)
         vectors.append(vecs)
-    if precision is not None:  # cast the frozen weights once rather than on every op of every step
-        for _, text_encoder in condition.encoders:
-            memory.cast_frozen(text_encoder, precision)
-        memory.cast_frozen(pipe.unet, precision)  # the VAE stays float32: fp16 VAEs are known to overflow
-    pipe.to(device)
+    pipe.vae.to(device)  # [memory] the rest moves in TrainingModel.settle, after casting
     # [conditioning] one float32 Parameter whatever the precision; each encoder's splice reads its columns of it
     learned = nn.Parameter(torch.cat(vectors, dim=1).to(device))
     splices = [SplicedEmbedding(base, learned, first_id, columns)
@@ -205,10 +218,13 @@ def prepare_model(model_cfg, p, resolution: int, gradient_checkpointing: bool, d
     if prediction not in ("epsilon", "v_prediction"):
         raise ModelError(f"the model predicts {prediction!r}; textinv trains epsilon and v_prediction models")
     noise_scheduler.register_to_config(prediction_type=prediction)
-    return TrainingModel(pipe=pipe, condition=condition, learned=learned, expansions=expansions, bases=bases,
-                         splices=splices, noise_scheduler=noise_scheduler, prediction=prediction,
-                         precision=precision, device=device, resolution=resolution,
-                         parked=memory.Offload(device) if settings.offload else None)
+    model = TrainingModel(pipe=pipe, condition=condition, learned=learned, expansions=expansions, bases=bases,
+                          splices=splices, noise_scheduler=noise_scheduler, prediction=prediction,
+                          precision=precision, device=device, resolution=resolution,
+                          parked=memory.Offload(device) if settings.offload else None)
+    if not settings.offload:
+        model.settle()
+    return model
 
 
 def make_batches(model: TrainingModel, images: list[TrainImage], items: list[data.Item], data_cfg, seed: int,
@@ -219,10 +235,11 @@ def make_batches(model: TrainingModel, images: list[TrainImage], items: list[dat
                   .to(model.device) for it in items]
     generator = torch.Generator().manual_seed(seed)
     cache = data.cache_latents(model.pipe.vae, images, model.device)
-    if model.parked is not None:  # [memory] every latent now, then the VAE leaves the device
+    if model.parked is not None:  # [memory] every latent first, then the VAE leaves and the other weights come
         every = range(len(images))
         cache.lookup([i for i in every for _ in (0, 1)], [f for _ in every for f in (0, 1)])
         model.parked.add(model.pipe.vae)
+    model.settle()
     return data.Batches(items=items, prompt_ids=prompt_ids, cache=cache,
                         scaling=model.pipe.vae.config.scaling_factor, noise_scheduler=model.noise_scheduler,
                         prediction=model.prediction, flip_p=data_cfg.flip_p,
