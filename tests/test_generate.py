@@ -25,7 +25,7 @@ from textinv.generation import dream
 from textinv.generation import session as session_module
 from textinv.generation.metadata import a1111_parameters, read_parameters
 from textinv.generation.sampling import GenerationParams, scheduler_name
-from textinv.hashing import embedding_hash
+from textinv.hashing import embedding_hash, sha256
 from textinv.models.loading import load_pipeline
 from textinv.progress import ImageProgress
 
@@ -108,6 +108,8 @@ def test_generate_writes_pngs_with_their_parameters(kind, model_args, emb_files,
         assert (params["Steps"], params["Sampler"], params["CFG scale"]) == ("2", "DDIM", "7.5")
         assert (params["Seed"], params["Size"]) == (str(seed), "32x48")
         assert params["Model"] == ("model" if kind == "ckpt" else model_args["folder"][1].split("/")[-1])
+        # AUTOMATIC1111's short hash of the checkpoint file (issue 24: generate passed the name, so it was never written)
+        assert params.get("Model hash") == (sha256(model_args["ckpt"][1])[:10] if kind == "ckpt" else None)
         hashes = {name: embedding_hash(emb_files[fmt]) for name, fmt in (("<p-bin>", "bin"), ("<p-pt>", "pt"))}
         assert params["TI hashes"] == ", ".join(f"{n}: {h}" for n, h in hashes.items())
         with Image.open(path) as im:
@@ -115,6 +117,7 @@ def test_generate_writes_pngs_with_their_parameters(kind, model_args, emb_files,
             assert im.info["Dream"] == dream_line
             meta = json.loads(im.info["sd-metadata"])
         assert meta["image"]["seed"] == seed and meta["image"]["type"] == "txt2img"
+        assert meta.get("model_hash") == (sha256(model_args["ckpt"][1]) if kind == "ckpt" else None)
     grid = out / "000001.11.grid.png"
     with Image.open(grid) as im:
         assert im.size == (64, 96)  # 3 images: 2 columns, 2 rows
