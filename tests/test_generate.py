@@ -124,6 +124,25 @@ def test_generate_writes_pngs_with_their_parameters(kind, model_args, emb_files,
     assert np.array_equal(_pixels(grid)[:48, 32:64], _pixels(images[1]))
 
 
+def test_the_checkpoint_is_hashed_once_and_left_out_chunks_are_named(model_args, tmp_path):
+    """Model hash through generate: a 7 GB checkpoint must not be hashed per image or per request, and a prompt
+    InvokeAI's readers would misread keeps only AUTOMATIC1111's chunk, with one note saying why."""
+    from textinv.hashing import _sha256
+
+    _sha256.cache_clear()
+    for n in (1, 2):
+        result = _run("generate", 'a "purple" cat', *model_args["ckpt"], "--negative", "blurry, [bad|worse], (ugly:1.3)",
+                      "-n", n, "-s", 1, "-W", 32, "-H", 32, "--out", tmp_path / f"out{n}")
+        assert result.exit_code == 0, result.output
+    assert _sha256.cache_info().misses == 1
+    assert "note: the PNGs leave out Dream: " in result.stderr and "sd-metadata: " in result.stderr
+    with Image.open(_pngs(tmp_path / "out2")[0]) as im:
+        assert set(im.info) & {"parameters", "Dream", "sd-metadata"} == {"parameters"}
+    params = read_parameters(_pngs(tmp_path / "out2")[1])
+    assert (params["Prompt"], params["Negative prompt"]) == ('a "purple" cat', "blurry, [bad|worse], (ugly:1.3)")
+    assert params["Model hash"] == sha256(model_args["ckpt"][1])[:10] and params["Model"] == "model"
+
+
 @pytest.mark.parametrize("kind", ["folder", "ckpt"])
 def test_same_seed_gives_the_same_pixels(kind, model_args, emb_files, tmp_path):
     common = [*model_args[kind], "--embedding", emb_files["bin"], "-s", 2]
