@@ -131,8 +131,12 @@ def _as_the_tool_takes_it(emb: Embedding, dst: Path, for_tool: str | None) -> tu
                         step=emb.step, base_model=emb.base_model, base_model_hash=emb.base_model_hash,
                         init_words={new: emb.init_words[old]} if old in emb.init_words else {},
                         extra=dict(emb.extra))
-    note = (f"the placeholder {old} is already in CLIP's vocabulary, which diffusers' load_textual_inversion "
-            f"refuses ('Token {old} already in tokenizer vocabulary'); the file's token is {new}")
+    if len(old) == 1:
+        note = (f"the placeholder {old} is a character CLIP's vocabulary already has, which diffusers' "
+                f"load_textual_inversion refuses ('Token {old} already in tokenizer vocabulary'); the file's token is {new}")
+    else:  # no tokenizer here to look it up in: CLIP's vocabulary has many plain words, but no <word>
+        note = (f"diffusers' load_textual_inversion refuses a token CLIP's vocabulary already has, as it has many "
+                f"plain words but no <word>: the file's token is {new}, not {old}")
     return renamed, [note]
 
 
