@@ -452,8 +452,11 @@ def _images(o: dict) -> None:
 def _make(session, o: dict, reporter) -> None:
     """One prompt's images: make and save them, then print their paths (or JSON lines) and the contact sheet's."""
     from textinv.generation.dream import request_of
+    from textinv.generation.metadata import left_out
 
     made = session.make(request_of(o), o["out_dir"], grid=False if o["no_grid"] else None, reporter=reporter)
+    if made.images and (skipped := left_out(made.images[0].params)):  # chunks their readers would misread
+        info("note: the PNGs leave out " + "; ".join(f"{chunk}: {why}" for chunk, why in skipped.items()))
     for image, path in zip(made.images, made.paths, strict=True):
         if o["as_json"]:
             print_json({"path": str(path), "seed": image.seed, "prompt": o["prompt"]})

@@ -120,10 +120,17 @@ def print_written(written: list, for_tool: str | None) -> None:
     """What `convert` and `merge` wrote (`formats.files.Written`), and the word that triggers each file where."""
     for w in written:
         info(f"wrote {w.path} ({w.format}: {', '.join(t.name for t in w.embedding.tokens)}; {w.embedding.family})")
+        for note in w.notes:
+            info(f"note: {note}")
         if for_tool is not None:
+            if for_tool in w.steps:
+                out.print(f"{TOOLS[for_tool]}: run", markup=False)
+                out.print("  " + w.steps[for_tool].replace("\n", "\n  "), markup=False, highlight=False)
             out.print(f"{TOOLS[for_tool]}: use [bold]{escape(w.triggers.get(for_tool, '?'))}[/bold] in the prompt")
         elif w.triggers:
-            info("  loads in " + "; ".join(f"{TOOLS[t]} as {escape(word)}" for t, word in w.triggers.items()))
+            info("  loads in " + "; ".join(f"{TOOLS[t]} as {escape(word)}" + (" (--for it prints a step)"
+                                                                            if t in w.steps else "")
+                                           for t, word in w.triggers.items()))
 
 
 def print_fetched(res, as_json: bool) -> None:

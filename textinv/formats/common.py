@@ -168,7 +168,8 @@ def single_token(emb: Embedding, fmt: str) -> Token:
         names = ", ".join(t.name for t in emb.tokens)
         raise EmbeddingFormatError(
             f"the {fmt} format holds one token but this embedding has {len(emb.tokens)} ({names}): AUTOMATIC1111 "
-            "refuses such a file, InvokeAI, ComfyUI and kohya silently use one token and diffusers fails; "
+            "refuses such a file, InvokeAI, ComfyUI and kohya would use its first token only (InvokeAI warns for "
+            "a .pt) and diffusers fails; "
             "pass --split for one file per token, --token NAME for one, or write the paper layout (--to paper-pt)"
         )
     return emb.tokens[0]

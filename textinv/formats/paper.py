@@ -11,6 +11,7 @@ import torch
 from textinv.atomic import torch_save
 from textinv.errors import EmbeddingFormatError
 from textinv.formats.common import Source, require_single_encoder, text_or_none, token, whole_number
+from textinv.formats.consumers import TOKEN_ARGUMENT, Conditional
 from textinv.formats.embedding import Embedding
 from textinv.formats.record import Format
 from textinv.safe_pickle import ParameterDictState
@@ -32,6 +33,10 @@ def clip_id(placeholder: str) -> int:
     if len(placeholder) == 1 and placeholder in chars:
         return 256 + chars.index(placeholder)  # the end-of-word forms follow the 256 byte characters
     return CLIP_ID_STAR
+
+
+def _one_token(emb: Embedding) -> bool:
+    return len(emb.tokens) == 1
 
 
 def _params(data) -> dict | None:
@@ -89,6 +94,13 @@ FORMATS = [
         read=_read,
         write=_write,
         extension=".pt",
-        loads_in={},
+        # with several tokens AUTOMATIC1111 refuses the file and the others take the first token only
+        loads_if={
+            **{tool: Conditional(word, "one token", _one_token) for tool, word in
+               (("a1111", "{stem}"), ("invokeai", "<{stem}>"), ("comfyui", "embedding:{stem}"), ("kohya", "{stem}"))},
+            # diffusers reads string_to_param['*'] (loaders/textual_inversion.py:218-221): only a `*` placeholder
+            "diffusers": Conditional("{dtoken}", "one `*` token, with token=",
+                                     lambda emb: [t.name for t in emb.tokens] == ["*"], TOKEN_ARGUMENT),
+        },
     )
 ]
