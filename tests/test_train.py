@@ -107,7 +107,7 @@ def test_cli_run_writes_every_file(tmp_path, tiny_model_dir, images):
     emb = load_embedding(run_dir / "embeddings" / "my_cat.pt")
     assert [t.name for t in emb.tokens] == ["*"]
     assert emb.tokens[0].vectors.shape == (1, 32) and emb.tokens[0].vectors.dtype == torch.float32
-    assert emb.step == 6 and emb.base_model == str(tiny_model_dir)
+    assert emb.step == 6 and emb.base_model == tiny_model_dir.name  # the folder's name, not its path
     for other in ("my_cat.bin", "my_cat.safetensors"):
         assert torch.equal(load_embedding(run_dir / "embeddings" / other).tokens[0].vectors, emb.tokens[0].vectors)
 

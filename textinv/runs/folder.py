@@ -99,6 +99,14 @@ class Run:
     def config_text(self) -> str:
         return (self.path / CONFIG_FILE).read_text()
 
+    def update_config(self, cfg: Config) -> None:
+        """Rewrite config.yaml when `cfg` differs from it (a `--resume --max-steps N` trains to a new step), keeping
+        its first comment line (the effective batch)."""
+        if not self.main or dump_config(cfg) == dump_config(self.config(check=False)):
+            return
+        first = self.config_text().split("\n", 1)[0]
+        write_text(self.path / CONFIG_FILE, (first + "\n" if first.startswith("#") else "") + dump_config(cfg))
+
     def check_image_folders(self, cfg: Config) -> None:
         """Before resuming: every image folder the run was started with is still where its config says."""
         for folder in cfg.data.paths:
