@@ -65,6 +65,14 @@ class RunResult:
     files: list[Path] = field(default_factory=list)  # every final embedding file (all formats)
     losses: list[float] = field(default_factory=list)  # losses of the steps this call ran
     prediction_type: str = "epsilon"
+    max_steps: int = 0
+
+    def to_json(self) -> dict:
+        """What `train --json` prints: the run folder, the final files (the run's embedding first), the steps and
+        the last step's loss (None when this call ran no step)."""
+        files = [self.embedding_path, *(f for f in self.files if f != self.embedding_path)]
+        return {"run_dir": str(self.run_dir), "embedding": str(self.embedding_path), "files": [str(f) for f in files],
+                "step": self.step, "max_steps": self.max_steps, "final_loss": self.losses[-1] if self.losses else None}
 
 
 def compute_loss(unet, condition, noisy, timesteps, ids, target, autocast_dtype, device) -> torch.Tensor:
@@ -164,7 +172,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
     acc.wait_for_everyone()
     model.unsplice()
     return RunResult(run_dir=run.path, step=step, embedding_path=next(iter(finals)), files=files, losses=losses,
-                     prediction_type=model.prediction)
+                     prediction_type=model.prediction, max_steps=max_steps)
 
 
 def _agree(acc, total: torch.Tensor, stop: bool) -> tuple[float, bool]:
