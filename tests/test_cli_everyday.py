@@ -140,8 +140,12 @@ def test_quiet_json_generation_leaves_stderr_empty_with_the_libraries_present(tm
 _PROBE = """
 import atexit, sys
 HEAVY = ("diffusers", "transformers", "accelerate", "matplotlib")
-atexit.register(lambda: print("HEAVY=" + ",".join(sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY))),
-                              file=sys.stderr))
+SDXL = "diffusers.pipelines.stable_diffusion_xl"
+def report():
+    found = {m.split(".")[0] for m in sys.modules} & set(HEAVY)
+    found |= {"sdxl"} if any(m.startswith(SDXL) for m in sys.modules) else set()
+    print("HEAVY=" + ",".join(sorted(found)), file=sys.stderr)
+atexit.register(report)
 sys.argv = ["textinv", *sys.argv[1:]]
 from textinv.cli import main
 main()
@@ -178,3 +182,4 @@ def test_fetch_search_imports_no_model_library(concepts):  # noqa: F811
 def test_the_import_probe_sees_a_model_command_import_them(tmp_path):
     code, heavy = _imports_of("generate", "a photo", "--model", "toy", "-n", "1", "-s", "1", "--out", str(tmp_path))
     assert code == 0 and {"diffusers", "transformers"} <= heavy
+    assert not {"matplotlib", "sdxl"} & heavy  # an SD1.x model: neither the plots nor the SDXL pipelines
