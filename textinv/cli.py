@@ -559,7 +559,7 @@ def demo(
     ] = Path("textinv-demo"),
     output: Annotated[Path | None, typer.Option("--output", hidden=True)] = None,  # the old spelling
     steps: Annotated[
-        int | None, typer.Option("--steps", "-s", help="Training steps (default: the packaged configs/toy.yaml's).")
+        int | None, typer.Option("--steps", help="Training steps (default: the packaged configs/toy.yaml's).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for the training pictures and the samples.")] = 0,
 ) -> None:
@@ -618,14 +618,14 @@ def eval_(
     Generates SEEDS images of 'a photo of *' and of edit prompts ('* on a beach', ...) for each checkpoint and the init word; identity is CLIP (and DINO) similarity to the training pictures, editability CLIP similarity to the prompt with * replaced by the init word. On --model toy the toy's judge is the identity score.
     """
     from textinv.evaluation import evaluate as evaluation
-    from textinv.progress import CountProgress
+    from textinv.progress import EvalProgress
 
     settings = evaluation.EvalSettings(seeds=seeds, seed=seed, steps=steps, cfg=cfg, margin=margin,
                                        clip=None if clip == "none" else clip, dino=None if dino == "none" else dino)
     quiet_libraries(state["verbose"])
     with user_errors():
         result = evaluation.evaluate(targets, data=data, model=model, init_word=init_word, settings=settings,
-                                     device=device, reporter=CountProgress(err, quiet=state["quiet"]))
+                                     device=device, reporter=EvalProgress(err, quiet=state["quiet"]))
         written = evaluation.copy_best(result, copy_best, force=force) if copy_best else None
     for note in result.notes:
         info(f"note: {escape(note)}")

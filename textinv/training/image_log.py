@@ -27,10 +27,11 @@ def logged_images(batches: Batches, n_placeholders: int, k: int) -> list[list[tu
 
 
 @torch.no_grad()
-def log_images(run: Run, step: int, model, log, p, images: list[TrainImage], batches: Batches, seed: int) -> None:
+def log_images(run: Run, step: int, model, log, p, images: list[TrainImage], batches: Batches, seed: int, *,
+               say: Callable[[str], None] = lambda text: None) -> None:
     """Write the run's image log of every key at `step`, and the conditioning prompts drawn (.txt), one line per
     image, a blank line between placeholders. `model` is the training model (pipeline with the placeholders
-    spliced in); `log` and `p` are the log and personalization config sections."""
+    spliced in); `log` and `p` are the log and personalization config sections; `say` is told what is drawn."""
     from PIL import Image
 
     pipe, expansions, resolution = model.pipe, model.expansions, model.resolution

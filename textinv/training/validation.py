@@ -76,6 +76,7 @@ class Validation:
         return stop
 
     def _validation_loss(self, step: int) -> bool:
+        self.reporter.status(f"validation loss on {self.log.val_samples} fixed samples")
         value = self.loss()
         self.run.log_validation(step, value)
         if self.best_loss is None or value < self.best_loss:
@@ -105,6 +106,7 @@ class Validation:
         from textinv.pictures import contact_sheet
 
         log = self.log
+        self.reporter.status(f"drawing validation, {len(log.prompts) * log.num_images} images")
         pics = [im for prompt in log.prompts for im in self.render(prompt, log.negative_prompt)]
         path = self.run.image_log("validation", step)
         with atomic_path(path) as tmp:
