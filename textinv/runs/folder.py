@@ -140,8 +140,9 @@ class Run:
             self._validation.truncate(step)
 
     def plot_losses(self) -> None:
+        """loss.png from loss.csv and validation.csv as they are now."""
         if self.main:
-            plot_losses(self._loss.rows(), self.path / "loss.png")
+            plot_losses(self._loss.rows(), self.path / "loss.png", self._validation.rows())
 
     def close(self) -> None:
         self._loss.close()

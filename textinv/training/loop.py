@@ -206,7 +206,7 @@ def _checkpoint(run: Run, step: int, embedding: LearnedEmbedding, learning: Lear
     redrawn to match (Ctrl-C's checkpoint included). `say` tells the progress what is happening."""
     from accelerate.utils import gather_object
 
-    say(f"saving the checkpoint at step {step}")
+    say("saving the checkpoint")
     run.save_checkpoint(step, embedding.at(step), learning.state(step, gather_object))
     run.plot_losses()
     return step

@@ -103,14 +103,21 @@ class Validation:
                                              seed=self.seed, width=size, height=size)]
 
     def render_prompts(self, step: int) -> Path:
-        from textinv.pictures import contact_sheet
+        """images/validation_gs-<step>.png: a row per prompt, labelled with the prompt and each image's seed."""
+        from textinv.pictures import described, labelled_sheet
 
         log = self.log
         self.reporter.status(f"drawing validation, {len(log.prompts) * log.num_images} images")
-        pics = [im for prompt in log.prompts for im in self.render(prompt, log.negative_prompt)]
+        rows = [self.render(prompt, log.negative_prompt) for prompt in log.prompts]
+        seeds = [f"seed {self.seed + i}" for i in range(log.num_images)]
+        negative = f", negative: {log.negative_prompt}" if log.negative_prompt else ""
+        sheet = labelled_sheet(rows, title=f"validation at step {step}: guidance {log.guidance_scale:g}{negative}",
+                               row_labels=list(log.prompts), tile_labels=[seeds] * len(rows))
         path = self.run.image_log("validation", step)
+        about = (f"step {step}; guidance {log.guidance_scale:g}; prompts: {'; '.join(log.prompts)}{negative}; seeds "
+                 f"{self.seed}-{self.seed + log.num_images - 1}")
         with atomic_path(path) as tmp:
-            contact_sheet(pics, columns=log.num_images).save(tmp, format="PNG")
+            sheet.save(tmp, format="PNG", pnginfo=described(f"validation at step {step}", about))
         return path
 
     def score(self, step: int) -> None:
