@@ -173,6 +173,12 @@ class Run:
             found.append((int(m["step"]) if m else None, f))
         return found
 
+    def final_files(self) -> list[Path]:
+        """The final embedding files in embeddings/ (every format; not the checkpoints), the .pt first."""
+        found = [f for f in self.embeddings.glob(f"{self.name}.*") if not f.name.startswith(".") and f.is_file()
+                 and not _CHECKPOINT.match(f.name)]
+        return sorted(found, key=lambda f: (f.suffix != ".pt", f.name))
+
     def state_files(self) -> list[Path]:
         return states.state_files(self.path)
 
