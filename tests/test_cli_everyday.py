@@ -131,7 +131,6 @@ def test_quiet_json_generation_leaves_stderr_empty_with_the_libraries_present(tm
     emb = save_embedding(Embedding([Token("<x>", torch.randn(1, 64) * 0.01)]), tmp_path / "x.pt")
     res = _run("inspect", str(emb), "--model", "toy", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert res.stderr.strip().splitlines()[0] == "loading the model toy (the small shipped one)"
     assert not re.search(r"deprecat|torchvision|Loading pipeline|it/s\]|FutureWarning", res.stderr), res.stderr
 
 
@@ -183,3 +182,20 @@ def test_the_import_probe_sees_a_model_command_import_them(tmp_path):
     code, heavy = _imports_of("generate", "a photo", "--model", "toy", "-n", "1", "-s", "1", "--out", str(tmp_path))
     assert code == 0 and {"diffusers", "transformers"} <= heavy
     assert not {"matplotlib", "sdxl"} & heavy  # an SD1.x model: neither the plots nor the SDXL pipelines
+
+
+def test_a_terminal_is_told_which_model_loads(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    import textinv.cli_output as output
+
+    for terminal in (True, False):
+        buf = io.StringIO()
+        monkeypatch.setattr(output, "err", Console(file=buf, force_terminal=terminal, width=120))
+        output.say_loading("toy")
+        output.say_loading("someone/model")
+        text = ANSI.sub("", buf.getvalue())
+        assert text == ("loading the model toy (the small shipped one)\nloading the model someone/model\n"
+                        if terminal else "")  # a log or a pipe keeps an error to its one line

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -112,14 +113,14 @@ PROBE = """<script>window.addEventListener('load', () => {
     pictures: document.querySelectorAll('#pictures img').length,
     ticks: document.querySelectorAll('#loss-chart .tick').length,
     configOpen: document.querySelector('#config').open,
-    configShown: document.querySelector('#config pre').getBoundingClientRect().height,
+    configShown: document.querySelector('#config pre').checkVisibility(),
     last: Array.from(document.body.children).filter(e => e.tagName !== 'SCRIPT' && e.id !== 'probe').pop().id});
   document.body.appendChild(p);
 });</script>"""
 
 
-@pytest.mark.skipif(_chromium() is None, reason="no chromium on PATH (Debian: apt-get install chromium)")
-def test_a_real_browser_shows_the_title_the_tables_and_every_image(run_dir, tmp_path):
+def _browser_sees(run_dir, tmp_path) -> dict:
+    """What headless Chromium shows of the run's report (the PROBE's findings)."""
     page = tmp_path / "probe.html"
     page.write_text(render_report(run_dir).replace("</body>", PROBE + "</body>"))
     with tempfile.TemporaryDirectory() as profile:
@@ -128,7 +129,22 @@ def test_a_real_browser_shows_the_title_the_tables_and_every_image(run_dir, tmp_
                              capture_output=True, text=True, timeout=120).stdout
     found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
     assert found, dom[-2000:]
-    seen = json.loads(found.group(1).replace("&quot;", '"'))
+    return json.loads(html.unescape(found.group(1)))
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium on PATH (Debian: apt-get install chromium)")
+def test_a_real_browser_shows_a_stopped_run_as_stopped(run_dir, tmp_path):
+    (run_dir / "embeddings" / "cat.pt").unlink()
+    lines = (run_dir / "loss.csv").read_text().splitlines()
+    (run_dir / "loss.csv").write_text("\n".join(lines[:26]) + "\n")  # Ctrl-C after step 25
+    seen = _browser_sees(run_dir, tmp_path)
+    assert seen["state"].startswith("Stopped at step 25 of 40") and "textinv train --resume" in seen["state"]
+    assert seen["result"] == [] and seen["pictures"] == 3
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium on PATH (Debian: apt-get install chromium)")
+def test_a_real_browser_shows_the_title_the_tables_and_every_image(run_dir, tmp_path):
+    seen = _browser_sees(run_dir, tmp_path)
     assert seen["title"] == "textinv report: cat"
     assert seen["rows"] == 1 + 4  # header + init word + 3 steps
     assert seen["samples"] == 1 + 2
@@ -140,4 +156,4 @@ def test_a_real_browser_shows_the_title_the_tables_and_every_image(run_dir, tmp_
     assert seen["placeholders"] == ["*", "<dog>"]
     assert {"cat", "<cat>", "embedding:cat"} <= set(seen["result"])
     assert seen["pictures"] == 3 and seen["ticks"] >= 6
-    assert seen["configOpen"] is False and seen["configShown"] == 0 and seen["last"] == "config"
+    assert seen["configOpen"] is False and seen["configShown"] is False and seen["last"] == "config"

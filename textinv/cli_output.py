@@ -76,9 +76,12 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
 
 
 def say_loading(model: str | None) -> None:
-    """One status line naming the model about to load (what diffusers' own bars said, in our words)."""
+    """One status line naming the model about to load (what diffusers' own bars said, in our words), on a
+    terminal: in a log or a pipe, a command that then fails still says only its one error line."""
     from textinv.models.source import DEFAULT_MODEL
 
+    if not err.is_terminal:
+        return
     name = model or os.environ.get("TEXTINV_MODEL") or DEFAULT_MODEL
     info(f"loading the model {escape(str(name))}" + (" (the small shipped one)" if name == "toy" else ""))
 
