@@ -199,3 +199,95 @@ def test_a_terminal_is_told_which_model_loads(monkeypatch):
         text = ANSI.sub("", buf.getvalue())
         assert text == ("loading the model toy (the small shipped one)\nloading the model someone/model\n"
                         if terminal else "")  # a log or a pipe keeps an error to its one line
+
+
+# --- alive: what a long pause is spent on, and eval's own progress ------------------------------------------------
+
+
+def test_the_training_lines_say_what_is_drawn_between_steps():
+    import io
+
+    from rich.console import Console
+
+    from textinv.progress import TrainProgress
+
+    buf = io.StringIO()
+    progress = TrainProgress(Console(file=buf, width=200), plain=True, every_s=0)
+    progress.start("train", 4, note="training in logs/x from step 0 to 4")
+    progress.advance("train", 1, loss=0.5, lr=0.01)
+    progress.status("drawing samples_scaled, 4 images")
+    progress.status("saving the checkpoint")
+    assert buf.getvalue().splitlines()[-2:] == ["step 1: drawing samples_scaled, 4 images",
+                                                "step 1: saving the checkpoint"]
+    quiet = io.StringIO()
+    TrainProgress(Console(file=quiet), quiet=True).status("drawing samples, 4 images")
+    assert quiet.getvalue() == ""
+
+
+def test_the_live_training_bar_shows_the_status_until_the_next_step():
+    import io
+
+    from rich.console import Console
+
+    from textinv.progress import TrainProgress
+
+    progress = TrainProgress(Console(file=io.StringIO(), force_terminal=True, width=200), plain=False)
+    progress.start("train", 4)
+    progress.status("drawing samples_scaled, 4 images")
+    task = progress.bar.tasks[0]
+    assert task.fields["status"] == "drawing samples_scaled, 4 images"
+    progress.advance("train", 1, loss=0.5, lr=0.01)
+    assert task.fields["status"] == ""
+    progress.finish("train")
+
+
+def test_eval_progress_counts_images_with_elapsed_and_time_left(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    import textinv.progress as progress_module
+
+    clock = iter([100.0, 110.0, 130.0, 160.0])
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: next(clock))
+    buf = io.StringIO()
+    progress = progress_module.EvalProgress(Console(file=buf, width=200), plain=True, every_s=0)
+    progress.start("eval", 12, note="scoring 3 candidate(s): 12 images, 4 seed(s) per prompt")
+    progress.status("step 20: drawing 'a photo of *', 4 images")
+    progress.advance("eval", 4)  # 10 s for 4 images: 20 s left for 8
+    progress.advance("eval", 8)
+    progress.advance("eval", 12)
+    assert buf.getvalue().splitlines() == [
+        "scoring 3 candidate(s): 12 images, 4 seed(s) per prompt",
+        "eval 4/12 images, 00:00:10 elapsed, 00:00:20 left: step 20: drawing 'a photo of *', 4 images",
+        "eval 8/12 images, 00:00:30 elapsed, 00:00:15 left: step 20: drawing 'a photo of *', 4 images",
+        "eval 12/12 images, 00:01:00 elapsed, 00:00:00 left",
+    ]
+
+
+def test_eval_reports_every_image_it_makes(tmp_path, tiny_model_dir):
+    from textinv.evaluation.evaluate import EvalSettings, evaluate
+    from textinv.reporting import Reporter
+
+    class Seen(Reporter):
+        def __init__(self):
+            self.total, self.done, self.statuses = 0, [], []
+
+        def start(self, task, total, *, done=0, note=""):
+            self.total = total
+
+        def advance(self, task, done, **values):
+            self.done.append(done)
+
+        def status(self, text):
+            self.statuses.append(text)
+
+    images = make_images(tmp_path / "cat")
+    a = save_embedding(Embedding([Token("<a>", torch.randn(1, 32))], step=5, init_words={"<a>": "cat"}),
+                       tmp_path / "a.pt")
+    seen = Seen()
+    evaluate([a], data=images, model=str(tiny_model_dir), settings=EvalSettings(seeds=2, steps=1, clip=None),
+             reporter=seen)
+    assert seen.total == 2 * 2 and seen.done == [2, 4]  # the init word's row and the file's: 2 seeds each
+    assert seen.statuses == ["init word (cat): drawing 'a photo of cat', 2 images",
+                             "a.pt: drawing 'a photo of *', 2 images"]
