@@ -136,21 +136,22 @@ def test_a_malformed_textinv_key_in_a_pt_is_a_warning_not_an_error(tmp_path):
 # --- the extra `textinv` key of a .pt, against each loader's code -------------------------------------------------
 # Each loader below reads the tensors of a `.pt` dict holding `string_to_param` by that key and looks up only the
 # other keys it names, so a further key holding a dict of strings changes nothing it reads:
-# - AUTOMATIC1111 stable-diffusion-webui, commit 22ecb78b51f7e6f0234cbc0efbde4ee9a2dc466f,
-#   modules/textual_inversion/textual_inversion.py `EmbeddingDatabase.load_from_file`: `if 'string_to_param' in
-#   data:` takes the only value of string_to_param, then `data.get('step')`, `data.get('sd_checkpoint')`,
-#   `data.get('sd_checkpoint_name')`; the file goes through modules/safe.py's RestrictedUnpickler, whose globals a
-#   dict of strings does not need (A1111_GLOBALS in test_formats.py).
-# - ComfyUI, commit b55c2247654476fbc744e572ba7a834fd9378745, comfy/sd1_clip.py `load_embed`:
-#   `torch.load(embed_path, weights_only=True, ...)`, then `if 'string_to_param' in embed:` the first value.
-# - InvokeAI, commit 8e71a8a519399d6db32054ae9afc7c6c4e2355af (6.14), invokeai/backend/textual_inversion.py
-#   lines 39-46 `TextualInversionModelRaw.from_checkpoint`: the first value of string_to_param; its probe,
-#   invokeai/backend/model_manager/configs/textual_inversion.py line 54 (the file is an embedding if any key is
-#   string_to_param) and lines 75-76 (the width is string_to_param's first value's shape[-1]); picklescan
-#   (model_on_disk.py line 119) flags only dangerous globals.
-# - kohya-ss sd-scripts, commit 48d368fa557731ad0488c07304dfeba8c07910eb, gen_img.py lines 2100-2106 (and
-#   sdxl_gen_img.py lines 1871-1872, train_textual_inversion.py lines 171-172): `data = data["string_to_param"]`,
-#   then `next(iter(data.values()))`.
+# - AUTOMATIC1111 stable-diffusion-webui, commit 22ecb78b51f7e6f0234cbc0efbde4ee9a2dc466f (2023-08-05, v1.5),
+#   modules/textual_inversion/textual_inversion.py `EmbeddingDatabase.load_from_file` (line 157): line 178
+#   `torch.load(path, ...)` (through modules/safe.py's RestrictedUnpickler, find_class line 34, which a dict of
+#   strings does not call: A1111_GLOBALS in test_formats.py), line 186 `if 'string_to_param' in data:` takes its
+#   only value, lines 211-213 `data.get('step')`, `data.get('sd_checkpoint')`, `data.get('sd_checkpoint_name')`.
+# - ComfyUI (Comfy-Org/ComfyUI), commit a125cd84b054a57729b5eecab930ca9408719832 (2025-10-12, v0.1.1113+76),
+#   comfy/sd1_clip.py `load_embed` (line 391): line 431 `torch.load(embed_path, weights_only=True, ...)`, line 439
+#   `if 'string_to_param' in embed:` the first value.
+# - InvokeAI, commit 8e71a8a519399d6db32054ae9afc7c6c4e2355af (2026-08-19, 6.11.0rc1+406),
+#   invokeai/backend/textual_inversion.py lines 39-46 `TextualInversionModelRaw.from_checkpoint`: the first value
+#   of string_to_param; its probe, invokeai/backend/model_manager/configs/textual_inversion.py line 54 (an
+#   embedding if any key is string_to_param) and lines 75-76 (the width is string_to_param's first value's
+#   shape[-1]); picklescan (model_on_disk.py line 119) flags only dangerous globals.
+# - kohya-ss sd-scripts, commit 48d368fa557731ad0488c07304dfeba8c07910eb (2026-02-16, v0.10.1+5), gen_img.py
+#   lines 2100-2106 (and sdxl_gen_img.py lines 1871-1872, train_textual_inversion.py lines 171-172):
+#   `data = data["string_to_param"]`, then `next(iter(data.values()))`.
 
 
 def _as_loader(tool: str, data: dict) -> torch.Tensor:
