@@ -150,7 +150,7 @@ def test_a_malformed_textinv_key_in_a_pt_is_a_warning_not_an_error(tmp_path):
 #   embedding if any key is string_to_param) and lines 75-76 (the width is string_to_param's first value's
 #   shape[-1]); picklescan (model_on_disk.py line 119) flags only dangerous globals.
 # - kohya-ss sd-scripts, commit 48d368fa557731ad0488c07304dfeba8c07910eb (2026-02-16, v0.10.1+5), gen_img.py
-#   lines 2100-2106 (and sdxl_gen_img.py lines 1871-1872, train_textual_inversion.py lines 171-172):
+#   lines 2100-2107 (and sdxl_gen_img.py lines 1871-1872, train_textual_inversion.py lines 171-172):
 #   `data = data["string_to_param"]`, then `next(iter(data.values()))`.
 
 
