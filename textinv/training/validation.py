@@ -133,8 +133,7 @@ class Validation:
                                 clip=log.eval_clip, dino=log.eval_dino)
         if self.evaluator is None:
             cfg = run.config(check=False)
-            self.source, self.data, self.init_word = (cfg.model.source, cfg.data.paths[0],
-                                                      cfg.personalization.initializer_words[0])
+            self.data, self.init_word = cfg.data.paths[0], cfg.personalization.initializer_words[0]
             self.notes: list[str] = []
             pipe = load_pipeline(cfg.model.source, model_config=cfg.model.config, device=cfg.train.device)
             self.evaluator = Evaluator(pipe, Path(self.data), settings, pipe.textinv.kind == "toy", self.notes,
@@ -145,8 +144,8 @@ class Validation:
         row = self.evaluator.score(cand, len(self.eval_rows), self.init_word, run)
         self.eval_rows.append(row)
         result = EvalResult(rows=self.eval_rows, best=best_row(self.eval_rows, settings.margin),
-                            init_word=self.init_word, model=self.source, data=self.data, settings=settings,
-                            notes=self.notes)
+                            init_word=self.init_word, model=self.evaluator.pipe.textinv.name, data=self.data,
+                            settings=settings, notes=self.notes)
         run.write_eval(result.to_json())
         shown = "n/a" if row.identity is None else f"{row.identity:.3f}"
         self.reporter.message(f"eval at step {step}: identity {shown}"
