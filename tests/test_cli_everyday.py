@@ -191,6 +191,7 @@ def test_a_terminal_is_told_which_model_loads(monkeypatch):
 
     import textinv.cli_output as output
 
+    monkeypatch.setitem(output.state, "quiet", False)  # as a command without -q sets it
     for terminal in (True, False):
         buf = io.StringIO()
         monkeypatch.setattr(output, "err", Console(file=buf, force_terminal=terminal, width=120))

@@ -24,12 +24,13 @@ def quiet_libraries(verbose: bool) -> None:
         return
     import diffusers
     import transformers
+    from huggingface_hub.utils import disable_progress_bars
 
     diffusers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # huggingface_hub's download bars
+    disable_progress_bars()  # huggingface_hub's bars while a model downloads; `fetch` draws its own
     # diffusers 0.42 renamed torch_dtype to dtype; torch_dtype works in every version we support (>= 0.30)
     warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
 
