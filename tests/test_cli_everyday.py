@@ -133,6 +133,16 @@ def test_quiet_json_generation_leaves_stderr_empty_with_the_libraries_present(tm
     assert json.loads(res.stdout)["seed"] is not None
     # the probe sees a model command import the model libraries, and an SD1.x one neither the plots nor SDXL's
     assert {"diffusers", "transformers"} <= heavy and not {"matplotlib", "sdxl"} & heavy
+    # eval, quiet, into a log: nothing but its JSON
+    from textinv.toy import world
+
+    world.write_concept(tmp_path / "pics", "purple", "triangle", n=2)
+    cand = save_embedding(Embedding([Token("*", torch.randn(1, 64) * 0.01)], step=1, init_words={"*": "triangle"}),
+                          tmp_path / "c.pt")
+    res = _run("-q", "eval", str(cand), "--data", str(tmp_path / "pics"), "--model", "toy", "--seeds", "1", "-s",
+               "1", "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == "" and json.loads(res.stdout)["rows"]
     # and inspect --model: our lines only, nothing of diffusers' or transformers'
     emb = save_embedding(Embedding([Token("<x>", torch.randn(1, 64) * 0.01)]), tmp_path / "x.pt")
     res = _run("inspect", str(emb), "--model", "toy", cwd=tmp_path)
