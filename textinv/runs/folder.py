@@ -175,8 +175,9 @@ class Run:
 
     def final_files(self) -> list[Path]:
         """The final embedding files in embeddings/ (every format; not the checkpoints), the .pt first."""
-        found = [f for f in self.embeddings.glob(f"{self.name}.*") if not f.name.startswith(".") and f.is_file()
-                 and not _CHECKPOINT.match(f.name)]
+        if not self.embeddings.is_dir():
+            return []
+        found = [f for f in self.embeddings.iterdir() if f.stem == self.name and f.is_file()]
         return sorted(found, key=lambda f: (f.suffix != ".pt", f.name))
 
     def state_files(self) -> list[Path]:
