@@ -133,6 +133,10 @@ def test_quiet_json_generation_leaves_stderr_empty_with_the_libraries_present(tm
     assert json.loads(res.stdout)["seed"] is not None
     # the probe sees a model command import the model libraries, and an SD1.x one neither the plots nor SDXL's
     assert {"diffusers", "transformers"} <= heavy and not {"matplotlib", "sdxl"} & heavy
+
+
+@pytest.mark.slow  # two more model-loading processes (a minute on a busy 2-core machine)
+def test_eval_and_inspect_with_a_model_print_nothing_of_the_libraries(tmp_path):
     # eval, quiet, into a log: nothing but its JSON
     from textinv.toy import world
 
