@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python bench/train_speed.py $(EXAMPLE)
 	$(BIN)/python bench/learning.py
 	$(BIN)/python bench/generate_speed.py
+	$(BIN)/python bench/startup.py
 
 # SD-scale training on random weights (hours on 2 CPU cores; builds 4-5 GB models in /tmp on first use)
 bench-sd: install
