@@ -36,7 +36,7 @@ def save_embedding(
     from textinv.formats.registry import resolve, write_embedding
 
     path = Path(path)
-    fmt = resolve(for_tool or format, emb, path)
+    fmt = resolve(for_tool or format, emb, path, tool=for_tool is not None)
     if path.exists() and not force:
         raise OutputExistsError(f"{path} already exists; pass --force to overwrite it")
     return write_embedding(emb, path, fmt)
@@ -46,7 +46,7 @@ def output_format(emb: Embedding, path: str | Path, *, format: str | None = None
     """The `formats.Format` record `save_embedding` would write, e.g. for its extension or trigger words."""
     from textinv.formats.registry import resolve
 
-    return resolve(for_tool or format, emb, Path(path))
+    return resolve(for_tool or format, emb, Path(path), tool=for_tool is not None)
 
 
 def with_extension(emb: Embedding, path: str | Path, *, format: str | None = None, for_tool: str | None = None) -> Path:
@@ -86,6 +86,7 @@ class Written:
     format: str
     embedding: Embedding
     triggers: dict[str, str]
+    loads: str | None = None  # SD3, Flux.1 with --for TOOL: what of it the tool loads ('clip_l and t5xxl')
 
 
 def write_files(
@@ -94,6 +95,8 @@ def write_files(
 ) -> list[Written]:
     """What `convert` and `merge` write: `emb` to `path` (the extension added if it has none), or with `split` one
     file per token; each with the words that trigger it in the tools that load it."""
+    from textinv.formats.registry import parts_loaded
+
     if format is not None and for_tool is not None:
         raise UsageError("--to and --for both choose the layout; give one")
     choice = {"format": format, "for_tool": for_tool}
@@ -101,7 +104,8 @@ def write_files(
     for part, dst in split_outputs(emb, path) if split else [(emb, Path(path))]:
         dst = save_embedding(part, with_extension(part, dst, **choice), force=force, **choice)
         fmt = output_format(part, dst, **choice)
-        written.append(Written(dst, fmt.name, part, fmt.triggers(dst, part)))
+        loads = parts_loaded(part, for_tool) if for_tool else None
+        written.append(Written(dst, fmt.name, part, fmt.triggers(dst, part), loads))
     return written
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from textinv.formats import T5_TOOLS, T5_TRIGGERS
 from textinv.formats.common import Source
 from textinv.formats.embedding import Embedding
 
@@ -40,7 +41,14 @@ class Format:
     loads_if: dict[str, Conditional] = field(default_factory=dict)
 
     def triggers(self, path: Path, emb: Embedding) -> dict[str, str]:
-        """tool -> the word that triggers `emb` once written to `path` in this layout, for each tool that loads it."""
-        words = dict(self.loads_in)
-        words.update({tool: c.trigger for tool, c in self.loads_if.items() if c.holds(emb)})
+        """tool -> the word that triggers `emb` once written to `path` in this layout, for each tool that loads it.
+        An SD3 or Flux.1 embedding loads in the tools `formats.T5_TOOLS` names for this layout, whatever the rest
+        of the record says of CLIP-only files."""
+        if emb.architecture is not None:
+            tools = T5_TOOLS[emb.architecture]
+            words = {tool: T5_TRIGGERS[tool] for tool, entry in tools.items()
+                     if isinstance(entry, tuple) and entry[0] == self.name}
+        else:
+            words = dict(self.loads_in)
+            words.update({tool: c.trigger for tool, c in self.loads_if.items() if c.holds(emb)})
         return {tool: w.format(stem=path.stem, token=emb.tokens[0].name) for tool, w in words.items()}
