@@ -31,6 +31,9 @@ from textinv.formats.families import CONFIG_FOR
 from textinv.paper_config import from_paper_layout, is_paper_layout
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+# SD3's and Flux.1's timestep density and loss weighting: diffusers' names (training_utils.py; training/objective.py)
+WEIGHTING_SCHEMES = ("logit_normal", "mode", "none", "sigma_sqrt", "cosmap")
+MAX_FLUX_GUIDANCE = 30.0  # Flux.1-dev's guidance embedder was distilled on values of a few units
 
 
 @dataclass
@@ -38,7 +41,7 @@ class ModelConfig:
     source: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # hub id, diffusers folder, single file, or `toy`
     prediction_type: str | None = None  # None: whatever the model's scheduler says
     config: str | None = None  # for a .ckpt/.safetensors: a local diffusers folder whose configs describe it
-    family: str | None = "SD1.x"  # SD1.x | SD2.x | SDXL | None (any); checked against the model (formats/families.py)
+    family: str | None = "SD1.x"  # SD1.x | SD2.x | SDXL | SD3 | Flux.1 | None (any); checked against the model
 
 
 @dataclass
@@ -47,6 +50,7 @@ class PersonalizationConfig:
     initializer_words: list[str] = field(default_factory=lambda: ["sculpture"])  # the paper code's default
     num_vectors_per_token: int = 1
     learnable_property: str = "object"  # object | style
+    train_t5: bool = False  # SD3, Flux.1: the placeholder learns in the T5 encoder too (else its init word's rows)
 
 
 @dataclass
@@ -81,6 +85,8 @@ class TrainConfig:
     device: str = "auto"
     gradient_checkpointing: bool = False  # recompute the UNet's activations in the backward pass: less memory
     early_stop: int = 0  # patience, in validation-loss checks; 0: train to max_steps
+    weighting_scheme: str = "logit_normal"  # SD3, Flux.1: timestep density / loss weighting (training/objective.py)
+    flux_guidance: float = 1.0  # Flux.1-dev's guidance input while training (OneTrainer's default)
 
 
 @dataclass
@@ -119,6 +125,7 @@ CHOICES = {
     "personalization.learnable_property": ("object", "style"),
     "optim.lr_scheduler": ("constant", "linear", "cosine"),
     "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
+    "train.weighting_scheme": WEIGHTING_SCHEMES,
     "log.report_to": ("none", "tensorboard", "wandb", "all"),
 }
 # What `log.formats` takes, as `convert --to` or `--for` do; a picture is no training output.
@@ -406,6 +413,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("`optim.adam_epsilon` must be above 0")
     if cfg.log.guidance_scale < 1:
         raise ConfigError(f"`log.guidance_scale` is {cfg.log.guidance_scale}; it must be 1 or more")
+    if not 0 <= cfg.train.flux_guidance <= MAX_FLUX_GUIDANCE:
+        raise ConfigError(f"`train.flux_guidance` is {cfg.train.flux_guidance}; it must be between 0 and "
+                          f"{MAX_FLUX_GUIDANCE:g} (Flux.1-dev samples at 3.5)")
     bad = [f for f in cfg.log.formats if f not in FORMATS]
     if bad:
         raise ConfigError(f"`log.formats` has {bad}; the training formats are {', '.join(FORMATS)}")

@@ -101,6 +101,9 @@ def set_scheduler(pipe, name: str | None) -> str:
         pipe.scheduler = base
         return _SAMPLER_OF_CLASS.get(type(base).__name__, type(base).__name__.removesuffix("Scheduler"))
     key = scheduler_name(name)
+    if type(base).__name__.startswith("FlowMatch"):  # SD3, Flux.1: none of the SD schedulers samples a flow
+        raise UsageError(f"--scheduler {name}: this model samples with its flow-matching Euler scheduler; "
+                         "leave --scheduler out")
     cls_name, extra, a1111 = SCHEDULERS[key]
     try:
         pipe.scheduler = getattr(diffusers, cls_name).from_config(base.config, **extra)
@@ -189,6 +192,7 @@ def make(pipe, request: Request, *, reporter: Reporter = SILENT) -> Iterator[lis
 
     Reports the tasks `images` (of n) and `steps` (denoising steps of the current batch).
     """
+    from textinv.models.denoiser import default_side
     from textinv.models.loading import as_img2img, as_txt2img
 
     request.check(read_init=False)
@@ -202,7 +206,7 @@ def make(pipe, request: Request, *, reporter: Reporter = SILENT) -> Iterator[lis
         run = as_img2img(pipe)
     else:
         run = as_txt2img(pipe)
-        default = run.unet.config.sample_size * run.vae_scale_factor
+        default = default_side(run)
         width, height = request.width or default, request.height or default
     first = _params(run, request, width, height)
     batch = request.batch_size or default_batch_size(run.device)
@@ -263,9 +267,11 @@ def _call(run, params: list[GenerationParams], init, reporter: Reporter) -> list
         reporter.advance("steps", step + 1)
         return tensors
 
+    from textinv.models.embeddings import prompt_for
+
     kwargs = dict(
-        prompt=p.prompt,
-        negative_prompt=p.negative or None,
+        prompt=prompt_for(run, p.prompt),
+        negative_prompt=prompt_for(run, p.negative) if p.negative else None,
         num_images_per_prompt=len(params),
         num_inference_steps=p.steps,
         guidance_scale=p.cfg,

@@ -37,6 +37,7 @@ _MAX_HEADER = 100 << 20  # a real header is a few hundred kB
 KINDS = ("sd", "sdxl", "sd3", "flux")
 _CONFIG_OF_KIND = {"sdxl": "SDXL", "sd3": "SD3", "flux": "Flux.1"}
 _KIND_OF_FAMILY = {"SD1.x": "sd", "SD2.x": "sd", "SDXL": "sdxl", "SD3": "sd3", "Flux.1": "flux"}
+_NAME = {"sd": "SD1.x/SD2.x", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux.1"}
 _WHAT = {"sd": "one text encoder", "sdxl": "two text encoders", "sd3": "SD3's MMDiT and three text encoders",
          "flux": "Flux.1's transformer, CLIP-L and T5"}
 
@@ -109,17 +110,34 @@ def check_config(config_family: str | None, model_kind: str, model_family: str, 
         use = CONFIG_FOR[_CONFIG_OF_KIND.get(model_kind, "SD1.x")]
         if model_kind == "sd":
             use = CONFIG_FOR.get(model_family, use)
-        shown = model_family if not model_family.startswith("unknown") else model_kind.upper()
+        shown = model_family if not model_family.startswith("unknown") else _NAME[model_kind]
         raise ConfigError(
             f"the config is for {config_family} but the model is {shown} ({_WHAT[model_kind]}); use --config {use}"
         )
     if model_kind != "sd" and n_placeholders > 1:
         layout = {"sdxl": "{clip_l, clip_g}", "sd3": "{clip_l, clip_g, t5}", "flux": "{clip_l, t5}"}[model_kind]
-        name = {"sdxl": "SDXL", "sd3": "SD3", "flux": "Flux.1"}[model_kind]
+        name = _NAME[model_kind]
         raise ConfigError(
             f"{n_placeholders} placeholders on {name}: an {name} embedding file ({layout}) holds one; "
             "train one placeholder per run"
         )
+
+
+def check_config_early(config_family: str | None, source, model_config, n_placeholders: int) -> str | None:
+    """`check_config` from the model's files, before it loads (a folder, a cached hub model, a single file's
+    header); returns the model's kind, or None when the files do not tell it (the check after loading applies)."""
+    from textinv.formats.families import family_for
+
+    kind = model_kind(source)
+    if kind is None:
+        return None
+    try:
+        dims = text_encoder_dims(source, model_config)
+    except Exception:  # a bad source is reported, with its own message, when the model is loaded
+        dims = None
+    family = family_for(*dims) if dims else f"unknown ({kind})"
+    check_config(config_family, kind, family, n_placeholders)
+    return kind
 
 
 def text_encoder_dims(source: str | Path | None, model_config: str | Path | None = None) -> tuple | None:

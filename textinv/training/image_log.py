@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from textinv.atomic import atomic_path, write_text
+from textinv.models.denoiser import decode
 from textinv.models.tokens import expand_placeholders
 from textinv.pictures import TrainImage, grid_of, text_image, to_pil
 from textinv.runs import Run
@@ -72,8 +73,7 @@ def log_images(run: Run, step: int, model, log, p, images: list[TrainImage], bat
                                 enabled=autocast_dtype is not None):
                 latents = pipe(prompt, guidance_scale=scale, generator=g, output_type="latent", **common).images
             # decoded outside autocast by the float32 VAE: SDXL's VAE overflows in fp16
-            z = latents.to(vae.dtype) / vae.config.scaling_factor
-            grid.append([to_pil(x) for x in vae.decode(z).sample.float().cpu()])
+            grid.append([to_pil(x) for x in decode(pipe, latents, resolution).float().cpu()])
         save(key, grid_of(grid))
 
 

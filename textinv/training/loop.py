@@ -26,14 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from textinv.config import Config, to_dict
 from textinv.errors import ConfigError, Interrupted, TextinvError
 from textinv.models.loading import base_model_of
 from textinv.reporting import Reporter
 from textinv.runs import Run
-from textinv.training import data, setup
+from textinv.training import data, objective, setup
 from textinv.training.image_log import log_images
 from textinv.training.setup import TrainingModel
 from textinv.training.state import LearnedEmbedding, Learning, start_run
@@ -67,11 +66,13 @@ class RunResult:
     prediction_type: str = "epsilon"
 
 
-def compute_loss(unet, condition, noisy, timesteps, ids, target, autocast_dtype, device) -> torch.Tensor:
-    """One forward pass: conditioning (with the spliced rows), UNet, MSE against the target in float32."""
+def compute_loss(denoiser, condition, noisy, timesteps, ids, target, autocast_dtype, device,
+                 weights=None) -> torch.Tensor:
+    """One forward pass: conditioning (with the spliced rows), the denoiser (UNet, SD3's or Flux.1's transformer),
+    MSE against the target in float32, weighted per sample when the objective weights (`training.objective`)."""
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        pred = unet(noisy, timesteps, **condition(ids)).sample
-    return F.mse_loss(pred.float(), target.float())
+        pred = denoiser(noisy, timesteps, condition(ids))
+    return objective.loss(pred, target, weights)
 
 
 @dataclass
@@ -82,7 +83,8 @@ class Forward:
 
     def __call__(self, noisy, timesteps, ids, target) -> torch.Tensor:
         m = self.model
-        return compute_loss(m.pipe.unet, m.condition, noisy, timesteps, ids, target, m.precision, m.device)
+        return compute_loss(m.denoiser, m.condition, noisy, timesteps, ids, target, m.precision, m.device,
+                            m.objective.weights(timesteps))
 
 
 def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path | None = None) -> RunResult:
@@ -94,14 +96,14 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
     precision = setup.resolve_precision(cfg.train.mixed_precision, device)
     images, items = data.build_items(cfg.personalization, cfg.data, reporter)
     model = setup.prepare_model(cfg.model, cfg.personalization, cfg.data.resolution, cfg.train.gradient_checkpointing,
-                                device, precision, reporter)
+                                device, precision, reporter, cfg.train)
     batches = setup.make_batches(model, images, items, cfg.data, cfg.train.seed, acc.process_index, world)
     lr, how = setup.effective_batch(cfg.optim, cfg.data.batch_size, world)
     learning = setup.make_learning(model, batches, cfg.optim, lr, cfg.train.max_steps)
     run, step = start_run(cfg, resume, acc, learning, reporter, comment=how)
-    embedding = LearnedEmbedding(model.learned, model.condition.split, cfg.personalization, run.name,
+    embedding = LearnedEmbedding(model.learned, model.parts, cfg.personalization, run.name,
                                  base_model_of(model.pipe, cfg.model.source))  # source, A1111 hash, hub commit
-    formats = setup.final_formats(cfg.log.formats, model.sdxl)
+    formats = setup.final_formats(cfg.log.formats, model.multi_encoder)
     finals = run.final_paths(embedding.at(step), formats)
     if step >= cfg.train.max_steps and all(f.exists() for f in finals):
         raise ConfigError(f"{run.path} already finished at step {step}; pass a larger --max-steps to train further")
@@ -205,7 +207,8 @@ def _log_images(run: Run, step: int, model: TrainingModel, batches, images, log,
     """The image log at `step` (`log`, `p`: the log and personalization configs), and the loss plot redrawn with it
     (main process only)."""
     if run.main:
-        log_images(run, step, model, log, p, images, batches, seed)
+        with model.on_device():
+            log_images(run, step, model, log, p, images, batches, seed)
         run.plot_losses()
 
 
