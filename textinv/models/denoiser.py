@@ -19,13 +19,21 @@ FLUX_GUIDANCE = 1.0  # OneTrainer's default for its Flux trainers (modules/util/
 
 
 class Denoiser:
-    """A UNet: `unet(noisy, t, **condition).sample`."""
+    """A UNet: `unet(noisy, t, **condition).sample`. The network's own attributes (`config`, `attn_processors`)
+    read through the wrapper."""
+
+    module: torch.nn.Module
 
     def __init__(self, pipe):
         self.module = pipe.unet
 
     def __call__(self, noisy: torch.Tensor, timesteps: torch.Tensor, condition: dict) -> torch.Tensor:
         return self.module(noisy, timesteps, **condition).sample
+
+    def __getattr__(self, name: str):
+        if name == "module":  # not set yet: no recursion through __getattr__
+            raise AttributeError(name)
+        return getattr(self.module, name)
 
 
 class SD3Denoiser(Denoiser):

@@ -165,10 +165,8 @@ def text_encoders(pipe) -> list[tuple[str, str, object, object]]:
     """(part key, attribute, tokenizer, text encoder) of each text encoder `pipe` has, in order: the part key is
     the one an embedding's `Token.parts` keeps its vectors under (clip_l first; SDXL's and SD3's clip_g; SD3's and
     Flux.1's t5). SD3's T5 is left out when the model has none."""
-    names = {"sd": ["clip_l"], "sdxl": ["clip_l", "clip_g"], "sd3": ["clip_l", "clip_g", "t5"],
-             "flux": ["clip_l", "t5"]}[kind_of(pipe)]
     found = []
-    for k, key in enumerate(names):
+    for k, key in enumerate(("clip_l", "t5") if kind_of(pipe) == "flux" else ("clip_l", "clip_g", "t5")):
         suffix = f"_{k + 1}" if k else ""
         encoder = getattr(pipe, f"text_encoder{suffix}", None)
         if encoder is not None:

@@ -61,9 +61,17 @@ def pool_at_end_of_text(pipe) -> None:
 
 
 def replace_module(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
-    """Put `new` wherever `old` sits inside `root`. (transformers 5's `set_input_embeddings` on CLIPTextModel sets an
-    attribute the forward pass never reads, so the swap is done by identity here.)"""
-    places = [(m, name) for m in root.modules() for name, child in m.named_children() if child is old and m is not new]
+    """Put `new` wherever `old` sits inside `root`, and wherever a twin of it does: another embedding table holding
+    the very same weight (transformers 5's T5EncoderModel looks tokens up in `encoder.embed_tokens`, a module of its
+    own tied to `shared`, which `get_input_embeddings` returns). (transformers 5's `set_input_embeddings` on
+    CLIPTextModel sets an attribute the forward pass never reads, so the swap is done by identity here.) Undoing it
+    puts `old` back in every place, the twins' too: the same weight, looked up the same way."""
+
+    def is_old(child: nn.Module) -> bool:
+        return child is old or (isinstance(child, nn.Embedding) and isinstance(old, nn.Embedding)
+                                and child.weight is old.weight)
+
+    places = [(m, name) for m in root.modules() for name, child in m.named_children() if is_old(child) and m is not new]
     if not places:
         raise ModelError("cannot find the token-embedding table in this text encoder")
     for module, name in places:

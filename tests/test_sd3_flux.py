@@ -1,0 +1,390 @@
+"""SD3 / SD3.5 and Flux.1 end to end on tiny pipelines built from the real diffusers/transformers classes (CLIP
+encoders 32 and 64 wide, a T5 encoder 48 wide whose sentencepiece tokenizer is built with `tokenizers`): training
+writes OneTrainer's layout with each encoder's width and resumes exactly, `generate` uses the result, each part goes
+into its own encoder exactly where the placeholder stands, and every family check is one line before a model loads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from tests.test_train import make_images
+from textinv.cli import app
+from textinv.formats.embedding import Embedding, Token
+from textinv.formats.files import load_embedding, save_embedding
+from textinv.models.embeddings import add_embeddings
+from textinv.models.loading import load_pipeline
+
+runner = CliRunner()
+FAST = ["--set", "data.resolution=32", "--set", "optim.gradient_accumulation_steps=1", "--set", "log.sample_steps=2",
+        "--set", "log.num_images=1", "--set", "log.save_every=0", "--set", "log.val_loss_every=0"]
+WIDTHS = {"sd3": {"clip_l": 32, "clip_g": 64, "t5": 48}, "flux": {"clip_l": 32, "t5": 48}}
+
+
+def _run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _train(images: Path, model: Path, out: Path, *extra, steps: int = 3):
+    return _run("train", images, "--init-word", "cat", "--model", model, "--max-steps", steps, "-o", out, *FAST, *extra)
+
+
+def _keys(path: Path) -> dict[str, tuple[int, ...]]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: tuple(f.get_tensor(k).shape) for k in f.keys()}
+
+
+def _pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).copy()
+
+
+def _embedding(kind: str, name: str = "<x>", n: int = 1, seed: int = 0) -> Embedding:
+    g = torch.Generator().manual_seed(seed)
+    parts = {k: torch.randn(n, w, generator=g) * 0.3 for k, w in WIDTHS[kind].items()}
+    return Embedding(tokens=[Token.from_parts(name, parts)], name=name.strip("<>"))
+
+
+@pytest.fixture(scope="module", params=["sd3", "flux"])
+def run(request, tiny_sd3_dir, tiny_flux_dir, tmp_path_factory):
+    """One 3-step CLI run per architecture with no --config (the model picks sd3-finetune / flux-finetune); Flux
+    trains its T5 part too."""
+    kind = request.param
+    model = tiny_sd3_dir if kind == "sd3" else tiny_flux_dir
+    root = tmp_path_factory.mktemp(f"{kind}-run")
+    images = make_images(root / "my_cat")
+    extra = ["--set", "personalization.train_t5=true"] if kind == "flux" else []
+    result = _train(images, model, root / "logs", "--set", "log.image_every=3", *extra)
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (root / "logs").iterdir()
+    return kind, model, run_dir
+
+
+# --- training ----------------------------------------------------------------------------------------------------
+
+
+def test_train_writes_onetrainers_layout_with_each_encoders_width(run):
+    kind, model, run_dir = run
+    import yaml
+
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["model"]["family"] == {"sd3": "SD3", "flux": "Flux.1"}[kind]
+    assert saved["train"]["weighting_scheme"] == "logit_normal" and saved["train"]["gradient_checkpointing"]
+    emb_dir = run_dir / "embeddings"
+    assert {p.name for p in emb_dir.iterdir()} == {"my_cat-3.pt", "my_cat.pt", "my_cat.safetensors"}
+    assert _keys(emb_dir / "my_cat.safetensors") == {k: (1, w) for k, w in WIDTHS[kind].items()}
+    emb = load_embedding(emb_dir / "my_cat.safetensors")
+    assert emb.source_format == "onetrainer" and emb.architecture == {"sd3": "SD3", "flux": "Flux.1"}[kind]
+    assert emb.step == 3 and emb.init_words == {"*": "cat"} and [t.name for t in emb.tokens] == ["*"]
+    with safe_open(str(emb_dir / "my_cat.safetensors"), framework="pt") as f:
+        assert f.metadata()["textinv.family"] == emb.family  # the family travels in the metadata
+    again = load_embedding(emb_dir / "my_cat.pt").tokens[0]  # the .pt holds the same parts
+    assert all(torch.equal(again.parts[k], v) for k, v in emb.tokens[0].parts.items())
+    pictures = {p.name for p in (run_dir / "images").iterdir()}
+    assert {"samples_gs-000003.png", "init_word_gs-000003.png", "reconstruction_gs-000003.png"} <= pictures
+    assert _pixels(run_dir / "images" / "samples_gs-000003.png").shape == (32, 32, 3)
+
+
+def test_only_the_asked_encoders_learn_and_t5_keeps_its_init_rows(run):
+    """SD3 trains CLIP-L and CLIP-G (T5 keeps the init word's rows); Flux here trains CLIP-L and T5."""
+    kind, model, run_dir = run
+    tok = load_embedding(run_dir / "embeddings" / "my_cat.safetensors").tokens[0]
+    pipe = load_pipeline(model, device="cpu")
+    from textinv.models.loading import text_encoders
+
+    for key, _, tokenizer, encoder in text_encoders(pipe):
+        cat = encoder.get_input_embeddings().weight[tokenizer("cat", add_special_tokens=False).input_ids[0]].detach()
+        moved = (tok.parts[key][0] - cat).abs().max()
+        if key == "t5" and kind == "sd3":
+            assert moved == 0, key  # frozen: exactly the init word's row
+        else:
+            assert 1e-4 < moved < 5e-4 * 3 * 1.01, key  # AdamW: about lr per step (weight decay alone: ~1e-7)
+
+
+def test_generate_uses_the_trained_embedding(run, tmp_path):
+    kind, model, run_dir = run
+    path = run_dir / "embeddings" / "my_cat.safetensors"
+    common = ["--model", model, "-s", 2, "-S", 4, "-W", 32, "-H", 32, "--json"]
+    result = _run("generate", "a photo of <my-cat>", "-e", path, "--token", "<my-cat>", "-o", tmp_path / "a", *common)
+    assert result.exit_code == 0, result.output
+    ours = _pixels(Path(json.loads(result.stdout.splitlines()[-1])["path"]))
+    plain = _run("generate", "a photo of cat", "-o", tmp_path / "b", *common)
+    assert plain.exit_code == 0, plain.output
+    assert not np.array_equal(ours, _pixels(Path(json.loads(plain.stdout.splitlines()[-1])["path"])))
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_resume_continues_exactly(kind, tiny_sd3_dir, tiny_flux_dir, tmp_path):
+    """4 steps in one go equal 2 steps, a resume, and 2 more: the rows, bit for bit (Flux with T5 learning)."""
+    model = tiny_sd3_dir if kind == "sd3" else tiny_flux_dir
+    images = make_images(tmp_path / "imgs")
+    extra = ["--set", "log.image_every=0", "--set", "personalization.train_t5=true", "--set", "log.save_every=2"]
+    assert _train(images, model, tmp_path / "whole", *extra, steps=4).exit_code == 0
+    half = _train(images, model, tmp_path / "half", *extra, steps=2)
+    assert half.exit_code == 0, half.output
+    (half_dir,) = (tmp_path / "half").iterdir()
+    resumed = _run("train", "--resume", half_dir, "--max-steps", 4)
+    assert resumed.exit_code == 0, resumed.output
+    (whole_dir,) = (tmp_path / "whole").iterdir()
+    a = load_embedding(whole_dir / "embeddings" / "imgs.safetensors").tokens[0]
+    b = load_embedding(half_dir / "embeddings" / "imgs.safetensors").tokens[0]
+    assert a.parts.keys() == b.parts.keys() == WIDTHS[kind].keys()
+    assert all(torch.equal(a.parts[k], b.parts[k]) for k in a.parts)
+
+
+# --- use: each part in its own encoder, exactly where the placeholder stands ----------------------------------
+
+
+def _as_given(pipe, tokenizer, prompt: str) -> str:
+    """The prompt as `tokenizer` sees it in generation: textinv expands multi-vector placeholders for SD3
+    (`prompt_for`), diffusers' loader mixin for Flux."""
+    from textinv.models.embeddings import prompt_for
+
+    prompt = prompt_for(pipe, prompt)
+    return pipe.maybe_convert_prompt(prompt, tokenizer) if hasattr(pipe, "maybe_convert_prompt") else prompt
+
+
+def _input_embeddings(pipe, prompt: str) -> dict[str, torch.Tensor]:
+    """What each text encoder's token-embedding table gives for `prompt` when the pipeline encodes it."""
+    from textinv.models.conditioning import kind_of
+    from textinv.models.embeddings import prompt_for
+    from textinv.models.loading import text_encoders
+
+    seen, hooks = {}, []
+    for key, _, _, encoder in text_encoders(pipe):
+        def hook(module, args, output, key=key):
+            seen.setdefault(key, output.detach().clone())
+        weight = encoder.get_input_embeddings().weight  # T5's encoder looks up in a twin of `shared`: hook them all
+        tables = [m for m in encoder.modules() if isinstance(m, torch.nn.Embedding) and m.weight is weight]
+        hooks += [table.register_forward_hook(hook) for table in tables]
+    extra = {"prompt_3": None, "do_classifier_free_guidance": False} if kind_of(pipe) == "sd3" else {}
+    try:
+        pipe.encode_prompt(prompt_for(pipe, prompt), prompt_2=None, **extra)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_each_part_changes_its_encoder_exactly_where_the_placeholder_stands(kind, tiny_sd3_dir, tiny_flux_dir,
+                                                                           tmp_path):
+    pipe = load_pipeline(tiny_sd3_dir if kind == "sd3" else tiny_flux_dir, device="cpu")
+    emb = _embedding(kind, "<x>", n=2)
+    before = _input_embeddings(pipe, "a photo of cat cat the dog")
+    add_embeddings(pipe, [(save_embedding(emb, tmp_path / "x.safetensors"), emb)])
+    after = _input_embeddings(pipe, "a photo of <x> the dog")  # <x> is two vectors where "cat cat" were two tokens
+    from textinv.models.loading import text_encoders
+
+    for key, _, tokenizer, _ in text_encoders(pipe):
+        ids = tokenizer(_as_given(pipe, tokenizer, "a photo of <x> the dog")).input_ids
+        where = [i for i, t in enumerate(ids) if t in tokenizer.convert_tokens_to_ids(["<x>", "<x>_1"])]
+        assert len(where) == 2, key  # <x> expanded to both its vectors (SD3's pipeline has no loader to do it)
+        changed = (after[key][0] != before[key][0]).any(-1).nonzero().flatten().tolist()
+        assert changed == where, key
+        assert torch.equal(after[key][0, where], emb.tokens[0].parts[key]), key
+
+
+def test_a_onetrainer_file_as_its_saver_writes_it_loads_and_generates(tiny_sd3_dir, tiny_flux_dir, tmp_path):
+    """OneTrainer's savers write {clip_l, clip_g, t5} (SD3) and {clip_l, t5} (Flux) with save_file, no metadata, in
+    the training dtype (StableDiffusion3EmbeddingSaver.py:28-33, FluxEmbeddingSaver.py:28-31, EmbeddingSaverMixin.py:40)."""
+    for kind, model in (("sd3", tiny_sd3_dir), ("flux", tiny_flux_dir)):
+        parts = {k: v.to(torch.bfloat16) for k, v in _embedding(kind, n=2, seed=3).tokens[0].parts.items()}
+        path = tmp_path / f"ot-{kind}.safetensors"
+        save_file(parts, str(path))
+        emb = load_embedding(path)
+        assert emb.source_format == "onetrainer" and emb.tokens[0].name == f"ot-{kind}"  # the stem, as elsewhere
+        assert emb.tokens[0].source_dtype == "bfloat16"
+        assert all(torch.equal(emb.tokens[0].parts[k], v.float()) for k, v in parts.items())
+        result = _run("generate", f"a photo of ot-{kind}", "-e", path, "--model", model, "-s", 1, "-W", 32, "-H", 32,
+                      "-o", tmp_path / kind)
+        assert result.exit_code == 0, result.output
+    sd = tmp_path / "ot-sd.safetensors"
+    save_file({"emp_params": torch.randn(2, 768)}, str(sd))  # OneTrainer's SD1.x key, spelt as it spells it
+    assert (load_embedding(sd).source_format, load_embedding(sd).family) == ("onetrainer", "SD1.x")
+
+
+# --- files: inspect, convert --for, round trips, merge --------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_every_layout_round_trips_bit_exactly(kind, tmp_path, real_embeddings):
+    """Every layout that holds an SD3/Flux embedding, to every other, bit for bit; the T5 rows are real ones (the
+    ComfyUI T5 fixture's first rows)."""
+    from textinv.formats.files import WRITE_FORMATS
+
+    with safe_open(str(real_embeddings / "t5xxl_T5-CharDetail_a1111_weighted.safetensors"), framework="pt") as f:
+        real_t5 = f.get_tensor("t5xxl")[:2].float()
+    g = torch.Generator().manual_seed(5)
+    parts = {"clip_l": torch.randn(2, 768, generator=g), "clip_g": torch.randn(2, 1280, generator=g), "t5": real_t5}
+    if kind == "flux":
+        del parts["clip_g"]
+    emb = Embedding([Token.from_parts("<x>", parts)], name="x")
+    assert emb.family == {"sd3": "SD3", "flux": "Flux.1"}[kind]
+    holding = ["a1111-pt", "diffusers-bin", "diffusers-safetensors", "kohya", "onetrainer", "comfyui-t5"]
+    assert set(holding) < set(WRITE_FORMATS)
+    for first in holding:
+        a = load_embedding(save_embedding(emb, tmp_path / f"{first}-a", format=first))
+        for second in holding:
+            b = load_embedding(save_embedding(a, tmp_path / f"{first}-{second}", format=second))
+            assert b.tokens[0].parts.keys() == parts.keys(), (first, second)
+            assert all(torch.equal(b.tokens[0].parts[k], v) for k, v in parts.items()), (first, second)
+    for one_encoder in ("paper-pt", "a1111-png", "sd-concepts-folder"):
+        with pytest.raises(Exception, match="cannot hold"):
+            save_embedding(emb, tmp_path / f"no-{one_encoder}", format=one_encoder)
+
+
+def test_inspect_names_the_family_and_each_parts_width(tmp_path):
+    sd3 = save_embedding(_embedding("sd3"), tmp_path / "a.safetensors", format="onetrainer")
+    big = Embedding([Token("<b>", torch.randn(1, 768), t5=torch.randn(1, 4096))], name="b")
+    flux = save_embedding(big, tmp_path / "b.safetensors", format="comfyui-t5")
+    result = _run("inspect", "--json", sd3, flux)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert rows[0]["tokens"][0]["parts"] == {"clip_l": 32, "clip_g": 64, "t5": 48}
+    assert (rows[1]["format"], rows[1]["family"]) == ("comfyui-t5", "Flux.1")
+    assert rows[1]["tokens"][0]["parts"] == {"clip_l": 768, "t5": 4096}
+    table = _run("inspect", flux)
+    assert "family Flux.1" in table.stdout and "clip_l 768 + t5 4096" in table.stdout
+
+
+def test_convert_for_each_tool_says_what_it_loads_and_refuses_what_it_would_misread(tmp_path):
+    flux = save_embedding(Embedding([Token("<b>", torch.randn(1, 768), t5=torch.randn(1, 4096))], name="b"),
+                          tmp_path / "b.safetensors")
+    sd3 = save_embedding(Embedding([Token("<a>", torch.randn(1, 768), torch.randn(1, 1280),
+                                          t5=torch.randn(1, 4096))], name="a"), tmp_path / "a.safetensors")
+    comfy = _run("convert", flux, tmp_path / "for-comfy", "--for", "comfyui")
+    assert comfy.exit_code == 0, comfy.output
+    assert "ComfyUI: use embedding:for-comfy in the prompt" in comfy.stdout and "loads clip_l and t5xxl" in comfy.output
+    assert _keys(tmp_path / "for-comfy.safetensors") == {"clip_l": (1, 768), "t5xxl": (1, 4096)}
+    ot = _run("convert", sd3, tmp_path / "for-ot", "--for", "onetrainer")
+    assert ot.exit_code == 0 and "loads clip_l, clip_g and t5" in ot.output
+    assert set(_keys(tmp_path / "for-ot.safetensors")) == {"clip_l", "clip_g", "t5"}
+    a1111 = _run("convert", sd3, tmp_path / "for-a1111", "--for", "a1111")
+    assert a1111.exit_code == 0 and "its T5 takes no embedding" in a1111.output
+    for src, tool, why in ((flux, "a1111", "AUTOMATIC1111 does not run Flux.1"),
+                           (sd3, "diffusers", "no textual-inversion loader"),
+                           (sd3, "invokeai", "takes any file with clip_g for SDXL"),
+                           (flux, "kohya", "SD1.x, SD2.x and SDXL only")):
+        refused = _run("convert", src, tmp_path / f"no-{tool}", "--for", tool)
+        assert refused.exit_code == 1 and why in refused.stderr, (tool, refused.output)
+        assert len(refused.stderr.strip().splitlines()) == 1
+        assert not list(tmp_path.glob(f"no-{tool}*"))
+    diffusers = _run("convert", flux, tmp_path / "for-diffusers", "--for", "diffusers")
+    assert diffusers.exit_code == 0 and "text_encoder_2 and tokenizer_2" in diffusers.output
+
+
+def test_merge_keeps_every_part_and_refuses_across_families(tmp_path):
+    a = save_embedding(_embedding("sd3", "<a>", seed=1), tmp_path / "a.safetensors", format="onetrainer")
+    b = save_embedding(_embedding("sd3", "<b>", seed=2), tmp_path / "b.safetensors", format="comfyui-t5")
+    merged = _run("merge", a, b, "-o", tmp_path / "ab.safetensors", "--split")
+    assert merged.exit_code == 0, merged.output
+    for name, src in (("a", a), ("b", b)):
+        out = load_embedding(tmp_path / f"ab-{name}.safetensors").tokens[0]
+        want = load_embedding(src).tokens[0]
+        assert out.parts.keys() == want.parts.keys() and all(torch.equal(out.parts[k], want.parts[k]) for k in out.parts)
+    flux = save_embedding(_embedding("flux", "<c>"), tmp_path / "c.safetensors")
+    across = _run("merge", a, flux, "-o", tmp_path / "ac.safetensors", "--split")
+    assert across.exit_code == 1 and "different widths" in across.stderr
+
+
+# --- the family check: one line before a model loads ---------------------------------------------------------
+
+
+def test_an_embedding_of_another_family_is_one_line_before_the_model_loads(tiny_sd3_dir, tiny_flux_dir,
+                                                                          tiny_sdxl_dir, tmp_path, monkeypatch):
+    import textinv.models.loading as loading
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(loading, "load_pipeline", no_loading)
+    monkeypatch.setattr("textinv.generation.session.load_pipeline", no_loading)
+    sd3 = save_embedding(_embedding("sd3", "<a>"), tmp_path / "a.safetensors")
+    flux = save_embedding(_embedding("flux", "<b>"), tmp_path / "b.safetensors")
+    g = torch.Generator().manual_seed(0)
+    clip_only = save_embedding(Embedding([Token("<c>", torch.randn(1, 32, generator=g), torch.randn(1, 64, generator=g))]),
+                               tmp_path / "c.safetensors")
+    cases = [(sd3, tiny_sdxl_dir, "32+64+48-dim", "32+64-dim"),  # an SD3 embedding on an SDXL model
+             (flux, tiny_sd3_dir, "32+48-dim", "32+64+48-dim"),  # a Flux one on SD3
+             (clip_only, tiny_sd3_dir, "32+64-dim", "32+64+48-dim"),  # CLIP-only on a T5 model
+             (clip_only, tiny_flux_dir, "32+64-dim", "32+48-dim")]
+    for path, model, emb_dims, model_dims in cases:
+        result = _run("generate", "a photo of x", "-e", path, "--model", model, "-o", tmp_path / "out")
+        assert result.exit_code == 1, result.output
+        (line,) = result.stderr.strip().splitlines()
+        assert f"is {emb_dims}" in line and f"but the model is {model_dims}" in line, line
+
+
+def test_the_real_widths_name_sd3_and_flux_and_the_checks_between_them():
+    from textinv.errors import ModelError
+    from textinv.formats.families import check_fits, describe, family_for
+
+    assert family_for(768, 1280, 4096) == "SD3" and family_for(768, 4096) == "Flux.1"
+    assert describe(768, 1280, None) == "SD3 without its T5 encoder (768+1280-dim)"
+    sd3, flux, xl = (768, 1280, 4096), (768, 4096), (768, 1280)
+    check_fits("a", "<a>", sd3, (768, 1280, None))  # SD3 loaded without T5: the t5 part goes unused
+    for widths, dims, said in ((sd3, xl, r"SD3 \(768\+1280\+4096-dim\) but the model is SDXL"),
+                               (flux, sd3, r"Flux\.1 \(768\+4096-dim\) but the model is SD3"),
+                               (xl, sd3, r"SDXL \(768\+1280-dim\) but the model is SD3"),
+                               (xl, (768, 1280, None), "but the model is SD3 without its T5 encoder"),
+                               ((768, None), flux, r"SD1\.x \(768-dim\) but the model is Flux\.1")):
+        with pytest.raises(ModelError, match=said):
+            check_fits("a.safetensors", "<a>", widths, dims)
+
+
+def test_a_config_for_another_architecture_is_refused_before_the_model_loads(tiny_sd3_dir, tiny_flux_dir, tmp_path,
+                                                                             monkeypatch):
+    import textinv.training.setup as setup
+
+    monkeypatch.setattr(setup, "load_pipeline", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    images = make_images(tmp_path / "imgs")
+    for model, config, said in ((tiny_sd3_dir, "sdxl-finetune", "the config is for SDXL but the model is SD3"),
+                                (tiny_flux_dir, "sd3-finetune", "the config is for SD3 but the model is Flux.1"),
+                                (tiny_sd3_dir, "v1-finetune", "use --config sd3-finetune")):
+        result = _train(images, model, tmp_path / "logs", "--config", config)
+        assert result.exit_code == 1 and said in result.stderr, result.output
+
+
+# --- what a model is, from its files ---------------------------------------------------------------------------
+
+
+def test_peek_tells_sd3_and_flux_from_their_files(tiny_sd3_dir, tiny_flux_dir, tmp_path):
+    from textinv.models import peek
+
+    assert peek.model_kind(str(tiny_sd3_dir)) == "sd3" and peek.model_kind(str(tiny_flux_dir)) == "flux"
+    assert not peek.is_sdxl_index(json.loads((tiny_sd3_dir / "model_index.json").read_text()))  # had text_encoder_2
+    assert peek.default_config(str(tiny_sd3_dir)) == "sd3-finetune"
+    assert peek.default_config(str(tiny_flux_dir)) == "flux-finetune"
+    assert peek.text_encoder_dims(str(tiny_sd3_dir)) == (32, 64, 48)
+    assert peek.text_encoder_dims(str(tiny_flux_dir)) == (32, 48)
+    header = {"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": torch.zeros(1),
+              "text_encoders.clip_l.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(3, 768),
+              "text_encoders.clip_g.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(3, 1280)}
+    save_file(header, str(tmp_path / "sd3.5_medium.safetensors"))  # SD3.5's own file, without its T5
+    assert peek.model_kind(str(tmp_path / "sd3.5_medium.safetensors")) == "sd3"
+    assert peek.text_encoder_dims(str(tmp_path / "sd3.5_medium.safetensors")) == (768, 1280, None)
+    save_file({"double_blocks.0.img_attn.qkv.weight": torch.zeros(1)}, str(tmp_path / "flux1-dev.safetensors"))
+    assert peek.model_kind(str(tmp_path / "flux1-dev.safetensors")) == "flux"
+    assert peek.text_encoder_dims(str(tmp_path / "flux1-dev.safetensors")) is None  # its encoders are elsewhere
+
+
+def test_an_sd3_folder_saved_without_t5_loads_and_takes_sd3_embeddings(tmp_path):
+    from tests.conftest import TINY_WORDS
+    from textinv.models.loading import encoder_widths, model_family
+    from textinv.toy.pipeline import build_sd3_pipeline
+
+    build_sd3_pipeline(TINY_WORDS, tmp_path / "no-t5", t5=False)
+    pipe = load_pipeline(tmp_path / "no-t5", device="cpu")
+    assert encoder_widths(pipe) == (32, 64, None) and model_family(pipe) == "unknown (dims 32+64+?)"
+    emb = _embedding("sd3", "<x>")
+    assert add_embeddings(pipe, [(save_embedding(emb, tmp_path / "x.safetensors"), emb)]) == ["<x>"]
