@@ -388,3 +388,66 @@ def test_an_sd3_folder_saved_without_t5_loads_and_takes_sd3_embeddings(tmp_path)
     assert encoder_widths(pipe) == (32, 64, None) and model_family(pipe) == "unknown (dims 32+64+?)"
     emb = _embedding("sd3", "<x>")
     assert add_embeddings(pipe, [(save_embedding(emb, tmp_path / "x.safetensors"), emb)]) == ["<x>"]
+
+
+# --- the pooled vector: at the end-of-text token, not at an added placeholder --------------------------------
+
+
+def test_clip_configs_saying_eos_2_pool_at_the_end_of_text_in_training_and_generation(tmp_path):
+    """Stable Diffusion's CLIP configs say eos_token_id 2, for which transformers pools at the highest id: an added
+    placeholder's. Loaded by textinv, SDXL's `text_embeds` (training's conditioning and the pipeline's own
+    encode_prompt) come from the end-of-text token, as ComfyUI and AUTOMATIC1111 take them."""
+    from tests.conftest import TINY_WORDS
+    from textinv.models import tokens
+    from textinv.models.conditioning import conditioning_for
+    from textinv.toy.pipeline import build_sdxl_pipeline
+
+    built = build_sdxl_pipeline(TINY_WORDS, seed=0)
+    for te in (built.text_encoder, built.text_encoder_2):
+        te.config.eos_token_id = getattr(te, "text_model", te).eos_token_id = 2
+    built.save_pretrained(tmp_path / "xl-eos2", safe_serialization=True)
+    raw = type(built).from_pretrained(tmp_path / "xl-eos2")
+    assert raw.text_encoder_2.text_model.eos_token_id == 2  # what transformers makes of such a config
+
+    pipe = load_pipeline(tmp_path / "xl-eos2", device="cpu")
+    prompt = "a photo of <x> the dog"
+    emb = Embedding([Token("<x>", torch.randn(1, 32), torch.randn(1, 64))])
+    add_embeddings(pipe, [(save_embedding(emb, tmp_path / "x.safetensors"), emb)])
+    tokens.add_new_tokens(raw.tokenizer_2, ["<x>"], len(raw.tokenizer_2))
+    raw.text_encoder_2.resize_token_embeddings(len(raw.tokenizer_2))
+    ids = pipe.tokenizer_2(prompt, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    eos = int((ids[0] == pipe.tokenizer_2.eos_token_id).nonzero()[0])
+    at = int((ids[0] == pipe.tokenizer_2.convert_tokens_to_ids("<x>")).nonzero()[0])
+    te = pipe.text_encoder_2
+    with torch.no_grad():
+        hidden = te(ids, output_hidden_states=True).last_hidden_state[0]
+        want, placeholder = te.text_projection(hidden[eos]), te.text_projection(hidden[at])
+        old = raw.text_encoder_2(ids)[0][0]  # transformers' own pooling: at the placeholder
+        assert torch.allclose(raw.text_encoder_2.text_projection(raw.text_encoder_2(ids).last_hidden_state[0, at]), old)
+        cond = conditioning_for(pipe, 32)
+        trained = cond(cond.tokenize([prompt]))["added_cond_kwargs"]["text_embeds"][0]
+        used = pipe.encode_prompt(prompt, device="cpu", do_classifier_free_guidance=False)[2][0]
+    assert torch.allclose(trained, want, atol=1e-6) and torch.allclose(used, want, atol=1e-6)
+    assert not torch.allclose(want, placeholder, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_sd3_and_flux_pooled_vectors_come_from_the_end_of_text_too(kind, tmp_path):
+    from tests.conftest import TINY_WORDS
+    from textinv.models.conditioning import conditioning_for
+    from textinv.toy.pipeline import build_flux_pipeline, build_sd3_pipeline
+
+    (build_sd3_pipeline if kind == "sd3" else build_flux_pipeline)(TINY_WORDS, tmp_path / kind, eos_token_id=2)
+    pipe = load_pipeline(tmp_path / kind, device="cpu")
+    emb = _embedding(kind, "<x>")
+    add_embeddings(pipe, [(save_embedding(emb, tmp_path / "x.safetensors"), emb)])
+    cond = conditioning_for(pipe, 32)
+    ids = cond.tokenize(["a photo of <x> the dog"])
+    te, tok = pipe.text_encoder, pipe.tokenizer
+    clip_ids = ids[:, :77]
+    eos = int((clip_ids[0] == tok.eos_token_id).nonzero()[0])
+    with torch.no_grad():
+        out = te(clip_ids)
+        pooled = cond(ids)["pooled_projections"][0, :32]
+        at_eos = te.text_projection(out.last_hidden_state[0, eos]) if kind == "sd3" else out.last_hidden_state[0, eos]
+    assert torch.allclose(pooled, at_eos, atol=1e-6)

@@ -54,8 +54,9 @@ def pool_at_end_of_text(pipe) -> None:
     setting the real id makes transformers take its first position (modeling_clip.py:561-570), in training and in
     generation alike."""
     for tok_name, te_name in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")):
-        tokenizer, text_model = getattr(pipe, tok_name, None), getattr(getattr(pipe, te_name, None), "text_model", None)
-        eos = getattr(tokenizer, "eos_token_id", None)
+        encoder = getattr(pipe, te_name, None)
+        text_model = getattr(encoder, "text_model", encoder)  # the module that pools (WithProjection wraps one)
+        eos = getattr(getattr(pipe, tok_name, None), "eos_token_id", None)
         if text_model is not None and getattr(text_model, "eos_token_id", None) == 2 and eos not in (None, 2):
             text_model.eos_token_id = eos
 

@@ -164,11 +164,12 @@ def _t5(words: list[str], folder: Path | None, width: int = T5_DIM):
     return T5EncoderModel(config), tokenizer
 
 
-def _flow_vae(shape: PipelineShape, shift: float, scale: float) -> AutoencoderKL:
+def _flow_vae(shape: PipelineShape, shift: float, scale: float, channels: int = 16) -> AutoencoderKL:
     return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * len(shape.vae_channels),
                          up_block_types=("UpDecoderBlock2D",) * len(shape.vae_channels),
-                         block_out_channels=shape.vae_channels, latent_channels=16, norm_num_groups=shape.norm_groups,
-                         sample_size=shape.resolution, shift_factor=shift, scaling_factor=scale)
+                         block_out_channels=shape.vae_channels, latent_channels=channels,
+                         norm_num_groups=shape.norm_groups, sample_size=shape.resolution, shift_factor=shift,
+                         scaling_factor=scale)
 
 
 def _clip_encoders(words: list[str], folder: Path | None, widths: tuple[int, ...], projection: bool,
@@ -192,10 +193,10 @@ def _clip_encoders(words: list[str], folder: Path | None, widths: tuple[int, ...
 
 
 def build_sd3_pipeline(words: list[str], folder: str | Path | None = None, *, shape: PipelineShape | None = None,
-                       seed: int = 0, t5: bool = True, eos_token_id: int | None = None):
+                       seed: int = 0, t5: bool = True, eos_token_id: int | None = None, latent_channels: int = 16):
     """A random SD3-shaped pipeline: CLIP-L-like (32) and bigG-like (64) encoders with projections, a T5 encoder
-    (48; `t5=False` leaves it out, as SD3 allows), an MMDiT over 16-channel latents in 2x2 patches, a VAE with a latent
-    shift, and the flow-matching scheduler with SD3's shift of 3."""
+    (48; `t5=False` leaves it out, as SD3 allows), an MMDiT over 16-channel latents (`latent_channels`) in 2x2
+    patches, a VAE with a latent shift, and the flow-matching scheduler with SD3's shift of 3."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
     shape = shape or PipelineShape()
@@ -204,12 +205,13 @@ def build_sd3_pipeline(words: list[str], folder: str | Path | None = None, *, sh
     (te, tok), (te2, tok2) = _clip_encoders(words, folder, (32, 64), True, shape, eos_token_id)
     te3, tok3 = _t5(words, folder / "tokenizer_3" if folder else None) if t5 else (None, None)
     latent_side = shape.resolution // 2 ** (len(shape.vae_channels) - 1)
-    transformer = SD3Transformer2DModel(sample_size=latent_side, patch_size=2, in_channels=16, num_layers=1,
-                                        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=T5_DIM,
-                                        caption_projection_dim=16, pooled_projection_dim=32 + 64, out_channels=16,
+    transformer = SD3Transformer2DModel(sample_size=latent_side, patch_size=2, in_channels=latent_channels,
+                                        num_layers=1, attention_head_dim=8, num_attention_heads=2,
+                                        joint_attention_dim=T5_DIM, caption_projection_dim=16,
+                                        pooled_projection_dim=32 + 64, out_channels=latent_channels,
                                         pos_embed_max_size=latent_side)
     pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-                                    vae=_flow_vae(shape, 0.0609, 1.5305), text_encoder=te, tokenizer=tok,
+                                    vae=_flow_vae(shape, 0.0609, 1.5305, latent_channels), text_encoder=te, tokenizer=tok,
                                     text_encoder_2=te2, tokenizer_2=tok2, text_encoder_3=te3, tokenizer_3=tok3)
     if folder:
         pipe.save_pretrained(folder, safe_serialization=True)
