@@ -509,7 +509,7 @@ def test_a_frozen_t5_runs_once_per_prompt_not_once_per_step(tiny_sd3_dir, tmp_pa
                        **{"model.source": str(tiny_sd3_dir), "data.paths": [str(images)], "train.max_steps": 6,
                           "log.output_dir": str(tmp_path / "logs"), "personalization.initializer_words": ["cat"]})
     trainmod.train(cfg)
-    from textinv.models.t5conditioning import CACHE_BATCH
+    from textinv.models.conditioning import CACHE_BATCH
     from textinv.training.data import load_templates
 
     prompts = len(load_templates("object"))  # 27, as the paper code's
@@ -588,3 +588,15 @@ def test_sd3_learning_check_on_the_flow_toy(tmp_path):
         gain[folder] = (init - learned) / init
     assert gain["held"] > 0.005, gain  # closer to unseen pictures of the concept than the init word
     assert gain["held"] > gain["other"] + 0.005, gain  # and specifically to them
+
+
+def test_inspect_against_the_model_checks_every_part_in_its_encoder(tiny_sd3_dir, tiny_flux_dir, tmp_path):
+    for kind, model in (("sd3", tiny_sd3_dir), ("flux", tiny_flux_dir)):
+        path = save_embedding(_embedding(kind, "<x>"), tmp_path / f"{kind}.safetensors")
+        result = _run("inspect", "--json", path, "--model", model)
+        assert result.exit_code == 0, result.output
+        check = json.loads(result.stdout.splitlines()[-1])["model_check"]
+        want = ["text_encoder", "text_encoder_2", "text_encoder_3"] if kind == "sd3" else ["text_encoder",
+                                                                                           "text_encoder_2"]
+        assert [t["encoder"] for t in check["tokens"]] == want
+        assert all(n["token"] for t in check["tokens"] for v in t["vectors"] for n in v["nearest"])

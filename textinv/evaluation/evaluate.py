@@ -202,6 +202,10 @@ def evaluate(
     init_word = init_word or t.init_word
     if not init_word:
         raise ConfigError("the embedding does not record its init word; pass --init-word WORD (e.g. cat)")
+    from textinv.models.peek import check_fit
+
+    check_fit(model or t.model, None, [(Path(c.file or c.label), c.embedding) for c in t.candidates
+                                       if c.embedding is not None])  # the family, before the model loads
     pipe = load_pipeline(model or t.model, device=device)
     toy = pipe.textinv.kind == "toy"
     if toy:  # the judge scores `a photo of *` only: no edit prompts to generate

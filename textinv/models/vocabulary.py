@@ -27,7 +27,8 @@ def diagnose(emb, pipe, *, nearest: int = NEAREST) -> dict:
             vectors = tok.parts.get(key)
             if vectors is None:
                 continue
-            table = encoder.get_input_embeddings().weight.detach().float().cpu()
+            # T5-XXL's table has rows past its tokenizer (32128 for 32100 tokens): the vocabulary is the tokenizer's
+            table = encoder.get_input_embeddings().weight.detach().float().cpu()[:len(tokenizer)]
             if vectors.shape[1] != table.shape[1]:
                 raise ModelError(f"{tok.name} has {vectors.shape[1]}-dim vectors but the model's {name} has "
                                  f"{table.shape[1]}; pass the --model it was trained for")

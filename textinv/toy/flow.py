@@ -4,7 +4,7 @@ What the SD3 and Flux.1 learning check runs on (no SD3 weights ship with textinv
 SD3's architecture at toy size (`textinv.toy.pipeline.build_sd3_pipeline`: two CLIP encoders, a T5 encoder, an MMDiT,
 the flow-matching scheduler), the shipped toy model's trained VAE, and an MMDiT fitted briefly, with the objective
 textinv trains SD3 embeddings with (`textinv.training.objective`), to the toy world's captioned pictures through
-SD3's conditioning (`textinv.models.t5conditioning`), except the held-out pair, as the toy model and the SDXL toy
+SD3's conditioning (`textinv.models.conditioning`), except the held-out pair, as the toy model and the SDXL toy
 were. The text encoders stay random and frozen. A brief fit: enough that the prompt changes what the MMDiT
 predicts, not enough to draw clean shapes.
 """
