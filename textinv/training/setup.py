@@ -195,8 +195,6 @@ def prepare_model(model_cfg, p, resolution: int, gradient_checkpointing: bool, d
         for _, text_encoder in condition.encoders:
             text_encoder.to(precision)
         denoiser.module.to(precision)  # the VAE stays float32: fp16 VAEs are known to overflow
-    if gradient_checkpointing and p.train_t5 and hasattr(condition, "t5"):  # T5-XXL's backward is large too
-        condition.t5.gradient_checkpointing_enable()
     # [conditioning] one float32 Parameter whatever the precision; each learning encoder's splice reads its columns
     learned = nn.Parameter(torch.cat([v for v, t in zip(vectors, condition.trained, strict=True) if t], 1).to(device))
     condition.frozen = {k: v.to(device) for k, (v, t) in enumerate(zip(vectors, condition.trained, strict=True))
