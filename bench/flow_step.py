@@ -71,7 +71,7 @@ def worker_textinv(a: argparse.Namespace) -> dict:
 
 
 def worker_diffusers(a: argparse.Namespace) -> dict:
-    """The published script, unchanged; only its tqdm bar's update() is wrapped to timestamp each step."""
+    """The published script, unchanged; only its "Steps" tqdm bar's update() is wrapped to timestamp each step."""
     import runpy
 
     import torch
@@ -80,17 +80,18 @@ def worker_diffusers(a: argparse.Namespace) -> dict:
     stamps: list[float] = []
     original = tqdm.auto.tqdm.update
 
-    def update(self, n=1):
-        if a.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        stamps.append(time.perf_counter())
+    def update(self, n=1):  # the training bar only ("Steps"), not the loading and caching ones
+        if getattr(self, "desc", "") == "Steps":
+            if a.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            stamps.append(time.perf_counter())
         return original(self, n)
 
     tqdm.auto.tqdm.update = update
     _torchvision_shim(Path(a.out) / "shim")
     sys.argv = [a.script, f"--pretrained_model_name_or_path={a.model}", f"--instance_data_dir={a.images}",
                 "--instance_prompt=a photo of TOK", "--token_abstraction=TOK", "--num_new_tokens_per_abstraction=1",
-                "--train_text_encoder_ti", "--train_transformer_frac=0", f"--resolution={a.resolution}",
+                "--train_text_encoder_ti", "--train_transformer_frac=0", "--train_text_encoder_ti_frac=1", f"--resolution={a.resolution}",
                 "--train_batch_size=1", f"--max_train_steps={a.steps}", "--cache_latents", "--gradient_checkpointing",
                 "--center_crop", "--report_to=tensorboard",
                 f"--mixed_precision={a.mixed_precision}", f"--output_dir={a.out}", "--seed=0",
@@ -201,7 +202,7 @@ def _run(program: str, model: Path, a: argparse.Namespace, script: Path | None) 
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
     data = json.loads(proc.stdout.strip().splitlines()[-1])
-    gaps = [b - a for a, b in zip(data["stamps"][1:], data["stamps"][2:], strict=False)]
+    gaps = [b - a for a, b in zip(data["stamps"], data["stamps"][1:], strict=False)]  # steps 2.. (1 warms up)
     data["s_per_step"] = statistics.median(gaps) if gaps else None
     return data
 
@@ -230,6 +231,7 @@ def main() -> None:
     p.add_argument("--train-t5", action="store_true", help="train the T5 part too (diffusers: --enable_t5_ti)")
     p.add_argument("--t5-layers", type=int, default=2, help="T5-XXL layers to build (24: all, on a large machine)")
     p.add_argument("--diffusers-repo", help="a git clone of huggingface/diffusers: also run its advanced Flux script")
+    p.add_argument("--programs", default="textinv,diffusers", help="which to run (diffusers: with --diffusers-repo)")
     p.add_argument("--worker"), p.add_argument("--model"), p.add_argument("--images"), p.add_argument("--out")
     p.add_argument("--script")
     a = p.parse_args()
@@ -248,20 +250,24 @@ def main() -> None:
           f"load {open('/proc/loadavg').read().split()[0]}")
     for shape in a.shape or ["sd3.5-medium", "flux-dev"]:
         blocks = [int(b) for b in (a.blocks or defaults[shape]).split(",")]
-        programs = ["textinv"] + (["diffusers"] if script and flow_models.SHAPES[shape]["kind"] == "flux" else [])
+        programs = [x for x in a.programs.split(",")
+                    if x == "textinv" or (x == "diffusers" and script and flow_models.SHAPES[shape]["kind"] == "flux")]
         rows: dict[tuple[str, int], list[dict]] = {}
         for _ in range(a.rounds):
             for b in blocks:
                 model = flow_models.build(shape, b, a.t5_layers)
                 for program in programs:
                     rows.setdefault((program, b), []).append(_run(program, model, a, script))
+        raw = Path(tempfile.gettempdir()) / f"textinv-flowbench-{shape}.json"
+        raw.write_text(json.dumps({f"{k[0]} {k[1]}": v for k, v in rows.items()}))  # the runs, whatever follows
+        print(f"# raw runs: {raw}")
         _report(shape, blocks, programs, rows, a.t5_layers)
 
 
 def _report(shape: str, blocks: list[int], programs: list[str], rows: dict, t5_layers: int) -> None:
     full = flow_models.SHAPES[shape]["blocks"]
     sizes = {b: flow_models.parameters(flow_models.build(shape, b, t5_layers)) for b in blocks}
-    t5 = next(k for k in sizes[blocks[0]] if k in ("text_encoder_3", "text_encoder_2") and sizes[blocks[0]][k] > 1)
+    t5 = "text_encoder_3" if flow_models.SHAPES[shape]["kind"] == "sd3" else "text_encoder_2"
     for program in programs:
         for b in blocks:
             runs = [r for r in rows[(program, b)] if "error" not in r]
