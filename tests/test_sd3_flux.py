@@ -91,7 +91,8 @@ def test_train_writes_onetrainers_layout_with_each_encoders_width(run):
     assert all(torch.equal(again.parts[k], v) for k, v in emb.tokens[0].parts.items())
     pictures = {p.name for p in (run_dir / "images").iterdir()}
     assert {"samples_gs-000003.png", "init_word_gs-000003.png", "reconstruction_gs-000003.png"} <= pictures
-    assert _pixels(run_dir / "images" / "samples_gs-000003.png").shape == (32, 32, 3)
+    shape = _pixels(run_dir / "images" / "samples_gs-000003.png").shape  # issue 23: enlarged, labelled
+    assert min(shape[:2]) >= 256 and shape[2] == 3
 
 
 def test_only_the_asked_encoders_learn_and_t5_keeps_its_init_rows(run):
@@ -280,7 +281,27 @@ def test_convert_for_each_tool_says_what_it_loads_and_refuses_what_it_would_misr
         assert len(refused.stderr.strip().splitlines()) == 1
         assert not list(tmp_path.glob(f"no-{tool}*"))
     diffusers = _run("convert", flux, tmp_path / "for-diffusers", "--for", "diffusers")
-    assert diffusers.exit_code == 0 and "text_encoder_2 and tokenizer_2" in diffusers.output
+    assert diffusers.exit_code == 0 and "text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2" in diffusers.output
+
+
+def test_for_diffusers_on_flux_prints_the_two_calls_that_load_it_into_fluxpipeline(tmp_path, monkeypatch,
+                                                                                  tiny_flux_dir):
+    """FluxPipeline's own `load_textual_inversion`, run as `--for diffusers` prints it: clip_l into the CLIP, t5
+    into T5 (a `*` placeholder written as `<stem>`, which neither tokenizer has)."""
+    from diffusers import FluxPipeline
+
+    from textinv.formats.files import write_files
+
+    monkeypatch.chdir(tmp_path)
+    emb = _embedding("flux", "*", n=2)
+    (written,) = write_files(emb, tmp_path / "fx", for_tool="diffusers")
+    assert written.triggers["diffusers"] == "<fx>" and written.format == "onetrainer"
+    pipe = FluxPipeline.from_pretrained(tiny_flux_dir)
+    exec(written.steps["diffusers"], {"pipe": pipe})  # noqa: S102 - textinv's printed step, run as a user would
+    for encoder, key in (("", "clip_l"), ("_2", "t5")):
+        tokenizer, text_encoder = getattr(pipe, f"tokenizer{encoder}"), getattr(pipe, f"text_encoder{encoder}")
+        ids = tokenizer.convert_tokens_to_ids(["<fx>", "<fx>_1"])
+        assert torch.equal(text_encoder.get_input_embeddings().weight[ids].detach(), emb.tokens[0].parts[key]), key
 
 
 def test_merge_keeps_every_part_and_refuses_across_families(tmp_path):

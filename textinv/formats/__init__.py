@@ -58,9 +58,8 @@ T5_TOOLS: dict[str, dict[str, tuple[str, str] | str]] = {
     "Flux.1": {
         "onetrainer": ("onetrainer", "clip_l and t5"),
         "comfyui": ("comfyui-t5", "clip_l and t5xxl"),
-        "diffusers": ("onetrainer", "clip_l with pipe.load_textual_inversion(state['clip_l'], token=..., "
-                      "text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer), t5 the same way into "
-                      "text_encoder_2 and tokenizer_2"),
+        "diffusers": ("onetrainer", "clip_l into text_encoder and t5 into text_encoder_2, one "
+                      "load_textual_inversion call each (printed)"),
         "a1111": "AUTOMATIC1111 does not run Flux.1",
         "invokeai": "InvokeAI's probe knows 768, 1024 and 1280-dim embeddings only (invokeai/backend/model_manager/"
                     "configs/textual_inversion.py)",
@@ -69,4 +68,7 @@ T5_TOOLS: dict[str, dict[str, tuple[str, str] | str]] = {
     },
 }
 # The word that triggers an SD3/Flux.1 embedding in each tool that loads one ({stem}: the file's, {token}: ours).
-T5_TRIGGERS = {"onetrainer": "{token}", "comfyui": "embedding:{stem}", "a1111": "{stem}", "diffusers": "{token}"}
+T5_TRIGGERS = {"onetrainer": "{token}", "comfyui": "embedding:{stem}", "a1111": "{stem}", "diffusers": "{dtoken}"}
+# The tools that take the token from inside the file and refuse one their tokenizer already has (`*`): `--for` them
+# writes such a placeholder as `<stem>` (formats.consumers.diffusers_token).
+RENAMED_FOR = ("diffusers", "sd-concepts")

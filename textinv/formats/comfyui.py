@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from textinv.atomic import atomic_write
 from textinv.formats.common import COMFYUI_T5_KEY, encoder_parts, safetensors_metadata, single_token
+from textinv.formats.diffusers import FORMATS as DIFFUSERS_FORMATS
 from textinv.formats.diffusers import write_safetensors
 from textinv.formats.embedding import Embedding
 from textinv.formats.onetrainer import has_t5_part, read_parts
@@ -28,6 +29,8 @@ def _write(emb: Embedding, path: Path) -> None:
     atomic_write(path, lambda tmp: save_file(data, str(tmp), metadata=safetensors_metadata(emb)))
 
 
+_AS_DIFFUSERS = next(f for f in DIFFUSERS_FORMATS if f.name == "diffusers-safetensors")
+
 FORMATS = [
     Format(
         name="comfyui-t5",
@@ -37,6 +40,8 @@ FORMATS = [
         read=read_parts("comfyui-t5", COMFYUI_T5_KEY),
         write=_write,
         extension=".safetensors",
-        loads_in={"comfyui": "embedding:{stem}"},
+        # CLIP-only, it is a diffusers-safetensors file and loads where that does; SD3, Flux.1: formats.T5_TOOLS
+        loads_in=_AS_DIFFUSERS.loads_in,
+        loads_if=_AS_DIFFUSERS.loads_if,
     ),
 ]

@@ -24,8 +24,9 @@ from textinv.formats.common import (
     token,
     with_metadata,
 )
+from textinv.formats.consumers import DIFFUSERS_EMB_PARAMS, Conditional
 from textinv.formats.embedding import Embedding
-from textinv.formats.record import Conditional, Format
+from textinv.formats.record import Format
 
 SD_KEY = "emp_params"  # OneTrainer's SD1.x/SD2.x key, spelt as its saver spells it (StableDiffusionEmbeddingSaver.py:29)
 
@@ -73,7 +74,12 @@ FORMATS = [
             data, metadata, source),
         write=_write,
         extension=".safetensors",
+        # a CLIP-only file (emp_params, or SDXL's clip_l + clip_g) is what the other tools take from a one-tensor or
+        # SDXL safetensors (tests/consumers.py: each tool's loading code); SD3 and Flux.1: formats.T5_TOOLS
+        loads_in={"a1111": "{stem}", "comfyui": "embedding:{stem}", "kohya": "{stem}"},
         loads_if={"onetrainer": Conditional("{token}", "as the embedding's placeholder in OneTrainer, whose "
-                                            "default is <embedding>", lambda emb: True)},
+                                            "default is <embedding>", lambda emb: True),
+                  "diffusers": DIFFUSERS_EMB_PARAMS,  # the key is not the token: token= always
+                  "invokeai": Conditional("<{stem}>", "SDXL only", lambda emb: emb.is_sdxl)},
     ),
 ]
