@@ -38,12 +38,23 @@ FOR_TOOL = {
 }
 # SD3 and Flux.1 embeddings (a T5-XXL part beside the CLIP ones), tool by tool: (the layout `--for TOOL` writes, what
 # the tool then loads), or why it cannot load one, so that `--for` refuses rather than write a file the tool would
-# misread. Sources: OneTrainer 23df383 modelSetup/BaseStableDiffusion3Setup.py:98-100,
-# BaseFluxSetup.py:86-87; ComfyUI a125cd8 comfy/sd1_clip.py:451 (embed_key), text_encoders/sd3_clip.py:37 and
-# flux.py:12 ('t5xxl'); AUTOMATIC1111 1.10 (PR #16164) modules/models/sd3/sd3_cond.py: SD3's two CLIPs take
-# {clip_l, clip_g} as SDXL files, its T5 none, and it has no Flux; diffusers 0.42 StableDiffusion3Pipeline has no
-# TextualInversionLoaderMixin, FluxPipeline's loads into one encoder per call (README_flux.md: clip_l, then t5
-# with text_encoder_2); Forge dfdcbab backend/text_processing/t5_engine.py has no embedding support (forge #2101).
+# misread. Read from (tool, version, file:line):
+# - OneTrainer 23df383 modules/modelSetup/BaseStableDiffusion3Setup.py:98-100 and BaseFluxSetup.py:86-87: the keys
+#   clip_l, clip_g, t5 (SD3) and clip_l, t5 (Flux.1).
+# - ComfyUI a125cd8 comfy/sd1_clip.py:451-452 (`embed[embed_key]`), comfy/text_encoders/sd3_clip.py:37 and
+#   flux.py:12 (the T5 tokenizers' `embedding_key='t5xxl'`).
+# - AUTOMATIC1111 v1.10.1 modules/models/sd3/sd3_cond.py:56-95 (Sd3ClipLG: the two CLIPs take embeddings, read as
+#   SDXL's {clip_l, clip_g} by modules/textual_inversion/textual_inversion.py:296-299) and :97-154 (Sd3T5: its own
+#   T5 tokenizer, no embeddings); it has no Flux.1.
+# - diffusers 0.42.1 src/diffusers/pipelines/stable_diffusion_3/pipeline_stable_diffusion_3.py:148 (no
+#   TextualInversionLoaderMixin), pipelines/flux/pipeline_flux.py:146-152 (FluxPipeline has it: one encoder per
+#   call, examples/advanced_diffusion_training/README_flux.md:314-316 at 58eb52c: clip_l, then t5 into text_encoder_2).
+# - InvokeAI 8e71a8a invokeai/backend/model_manager/configs/textual_inversion.py:54 (a file with clip_g is an
+#   embedding) and :79-93 (its width from clip_g; 768, 1024, 1280 only).
+# - kohya-ss sd-scripts 48d368f gen_img.py:2089-2127 (SD1.x/SD2.x: the first tensor; SDXL: clip_l, clip_g; no SD3 or
+#   Flux.1 branch).
+# - Forge dfdcbab backend/text_processing/t5_engine.py:19-158 (T5TextProcessingEngine has no embeddings, unlike
+#   classic_engine.py:24-33; forge #2101).
 T5_TOOLS: dict[str, dict[str, tuple[str, str] | str]] = {
     "SD3": {
         "onetrainer": ("onetrainer", "clip_l, clip_g and t5"),
