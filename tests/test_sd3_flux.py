@@ -123,6 +123,25 @@ def test_generate_uses_the_trained_embedding(run, tmp_path):
     assert not np.array_equal(ours, _pixels(Path(json.loads(plain.stdout.splitlines()[-1])["path"])))
 
 
+def test_img2img_and_eval_use_the_trained_embedding(run, tmp_path):
+    """img2img runs SD3's and Flux.1's img2img pipelines with the embedding spliced in (the picture differs from the
+    init word's), and eval loads it into the model and scores the init word beside it (no CLIP here: no scores)."""
+    kind, model, run_dir = run
+    path = run_dir / "embeddings" / "my_cat.safetensors"
+    init = run_dir.parent.parent / "my_cat" / sorted(p.name for p in (run_dir.parent.parent / "my_cat").iterdir())[0]
+    common = ["--init-img", init, "--strength", 0.6, "--model", model, "-s", 2, "-S", 4, "-W", 32, "-H", 32, "--json"]
+    pictures = []
+    for prompt, extra in (("a photo of <my-cat>", ["-e", path, "--token", "<my-cat>"]), ("a photo of cat", [])):
+        result = _run("img2img", prompt, *extra, "-o", tmp_path / str(len(pictures)), *common)
+        assert result.exit_code == 0, result.output
+        pictures.append(_pixels(Path(json.loads(result.stdout.splitlines()[-1])["path"])))
+    assert pictures[0].shape == (32, 32, 3) and not np.array_equal(*pictures)
+    scored = _run("eval", path, "--data", init.parent, "--model", model, "--init-word", "cat", "--clip", "none",
+                  "--seeds", 1, "--steps", 1, "--json")
+    assert scored.exit_code == 0, scored.output
+    assert [r["label"] for r in json.loads(scored.stdout)["rows"]] == ["init word (cat)", "my_cat.safetensors"]
+
+
 @pytest.mark.parametrize("kind", ["sd3", "flux"])
 def test_resume_continues_exactly(kind, tiny_sd3_dir, tiny_flux_dir, tmp_path):
     """4 steps in one go equal 2 steps, a resume, and 2 more: the rows, bit for bit (Flux with T5 learning)."""

@@ -9,6 +9,7 @@ Saving them, with a loaded model kept between requests, is `textinv.generation.s
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import secrets
@@ -283,6 +284,8 @@ def _call(run, params: list[GenerationParams], init, reporter: Reporter) -> list
     )
     if init is not None:
         kwargs.update(image=init, strength=p.strength)
+        if "height" in inspect.signature(run.__call__).parameters:  # Flux.1's img2img would make its default size
+            kwargs.update(width=p.width, height=p.height)
     else:
         kwargs.update(width=p.width, height=p.height)
     reporter.start("steps", steps)
