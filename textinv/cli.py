@@ -8,7 +8,6 @@ import sys
 import warnings
 from collections.abc import Iterator
 from enum import Enum
-from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -30,7 +29,35 @@ from textinv.cli_output import (
 from textinv.errors import TextinvError, UsageError
 from textinv.formats import SHORTHANDS, TOOLS, WRITE_NAMES
 
+
+class _GlobalOptionsAnywhere(typer.core.TyperGroup):
+    """`--quiet`/`-q` and `--debug` also after the command (`textinv convert a b -q`), as users type them."""
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and not any(p.name == "quiet" for p in command.params):
+            command.params.extend(_global_options())
+        return command
+
+
+def _global_options() -> list:
+    """The app's --quiet and --debug as options of a command, hidden from its help, setting `state` when given."""
+    shadow = typer.Typer()
+
+    @shadow.command()
+    def options(quiet: Annotated[bool, typer.Option("--quiet", "-q", hidden=True)] = False,
+                debug: Annotated[bool, typer.Option("--debug", hidden=True)] = False) -> None:
+        pass
+
+    params = typer.main.get_command(shadow).params
+    for param in params:
+        param.expose_value = False
+        param.callback = lambda ctx, param, value: state.update({param.name: True}) if value else None
+    return params
+
+
 app = typer.Typer(
+    cls=_GlobalOptionsAnywhere,
     name="textinv",
     help="Textual inversion for Stable Diffusion: teach a model a new word from a few pictures.",
     rich_markup_mode="rich",
@@ -62,21 +89,24 @@ def _main(
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """A kill (SIGTERM) ends the command as Ctrl-C does: cleanup runs, finished files stay, exit 130."""
+    """A kill (SIGTERM) or a closed terminal (SIGHUP) ends the command as Ctrl-C does: cleanup runs, finished
+    files stay, the same message, exit 130."""
     import signal
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
+    kinds = [signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]  # Windows has no SIGHUP
     try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
+        previous = {kind: signal.signal(kind, interrupt) for kind in kinds}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for kind, handler in previous.items():
+            signal.signal(kind, handler)
 
 
 def _quiet_libraries() -> None:
@@ -109,24 +139,18 @@ def inspect(
     Example: textinv inspect my_cat.pt learned_embeds.bin (--model M adds checks against the model's vocabulary)
     """
     from textinv.cli_output import print_inspected
-    from textinv.formats.edit import describe_files
+    from textinv.models.vocabulary import inspect_files
 
-    check = None
-    if model is not None:
-        from textinv.models.loading import load_pipeline
-        from textinv.models.vocabulary import diagnose
-
-        with user_errors():
-            check = partial(diagnose, pipe=load_pipeline(model))
     failed = 0
-    for desc in describe_files(files, check=check):
-        if "error" in desc:
-            failed += 1
-            if as_json:
-                print_json(desc)
-            print_error(desc["error"])
-        else:
-            print_inspected(desc, as_json)
+    with user_errors():
+        for desc in inspect_files(files, model, raise_errors=state["debug"]):
+            if "error" in desc:
+                failed += 1
+                if as_json:
+                    print_json(desc)
+                print_error(desc["error"])
+            else:
+                print_inspected(desc, as_json)
     if failed:
         raise typer.Exit(1)
 
@@ -548,23 +572,23 @@ def train(
     from textinv.progress import TrainProgress
     from textinv.runs import resume_config
     from textinv.training.loop import train as run_training
-    from textinv.training.setup import check_image_folders
+    from textinv.training.setup import check_before_loading
 
     given = {"DIR": [str(d) for d in data_dirs] if data_dirs else None, "--init-word": init_word or None,
              "--placeholder": placeholder or None, "--name": name, "--config": config, "--model": model,
              "--model-config": str(model_config) if model_config else None, "--set": set_, "--device": device,
              "--out": out_dir or output_dir, "--report-to": report_to, "--gradient-checkpointing": gradient_checkpointing}
     with user_errors():
+        notes: list[str] = []
         if resume is not None:  # only --max-steps may change; any other option is refused by name
             others = {**given, "--gradient-checkpointing": gradient_checkpointing is not None}
             cfg = resume_config(resume, max_steps=max_steps, others=others)
         else:
-            notes: list[str] = []
             keys = {_TRAIN_KEYS[f]: v for f, v in given.items() if f in _TRAIN_KEYS}
             cfg = cfgmod.build_config(config, set_, notes=notes, **keys, **{"train.max_steps": max_steps})
-            check_image_folders(cfg.data)
-            for note in notes:
-                info(f"[yellow]note:[/yellow] {escape(note)}")
+        check_before_loading(cfg, resume=resume is not None)
+        for note in notes:
+            info(f"[yellow]note:[/yellow] {escape(note)}")
         _quiet_libraries()
         result = run_training(cfg, reporter=TrainProgress(err, quiet=state["quiet"]), resume=resume)
     out.print(f"{result.embedding_path}", highlight=False)
@@ -642,6 +666,8 @@ def eval_(
     settings = evaluation.EvalSettings(seeds=seeds, seed=seed, steps=steps, cfg=cfg, margin=margin,
                                        clip=None if clip == "none" else clip, dino=None if dino == "none" else dino)
     with user_errors():
+        if copy_best:
+            evaluation.check_copy_best(copy_best, force=force)
         result = evaluation.evaluate(targets, data=data, model=model, init_word=init_word, settings=settings,
                                      device=device, reporter=CountProgress(err, quiet=state["quiet"]))
         written = evaluation.copy_best(result, copy_best, force=force) if copy_best else None

@@ -163,6 +163,10 @@ def _suggest(key: str) -> str:
     return f"; did you mean `{close[0]}`?" if close else "; see configs/v1-finetune.yaml for every key"
 
 
+# Keys that hold prompts: a number there is a mistake (`log.prompts: 3` for "three prompts"), not a prompt "3".
+_PROSE = ("log.prompts", "log.negative_prompt")
+
+
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Check `value` against the field's type; ints are accepted for floats and YAML scalars for lists."""
     origin = typing.get_origin(hint)
@@ -198,6 +202,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                 pass
         raise ConfigError(f"`{key}` must be a number, got {value!r}")
     if hint is str:
+        if key in _PROSE and not isinstance(value, str):
+            raise ConfigError(f"`{key}` must be text (a prompt, e.g. '* on a beach'), got {value!r}")
         if isinstance(value, bool):  # YAML 1.1 reads `no` (mixed_precision: no) as false
             return ("yes" if value else "no") if key == "train.mixed_precision" else str(value).lower()
         if isinstance(value, (str, int, float)):
@@ -297,7 +303,11 @@ def _read_yaml(p: Path, seen: tuple[Path, ...]) -> Any:
     base_path = p.parent / base if (p.parent / base).is_file() else resolve_config_path(base)
     if base_path.resolve() in seen:
         raise ConfigError(f"{p}: `base: {base}` leads back to itself")
-    return _merged(_read_yaml(base_path, (*seen, p.resolve())), data)
+    under = _read_yaml(base_path, (*seen, p.resolve()))
+    if under is not None and not isinstance(under, dict):
+        raise ConfigError(f"{p}: `base: {base}` is not a textinv config (it reads as {type(under).__name__}, not as "
+                          "sections such as model: and data:); name a config file, e.g. base: v1-finetune.yaml")
+    return _merged(under, data)
 
 
 def _merged(base: Any, over: dict) -> dict:
@@ -331,9 +341,29 @@ def apply_overrides(cfg: Config, items: list[str] | None = None, **named: Any) -
 MAX_SEED = 2**32 - 1  # the paper code's seed_everything (Lightning) takes 32-bit seeds; so does numpy
 MAX_LEARNING_RATE = 1.0  # the paper's rate is 5e-3; above 1 the vectors leave the embedding space in a step
 MAX_BATCH_AT_512 = 64  # images per micro-batch at 512 px; larger batches go through gradient accumulation
-# Upper bounds of sizes that are allocated up front: 2048 px is twice SDXL's; an epoch's order (images x repeats)
-# is kept in every resumable state; image logs are made in one batch; the schedulers have 1000 timesteps.
-UPPER_BOUNDS = {"data.resolution": 2048, "data.repeats": 1000, "log.num_images": 64, "log.sample_steps": 1000}
+MAX_STEPS = 1_000_000  # 200 times the paper's 5000 steps: weeks of training even at 1 step per second
+# The largest value of every count, size, step and rate key that has no bound of its own below, and why: past it a
+# value is a slip of the keyboard, and some are allocated or computed before the first step.
+UPPER_BOUNDS: dict[str, tuple[float, str]] = {
+    "data.resolution": (2048, "twice SDXL's 1024 px"),
+    "data.repeats": (1000, "an epoch's order, images x repeats, is kept in every resumable state"),
+    "log.num_images": (64, "an image log is drawn in one batch"),
+    "log.sample_steps": (1000, "the schedulers have 1000 timesteps"),
+    "log.val_samples": (256, "every validation-loss check runs a forward pass per sample; 8 show the trend"),
+    "train.max_steps": (MAX_STEPS, "200 times the paper's 5000 steps"),
+    "train.early_stop": (1000, "it counts validation-loss checks without improvement"),
+    "optim.lr_warmup_steps": (MAX_STEPS, "at most train.max_steps can run"),
+    "optim.gradient_accumulation_steps": (1024, "each optimizer step draws this many micro-batches"),
+    "optim.weight_decay": (1.0, "AdamW's decoupled decay, 0.01 by default; over 1 it pulls the vectors to 0"),
+    "optim.adam_epsilon": (1.0, "it guards AdamW's division (1e-8); at 1 it drowns the gradient's scale"),
+    "optim.max_grad_norm": (1000.0, "0 turns clipping off"),
+    "log.save_every": (MAX_STEPS, "at most train.max_steps can run; 0 turns it off"),
+    "log.image_every": (MAX_STEPS, "at most train.max_steps can run; 0 turns it off"),
+    "log.val_loss_every": (MAX_STEPS, "at most train.max_steps can run; 0 turns it off"),
+    "log.eval_every": (MAX_STEPS, "at most train.max_steps can run; 0 turns it off"),
+    # AUTOMATIC1111's CFG Scale slider ends at 30 (stable-diffusion-webui modules/ui.py, gr.Slider maximum=30.0)
+    "log.guidance_scale": (30.0, "AUTOMATIC1111's CFG slider ends there"),
+}
 
 
 def max_batch_size(resolution: int) -> int:
@@ -390,9 +420,9 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.train.seed > MAX_SEED:
         raise ConfigError(f"`train.seed` is {cfg.train.seed}; it must be at most {MAX_SEED} (a 32-bit seed)")
-    for key, bound in UPPER_BOUNDS.items():
+    for key, (bound, why) in UPPER_BOUNDS.items():
         if get_key(cfg, key) > bound:
-            raise ConfigError(f"`{key}` is {get_key(cfg, key)}; it must be at most {bound}")
+            raise ConfigError(f"`{key}` is {get_key(cfg, key)}; it must be at most {bound} ({why})")
     most = max_batch_size(cfg.data.resolution)
     if cfg.data.batch_size > most:
         raise ConfigError(
@@ -401,7 +431,8 @@ def validate(cfg: Config) -> Config:
         )
     for b in ("adam_beta1", "adam_beta2"):
         if not 0.0 <= getattr(cfg.optim, b) < 1.0:
-            raise ConfigError(f"`optim.{b}` is {getattr(cfg.optim, b)}; it must be in [0, 1)")
+            raise ConfigError(f"`optim.{b}` is {getattr(cfg.optim, b)}; it must be in [0, 1) (the decay rate of one "
+                              "of AdamW's moving averages)")
     if not cfg.optim.adam_epsilon > 0:
         raise ConfigError("`optim.adam_epsilon` must be above 0")
     if cfg.log.guidance_scale < 1:

@@ -9,6 +9,7 @@ holder, rebuilds MPS/CUDA tensors on the CPU, and refuses anything else before i
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import types
 from collections import OrderedDict
@@ -16,7 +17,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from textinv.errors import UnsafeFileError
+from textinv.errors import EmbeddingFormatError, UnsafeFileError
 
 
 class ParameterDictState:
@@ -42,14 +43,52 @@ def _numpy_reconstruct():
     return _reconstruct
 
 
+MAX_TENSOR_BYTES = 64 * 2**20  # as formats.container.MAX_DECODED_BYTES: the largest real embedding is 1.4 MiB
+
+
+def too_much(nbytes: int | None, what: str) -> EmbeddingFormatError:
+    """The error for a file that declares more bytes than an embedding could hold (`nbytes` None: unknown)."""
+    size = f" of {nbytes / 2**30:.3g} GiB" if nbytes else ""
+    return EmbeddingFormatError(
+        f"the file asks for a {what}{size}, more memory than a real embedding can need (they are kilobytes; "
+        f"textinv reads at most {MAX_TENSOR_BYTES >> 20} MiB); refusing it"
+    )
+
+
+def _bounded(rebuild):
+    """A tensor rebuild function that first checks what the file declares: a shape within the file's storage
+    and under MAX_TENSOR_BYTES. Unchecked, a shape larger than a (resizable, legacy) storage makes torch grow the
+    storage to it: a few bytes on disk could ask for gigabytes."""
+
+    def checked(storage, storage_offset, size, stride, *args, **kwargs):
+        if not (isinstance(size, tuple | list | torch.Size) and isinstance(stride, tuple | list | torch.Size)
+                and len(size) == len(stride) and isinstance(storage_offset, int) and storage_offset >= 0
+                and all(isinstance(v, int) and v >= 0 for v in (*size, *stride))):
+            raise EmbeddingFormatError("the file's tensor has a malformed shape; it is not an embedding")
+        untyped = getattr(storage, "_untyped_storage", storage)  # a TypedStorage's bytes, without its warning
+        itemsize, nbytes = (storage.dtype.itemsize if hasattr(storage, "dtype") else 1), untyped.nbytes()
+        numel = math.prod(size)
+        extent = storage_offset + sum((n - 1) * st for n, st in zip(size, stride, strict=True)) + 1 if numel else 0
+        if max(numel, extent) * itemsize > MAX_TENSOR_BYTES:
+            raise too_much(max(numel, extent) * itemsize, f"tensor of shape {list(size)[:8]}")
+        if nbytes > MAX_TENSOR_BYTES:
+            raise too_much(nbytes, "storage")
+        if extent * itemsize > nbytes:
+            raise EmbeddingFormatError(f"the file's tensor of shape {list(size)[:8]} lies past the end of its data; "
+                                  "the file is truncated or corrupt")
+        return rebuild(storage, storage_offset, size, stride, *args, **kwargs)
+
+    return checked
+
+
 _ALLOWED: dict[tuple[str, str], object] = {
     ("collections", "OrderedDict"): OrderedDict,
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
     ("__builtin__", "set"): set,
     ("torch", "Size"): torch.Size,
-    ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor"): _bounded(torch._utils._rebuild_tensor),
+    ("torch._utils", "_rebuild_tensor_v2"): _bounded(torch._utils._rebuild_tensor_v2),
     ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): torch._utils._rebuild_parameter_with_state,
     ("torch._utils", "_rebuild_device_tensor_from_numpy"): _rebuild_numpy_tensor_on_cpu,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -81,13 +82,18 @@ def _read_legacy(path: Path):
 
 
 def _read_pickle(path: Path):
-    from textinv.safe_pickle import load_torch_file
+    from textinv.safe_pickle import load_torch_file, too_much
 
     try:
         return load_torch_file(path), {}
     except TextinvError:
         raise
-    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError, MemoryError) as e:
+    except (RuntimeError, MemoryError) as e:  # a storage the file declares that torch could not even allocate
+        asked = re.search(r"allocate (\d+) bytes", str(e))
+        if isinstance(e, MemoryError) or asked:
+            raise too_much(int(asked[1]) if asked else None, "storage") from None
+        raise EmbeddingFormatError(f"the file is truncated or corrupt ({first_line(e, 160)}); download it again") from None
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
         raise EmbeddingFormatError(f"the file is truncated or corrupt ({first_line(e, 160)}); download it again") from None
     except Exception as e:  # a malformed pickle can raise almost anything
         raise EmbeddingFormatError(f"not a readable torch file ({type(e).__name__}: {first_line(e, 160)})") from None

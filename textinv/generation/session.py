@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from textinv.atomic import atomic_write
+from textinv.atomic import atomic_write, check_writable
 from textinv.errors import DataError
 from textinv.generation import sampling
 from textinv.generation.metadata import png_info
@@ -105,12 +105,7 @@ class Session:
 def check_out_dir(out_dir: str | Path) -> None:
     """DataError when images cannot be written into `out_dir` (it need not exist yet): checked before the model
     loads, so a wrong --out costs a second."""
-    out_dir = Path(out_dir)
-    existing = next((p for p in (out_dir, *out_dir.parents) if p.exists()), Path("."))
-    if not existing.is_dir():
-        raise DataError(f"--out {out_dir}: {existing} is a file, not a folder; pass a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise DataError(f"--out {out_dir}: {existing} is not writable; pass a folder you can write to")
+    check_writable(out_dir, "--out")
 
 
 def next_index(out_dir: Path) -> int:

@@ -8,6 +8,9 @@ cause of an embedding that overpowers the prompt (or does nothing), and gets a w
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -15,6 +18,30 @@ from textinv.errors import ModelError
 
 OUTLIER_FACTOR = 3.0
 NEAREST = 5
+
+
+def inspect_files(paths: Iterable[str | Path], model: str | None = None, *, raise_errors: bool = False
+                  ) -> Iterator[dict]:
+    """`textinv inspect [--model M]`: each file described, and with `model` checked against its vocabulary. What
+    the files and the model's own files show comes first: the model exists, and each embedding's family and widths
+    fit it; the model then loads once, only when some file fits it (a load error ends the command)."""
+    from textinv.formats.edit import describe_files, describe_read, read_files
+    from textinv.formats.families import check_fits
+    from textinv.models.loading import load_pipeline
+    from textinv.models.peek import check_model
+
+    if model is None:
+        yield from describe_files(paths, raise_errors=raise_errors)
+        return
+    dims = check_model(model)
+
+    def fits(path: Path, emb) -> None:
+        for tok in emb.tokens if dims is not None else ():
+            check_fits(path, tok.name, tok.widths, dims)
+
+    read = read_files(paths, fits=fits, raise_errors=raise_errors)
+    pipe = load_pipeline(model) if any(r.embedding is not None for r in read) else None
+    yield from describe_read(read, check=lambda emb: diagnose(emb, pipe), raise_errors=raise_errors)
 
 
 def diagnose(emb, pipe, *, nearest: int = NEAREST) -> dict:
