@@ -424,3 +424,44 @@ def test_sighup_ends_generate_as_ctrl_c_does(tmp_path, monkeypatch):
     assert [p.name for p in sorted(out.iterdir())] == ["000001.1.png", "000002.2.png"]
     assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # put back
 
+
+
+# --- accelerate launch without --multi_gpu ------------------------------------------------------------------------
+
+
+def test_a_launch_that_started_fewer_processes_than_asked_stops_in_one_line():
+    from textinv.errors import UsageError
+    from textinv.training.setup import check_launch
+
+    simple = {"ACCELERATE_MIXED_PRECISION": "no", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    with pytest.raises(UsageError, match="asked for several processes but started only this one.*add --multi_gpu"):
+        check_launch(simple)
+    check_launch({**simple, "WORLD_SIZE": "2", "RANK": "0"})  # torchrun's processes (--multi_gpu)
+    check_launch({"ACCELERATE_MIXED_PRECISION": "no"})  # one process asked, one started
+    check_launch({})  # not under accelerate
+
+
+def test_train_on_the_toy_model_defaults_to_the_toy_config(tmp_path, pictures):
+    from textinv.models.peek import default_config
+
+    assert default_config("toy") == "toy"
+    cfg = cfgmod.build_config(None, None, **{"model.source": "toy", "data.paths": [str(pictures)]})
+    assert cfg.data.resolution == 32 and cfg.train.max_steps == cfgmod.load_config("toy").train.max_steps
+
+
+@pytest.mark.slow
+def test_accelerate_launch_of_two_cpu_processes_without_multi_gpu_stops_at_once(tmp_path, pictures):
+    """The case that "reached its last step and did not exit in 280 s": the launcher started one process (its
+    simple launcher), which trained alone on the default 512 px config and then drew the last image log at 512 px
+    on the 32 px toy model, minutes of silence. Now it stops before anything loads."""
+    import subprocess
+    import sys
+
+    launcher = Path(sys.executable).parent / "accelerate"
+    cmd = [str(launcher), "launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "textinv", "train", str(pictures), "-i", "cat", "-m", "toy",
+           "--out", str(tmp_path / "logs")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode != 0
+    assert "error: accelerate launch was asked for several processes but started only this one" in done.stderr
+    assert not (tmp_path / "logs").exists()

@@ -41,10 +41,27 @@ def check_image_folders(data_cfg) -> None:
             raise UsageError(f"{d}: no such folder; pass a folder of 3-5 images of the concept")
 
 
+def check_launch(environ=os.environ) -> None:
+    """UsageError when `accelerate launch` was asked for several processes but started only this one: its simple
+    launcher (no --multi_gpu on a machine without GPUs) sets MASTER_ADDR for them and starts one process, which
+    would train alone, more slowly than asked, and without saying so."""
+    launched = "ACCELERATE_MIXED_PRECISION" in environ  # every accelerate launcher sets it
+    several = "MASTER_ADDR" in environ  # the simple launcher sets it only for several processes or machines
+    started = any(k in environ for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"))
+    if launched and several and not started:
+        raise UsageError(
+            "accelerate launch was asked for several processes but started only this one: without GPUs its launcher "
+            "starts several only with --multi_gpu (textinv then trains on CPU processes); add --multi_gpu, or drop "
+            "--num_processes to train in one process"
+        )
+
+
 def check_before_loading(cfg, *, resume: bool = False) -> None:
     """What the config already shows, each in one line before any model loads (or another library prints): the
     image folders hold images; the model and `model.config` exist and fit each other; the config's family is the
-    model's, told from the model's files; a new run's output folder can be written."""
+    model's, told from the model's files; a new run's output folder can be written; `accelerate launch` started
+    the processes it was asked for."""
+    check_launch()
     if not resume:
         check_image_folders(cfg.data)
         check_writable(cfg.log.output_dir, "--out")

@@ -1,0 +1,66 @@
+"""Property-based tests of every reader of files from elsewhere (issue 25): a mutated or truncated .pt, .bin,
+.safetensors, PNG embedding, sd-concepts folder, YAML config, state file or PNG parameters chunk ends in a result
+or one clear error line, never a traceback, a hang or a jump in memory (tests/fuzz_targets.py says how).
+
+The budgets here are small, for the fast suite; `make fuzz` (bench/fuzz.py) runs the same targets with larger
+ones. Inputs the fuzzing found dirty are kept below as regular tests."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from tests.fuzz_targets import TARGETS, outcome, png_with_text, run_worker
+
+EXAMPLES = 20  # per target here; `make fuzz` runs 400
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_every_seed_reads(name):
+    target = TARGETS[name]
+    seeds = target.seeds()
+    assert seeds
+    for data in seeds:
+        assert outcome(target, data).kind == "result", outcome(target, data).detail
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_every_mutated_input_ends_in_a_result_or_one_clear_line(name):
+    target = TARGETS[name]
+
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(target.inputs())
+    def check(data):
+        got = outcome(target, data)
+        assert got.kind != "dirty", got.detail
+
+    check()
+
+
+def test_memory_stays_bounded_in_a_fresh_process(tmp_path):
+    """Peak resident memory of a fresh interpreter reading mutated inputs of every target (after a warm-up on the
+    seeds), as tests/test_formats.py measures its bombs: torch's and zlib's allocations count too."""
+    reports = run_worker(sorted(TARGETS), 6, tmp_path / "kept")
+    assert sorted(r["target"] for r in reports) == sorted(TARGETS)
+    for r in reports:
+        assert r["dirty"] == [], r["dirty"]
+        assert r["rss_growth_kib"] < 256 * 1024, (r["target"], r["rss_growth_kib"], r["peak_input"])
+
+
+# --- inputs the fuzzing found, kept as regular tests ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", [b"\x89PNG\r\n\x1a\n" + bytes(40), b"not a picture", b""])
+def test_png_parameters_of_a_file_that_is_no_png_is_one_line(data):
+    got = outcome(TARGETS["png-parameters"], data)
+    assert got.kind == "clean" and "not a readable PNG" in got.detail and got.detail.count("input.png") == 1
+
+
+def test_png_parameters_with_a_broken_quoted_value_keeps_it_as_written(tmp_path):
+    from textinv.generation.metadata import read_parameters
+
+    path = tmp_path / "x.png"
+    path.write_bytes(png_with_text({"parameters": 'a cat\nSteps: 20, TI hashes: "<cat>: 4f1c, Seed: 7'}))
+    params = read_parameters(path)
+    assert params["Prompt"] == "a cat" and params["Steps"] == "20"
+    assert params["TI hashes"].startswith('"<cat>')
