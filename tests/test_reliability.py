@@ -225,6 +225,20 @@ def test_generate_a_foreign_family_is_refused_for_its_family_before_loading(fami
     assert "the model is textinv toy (64-dim)" in result.stderr
 
 
+@pytest.mark.parametrize("flag, value, message", [("--dtype", "fp7", "unknown dtype 'fp7'"),
+                                                   ("--device", "tpu", "unknown device 'tpu'")])
+def test_generate_an_unknown_dtype_or_device_is_said_before_loading(flag, value, message, tmp_path, no_model_loads):
+    result = _run("generate", "x", "-m", "toy", flag, value, "--out", tmp_path / "o")
+    assert result.exit_code == 1 and message in _one_line(result)
+
+
+def test_train_a_device_this_machine_lacks_is_said_before_loading(tmp_path, pictures, no_model_loads):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = _run("train", pictures, "-i", "cat", "-m", "toy", "--device", "cuda", "--out", tmp_path / "logs")
+    assert result.exit_code == 1 and "torch sees no CUDA GPU here" in _one_line(result)
+
+
 def test_generate_the_same_placeholder_in_two_files_is_said_before_loading(tmp_path, no_model_loads):
     a = save_embedding(Embedding([Token("<x>", torch.ones(1, TOY_WIDTH))]), tmp_path / "a.pt")
     b = save_embedding(Embedding([Token("<x>", torch.zeros(1, TOY_WIDTH))]), tmp_path / "b.pt")
@@ -302,19 +316,20 @@ def saved_run(tmp_path, pictures) -> Run:
                                                                "log.output_dir": str(tmp_path / "logs")})
     run = Run.create(cfg)
     for step in (2, 4):
-        state = {"step": step, "learned": torch.full((1, TOY_WIDTH), float(step)), "optimizer": {},
+        state = {"step": step, "learned": torch.full((2, TOY_WIDTH), float(step)), "optimizer": {},
                  "scheduler": {}, "rng": [torch.zeros(4, dtype=torch.uint8)], "sampler": [{}]}
         run.save_checkpoint(step, Embedding([Token("*", torch.ones(1, TOY_WIDTH))], step=step), state)
     return run
 
 
 def test_resume_after_editing_num_vectors_is_one_line(saved_run, no_model_loads):
-    text = saved_run.config_text().replace("num_vectors_per_token: 1", "num_vectors_per_token: 3")
+    assert "num_vectors_per_token: 2" in saved_run.config_text()  # the toy config's
+    text = saved_run.config_text().replace("num_vectors_per_token: 2", "num_vectors_per_token: 3")
     (saved_run.path / "config.yaml").write_text(text)
     result = _run("train", "--resume", saved_run.path)
     assert result.exit_code == 1
     assert _one_line(result) == (
-        f"error: {saved_run.path}: its states hold 1 learned vector(s), but config.yaml asks for 1 placeholder(s) "
+        f"error: {saved_run.path}: its states hold 2 learned vector(s), but config.yaml asks for 1 placeholder(s) "
         "x 3 vector(s) = 3; config.yaml was edited after the run started: put personalization back as it was, or "
         "start a new run")
 

@@ -70,6 +70,7 @@ def test_open_refuses_a_folder_that_is_not_a_run_in_one_line(tmp_path):
 
 
 def test_the_config_for_a_resume(run, pictures):
+    run.save_checkpoint(2, _embedding(2), _state(2))  # issue 25: resume_config checks the state before any load
     assert resume_config(run.path).train.max_steps == 6
     assert resume_config(run.path, max_steps=9, others={"--name": None, "--gradient-checkpointing": False}) \
         .train.max_steps == 9

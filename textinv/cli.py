@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from textinv import __version__
 from textinv.cli_output import (
+    GlobalOptionsAnywhere,
     err,
     info,
     out,
@@ -29,35 +30,8 @@ from textinv.cli_output import (
 from textinv.errors import TextinvError, UsageError
 from textinv.formats import SHORTHANDS, TOOLS, WRITE_NAMES
 
-
-class _GlobalOptionsAnywhere(typer.core.TyperGroup):
-    """`--quiet`/`-q` and `--debug` also after the command (`textinv convert a b -q`), as users type them."""
-
-    def get_command(self, ctx, cmd_name):
-        command = super().get_command(ctx, cmd_name)
-        if command is not None and not any(p.name == "quiet" for p in command.params):
-            command.params.extend(_global_options())
-        return command
-
-
-def _global_options() -> list:
-    """The app's --quiet and --debug as options of a command, hidden from its help, setting `state` when given."""
-    shadow = typer.Typer()
-
-    @shadow.command()
-    def options(quiet: Annotated[bool, typer.Option("--quiet", "-q", hidden=True)] = False,
-                debug: Annotated[bool, typer.Option("--debug", hidden=True)] = False) -> None:
-        pass
-
-    params = typer.main.get_command(shadow).params
-    for param in params:
-        param.expose_value = False
-        param.callback = lambda ctx, param, value: state.update({param.name: True}) if value else None
-    return params
-
-
 app = typer.Typer(
-    cls=_GlobalOptionsAnywhere,
+    cls=GlobalOptionsAnywhere,
     name="textinv",
     help="Textual inversion for Stable Diffusion: teach a model a new word from a few pictures.",
     rich_markup_mode="rich",

@@ -1,5 +1,6 @@
 """What the command line prints: results (and --json) on stdout; status lines, warnings and errors (one line and an
-exit code) on stderr; the tables of `inspect`, `fetch --search` and `eval`. The commands in `cli.py` call these."""
+exit code) on stderr; the tables of `inspect`, `fetch --search` and `eval`; and the global options that choose how
+(--quiet, --debug), before or after the command. The commands in `cli.py` call these."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import warnings
 from collections.abc import Iterator
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -178,3 +180,29 @@ def print_eval(result) -> None:
     if result.best is not None:
         out.print(f"best: {result.best.label}" + (f" ({result.best.file})" if result.best.file else ""), markup=False)
         info(f"rule: {best_rule_text(result.settings.margin, result.rows)}")
+
+
+class GlobalOptionsAnywhere(typer.core.TyperGroup):
+    """`--quiet`/`-q` and `--debug` also after the command (`textinv convert a b -q`), as users type them."""
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and not any(p.name == "quiet" for p in command.params):
+            command.params.extend(_global_options())
+        return command
+
+
+def _global_options() -> list:
+    """The app's --quiet and --debug as options of a command, hidden from its help, setting `state` when given."""
+    shadow = typer.Typer()
+
+    @shadow.command()
+    def options(quiet: Annotated[bool, typer.Option("--quiet", "-q", hidden=True)] = False,
+                debug: Annotated[bool, typer.Option("--debug", hidden=True)] = False) -> None:
+        pass
+
+    params = typer.main.get_command(shadow).params
+    for param in params:
+        param.expose_value = False
+        param.callback = lambda ctx, param, value: state.update({param.name: True}) if value else None
+    return params

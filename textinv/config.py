@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from textinv import strict_yaml
+from textinv.config_bounds import UPPER_BOUNDS
 from textinv.errors import ConfigError
 from textinv.formats import SHORTHANDS, TOOLS, WRITE_NAMES
 from textinv.formats.families import CONFIG_FOR
@@ -341,29 +342,6 @@ def apply_overrides(cfg: Config, items: list[str] | None = None, **named: Any) -
 MAX_SEED = 2**32 - 1  # the paper code's seed_everything (Lightning) takes 32-bit seeds; so does numpy
 MAX_LEARNING_RATE = 1.0  # the paper's rate is 5e-3; above 1 the vectors leave the embedding space in a step
 MAX_BATCH_AT_512 = 64  # images per micro-batch at 512 px; larger batches go through gradient accumulation
-MAX_STEPS = 1_000_000  # 200 times the paper's 5000 steps: weeks of training even at 1 step per second
-# The largest value of every count, size, step and rate key that has no bound of its own below, and why: past it a
-# value is a slip of the keyboard, and some are allocated or computed before the first step.
-UPPER_BOUNDS: dict[str, tuple[float, str]] = {
-    "data.resolution": (2048, "twice SDXL's 1024 px"),
-    "data.repeats": (1000, "an epoch's order, images x repeats, is kept in every resumable state"),
-    "log.num_images": (64, "an image log is drawn in one batch"),
-    "log.sample_steps": (1000, "the schedulers have 1000 timesteps"),
-    "log.val_samples": (256, "every validation-loss check runs a forward pass per sample; 8 show the trend"),
-    "train.max_steps": (MAX_STEPS, "200 times the paper's 5000 steps"),
-    "train.early_stop": (1000, "it counts validation-loss checks without improvement"),
-    "optim.lr_warmup_steps": (MAX_STEPS, "at most train.max_steps can run"),
-    "optim.gradient_accumulation_steps": (1024, "each optimizer step draws this many micro-batches"),
-    "optim.weight_decay": (1.0, "AdamW's decoupled decay, 0.01 by default; over 1 it pulls the vectors to 0"),
-    "optim.adam_epsilon": (1.0, "it guards AdamW's division (1e-8); at 1 it drowns the gradient's scale"),
-    "optim.max_grad_norm": (1000.0, "0 turns clipping off"),
-    "log.save_every": (MAX_STEPS, "at most train.max_steps can run; 0 turns it off"),
-    "log.image_every": (MAX_STEPS, "at most train.max_steps can run; 0 turns it off"),
-    "log.val_loss_every": (MAX_STEPS, "at most train.max_steps can run; 0 turns it off"),
-    "log.eval_every": (MAX_STEPS, "at most train.max_steps can run; 0 turns it off"),
-    # AUTOMATIC1111's CFG Scale slider ends at 30 (stable-diffusion-webui modules/ui.py, gr.Slider maximum=30.0)
-    "log.guidance_scale": (30.0, "AUTOMATIC1111's CFG slider ends there"),
-}
 
 
 def max_batch_size(resolution: int) -> int:

@@ -22,7 +22,7 @@ from textinv.generation import sampling
 from textinv.generation.metadata import png_info
 from textinv.generation.sampling import GeneratedImage, Request
 from textinv.models.embeddings import add_embeddings, check_prompt, load_embeddings
-from textinv.models.loading import load_pipeline
+from textinv.models.loading import load_pipeline, resolve_device, resolve_dtype
 from textinv.models.source import DEFAULT_MODEL
 from textinv.pictures import contact_sheet
 from textinv.reporting import SILENT, Reporter
@@ -60,6 +60,7 @@ class Session:
 
         embs = load_embeddings(list(embeddings), tokens=tokens)
         check_fit(model, model_config, embs)
+        resolve_dtype(dtype, resolve_device(device))  # an unknown --device or --dtype, said before the load
         reporter.message(f"loading model {model or os.environ.get('TEXTINV_MODEL') or DEFAULT_MODEL}")
         pipe = load_pipeline(model, model_config=model_config, device=device, dtype=dtype)
         for note in pipe.textinv.warnings:

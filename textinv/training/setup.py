@@ -62,6 +62,7 @@ def check_before_loading(cfg, *, resume: bool = False) -> None:
     model's, told from the model's files; a new run's output folder can be written; `accelerate launch` started
     the processes it was asked for."""
     check_launch()
+    resolve_device(cfg.train.device)  # a device this machine does not have
     if not resume:
         check_image_folders(cfg.data)
         check_writable(cfg.log.output_dir, "--out")
