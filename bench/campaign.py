@@ -191,6 +191,15 @@ def make_fixtures(fix: Path) -> None:
                                                     {"*": torch.ones(1, TOY)}, "name": "x", "step": float("nan")}))
     (bad / "big.pt").write_bytes(b"\x80\x02" + bytes(65 * 2**20))
     Image.new("RGB", (8, 8)).save(fix / "init.png")
+    huge = fix / "huge"  # a PNG header declaring 20000 x 20000 px over a few bytes of data
+    huge.mkdir()
+    Image.new("L", (1, 1)).save(huge / "big.png")
+    data = bytearray((huge / "big.png").read_bytes())
+    data[16:24] = struct.pack(">II", 20000, 20000)
+    import zlib
+
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    (huge / "big.png").write_bytes(bytes(data))
     (fix / "notes.txt").write_text("hello")
     (fix / "bin.yaml").write_bytes(bytes(range(256)) * 4)
 
@@ -370,6 +379,18 @@ def flag_cases() -> list[Case]:
         Case("convert", "two tokens to safetensors", lambda ws: ["convert", FIX / "two.pt", ws / "o.safetensors"]),
         Case("convert", "-q after the command", lambda ws: ["convert", FIX / "good.pt", ws / "o.bin", "-q"], "ok",
              check=lambda ws, r: None if r.stderr == "" else f"printed {r.stderr!r}"),
+        Case("convert", "out under a file", lambda ws: ["convert", FIX / "good.pt", FIX / "notes.txt" / "o.pt"]),
+        Case("merge", "out under a file", lambda ws: ["merge", FIX / "good.pt", FIX / "good2.safetensors", "-o",
+                                                      FIX / "notes.txt" / "m.pt"]),
+        Case("generate", "--init-img of 20000x20000 px", lambda ws: ["img2img", "x", "-m", "toy", "--init-img",
+                                                                      FIX / "huge" / "big.png", "--out", ws / "o"]),
+        Case("train", "a picture of 20000x20000 px", lambda ws: ["train", FIX / "huge", "-i", "cat", "-m", "toy",
+                                                                 "--out", ws / "logs"]),
+        Case("generate", "-e a concept name not fetched", lambda ws: ["generate", "x", "-m", "toy", "-e", "cat-toy"]),
+        Case("fetch", "--search offline", lambda ws: ["fetch", "--search", "cat"]),
+        Case("report", "a damaged eval.json", lambda ws: ["report", ws / "run"], prepare=lambda ws: (
+            shutil.copytree(_trained_run(FIX), ws / "run"), (ws / "run" / "eval.json").write_text("{"))),
+        Case("demo", "--out under a file", lambda ws: ["demo", "-o", FIX / "notes.txt" / "d"]),
         Case("convert", "out in a read-only place", lambda ws: ["convert", FIX / "good.pt", FIX / "ro" / "o.pt"]),
         Case("merge", "conflict", lambda ws: ["merge", FIX / "good.pt", FIX / "same-name.pt", "-o", ws / "m.pt"]),
         Case("merge", "families differ", lambda ws: ["merge", FIX / "good.pt", FIX / "sd15.pt", "-o", ws / "m.pt"]),
@@ -472,14 +493,18 @@ class Proc:
     exception: BaseException | None = None
 
 
+def _as_in_a_terminal() -> None:
+    """A background job's children inherit SIGINT (and under nohup SIGHUP) ignored; a terminal's do not."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def _signal_generate(sig: int) -> Callable[[Path], Proc]:
     def run(ws: Path) -> Proc:
         cmd = [sys.executable, "-m", "textinv", "generate", "a photo", "-m", "toy", "-n", "30", "-b", "1", "-s", "8",
                "--seed", "1", "--out", str(ws / "o")]
-        # a background job's children inherit SIGINT ignored (as nohup and `&` leave it); a terminal's do not
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ws,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"},
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=_as_in_a_terminal)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and len(list((ws / "o").glob("0*.png"))) < 2 and p.poll() is None:
             time.sleep(0.2)

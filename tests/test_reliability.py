@@ -432,12 +432,28 @@ def test_sighup_ends_generate_as_ctrl_c_does(tmp_path, monkeypatch):
         return real_call(*args, **kwargs)
 
     monkeypatch.setattr(sampling, "_call", hangup_after_two)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal (nohup would have it ignored)
     out = tmp_path / "out"
-    result = _run("generate", "x", "-m", "toy", "-n", 4, "-b", 1, "-s", 1, "--seed", 1, "--out", out)
+    try:
+        result = _run("generate", "x", "-m", "toy", "-n", 4, "-b", 1, "-s", 1, "--seed", 1, "--out", out)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # put back
+    finally:
+        signal.signal(signal.SIGHUP, previous)
     assert result.exit_code == 130
     assert result.stderr.strip().splitlines()[-1] == "interrupted"
     assert [p.name for p in sorted(out.iterdir())] == ["000001.1.png", "000002.2.png"]
-    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # put back
+
+
+def test_under_nohup_a_hangup_stays_ignored():
+    from textinv.cli import sigterm_as_interrupt
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with sigterm_as_interrupt():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 

@@ -70,7 +70,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
-    kinds = [signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]  # Windows has no SIGHUP
+    kinds = [signal.SIGTERM]
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup keeps it ignored
+        kinds.append(signal.SIGHUP)  # (and Windows has none)
     try:
         previous = {kind: signal.signal(kind, interrupt) for kind in kinds}
     except ValueError:  # not the main thread: leave signals alone
