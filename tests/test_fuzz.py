@@ -64,3 +64,37 @@ def test_png_parameters_with_a_broken_quoted_value_keeps_it_as_written(tmp_path)
     params = read_parameters(path)
     assert params["Prompt"] == "a cat" and params["Steps"] == "20"
     assert params["TI hashes"].startswith('"<cat>')
+
+
+def test_a_key_with_a_line_break_stays_on_one_line(tmp_path):
+    import torch
+
+    from textinv.errors import EmbeddingFormatError
+    from textinv.formats.files import load_embedding
+
+    path = tmp_path / "x.bin"
+    torch.save({"\x98/\n3Q": 1, "name": "x"}, path)  # found by the fuzzing: a key of random bytes with a newline
+    with pytest.raises(EmbeddingFormatError) as e:
+        load_embedding(path)
+    assert "\n" not in str(e.value) and "unexpected keys '\\x98/\\n3Q'" in str(e.value)
+
+
+def test_an_embedding_layout_with_no_tokens_is_refused(tmp_path):
+    import base64
+    import json
+
+    from textinv.errors import EmbeddingFormatError
+    from textinv.formats.files import load_embedding
+
+    path = tmp_path / "x.png"  # found by the fuzzing: accepted with no tokens, then an IndexError in inspect
+    payload = {"string_to_param": {}, "clip_l": {}, "t5xxl": {"TORCHTENSOR": []}}
+    path.write_bytes(png_with_text({"sd-ti-embedding": base64.b64encode(json.dumps(payload).encode()).decode()}))
+    with pytest.raises(EmbeddingFormatError, match="a1111-png layout holding no tokens"):
+        load_embedding(path)
+
+
+def test_an_error_line_never_breaks(capsys):
+    from textinv.cli_output import print_error
+
+    print_error("x.pt: embedding <a\nb> is ...\rerror: forged")
+    assert capsys.readouterr().err == "error: x.pt: embedding <a\\nb> is ...\\rerror: forged\n"

@@ -62,7 +62,9 @@ def print_json(obj: object) -> None:
 
 
 def print_error(message: str) -> None:
-    err.print(f"[red]error:[/red] {escape(message)}")
+    """One line whatever the message holds: a name read from a file may carry line breaks (shown as \\n)."""
+    one_line = message.replace("\r", "\\r").replace("\n", "\\n")
+    err.print(f"[red]error:[/red] {escape(one_line)}")
 
 
 _python_showwarning = warnings.showwarning

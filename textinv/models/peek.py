@@ -109,8 +109,8 @@ def check_model(source: str | Path | None, model_config: str | Path | None = Non
         if kind != "single-file":
             raise UsageError(
                 f"--model-config {model_config}: only a single .ckpt/.safetensors model takes a config folder; "
-                f"--model {source or 'the default model'} is a {_KIND_NAMES[kind]} with its own configs, so drop "
-                "--model-config (model.config)"
+                f"{f'--model {source}' if source else 'the default model'} is a {_KIND_NAMES[kind]} with its own "
+                "configs, so drop --model-config (model.config)"
             )
         check_config_folder(Path(model_config))
     return text_encoder_dims(source, model_config)
