@@ -261,9 +261,40 @@ def _torch_saved(obj, legacy: bool) -> bytes:
     return buf.getvalue()
 
 
+def _layouts() -> list[dict]:
+    """The dicts each reader recognises, valid as written (AUTOMATIC1111's, ours, diffusers', SDXL's, kohya's)."""
+    import torch
+
+    t = torch.randn(2, 16)
+    return [{"string_to_token": {"*": 265}, "string_to_param": {"*": t}, "name": "x", "step": 3,
+             "sd_checkpoint": "0123456789", "sd_checkpoint_name": "model"},
+            {"string_to_token": {"<x>": torch.tensor(265)}, "string_to_param": {"<x>": t}, "name": "<x>", "step": 3},
+            {"string_to_token": {"<a>": torch.tensor(1), "<b>": torch.tensor(2)}, "string_to_param": {"<a>": t,
+                                                                                                     "<b>": t}},
+            {"<cat>": t[0]}, {"clip_l": torch.randn(1, 8), "clip_g": t[:1]}, {"emb_params": t}]
+
+
+@st.composite
+def mutated_layout(draw, layouts: list, values: st.SearchStrategy) -> object:
+    """A valid layout with one value (at the top or one level down) replaced by `values` or deleted."""
+    import copy
+
+    data = copy.deepcopy(draw(st.sampled_from(layouts)))
+    holder = data
+    key = draw(st.sampled_from(sorted(holder)))
+    if isinstance(holder[key], dict) and holder[key] and draw(st.booleans()):
+        holder, key = holder[key], draw(st.sampled_from(sorted(holder[key])))
+    if draw(st.integers(0, 5)) == 0:
+        del holder[key]
+    else:
+        holder[key] = draw(values)
+    return data
+
+
 def built_pickles() -> st.SearchStrategy[bytes]:
     layout = st.dictionaries(st.sampled_from(KEYS), _values(), min_size=1, max_size=5)
-    return st.tuples(st.one_of(layout, _values()), st.booleans()).map(lambda t: _torch_saved(*t))
+    edited = st.deferred(lambda: mutated_layout(_layouts(), _values()))
+    return st.tuples(st.one_of(layout, _values(), edited), st.booleans()).map(lambda t: _torch_saved(*t))
 
 
 def _safetensors_saved(tensors: dict, metadata: dict) -> bytes:
@@ -291,8 +322,11 @@ def built_png_embeddings() -> st.SearchStrategy[bytes]:
     value = st.one_of(lists.map(tensorish), _values(tensors=False))
     payload = st.dictionaries(st.sampled_from(KEYS), st.one_of(value, st.dictionaries(
         st.sampled_from(KEYS), value, max_size=3)), min_size=1, max_size=4)
-    return payload.map(lambda d: png_with_text({"sd-ti-embedding": base64.b64encode(
-        json.dumps(d, allow_nan=True).encode()).decode()}))
+    vectors = {"TORCHTENSOR": [[0.5] * 16, [0.25] * 16]}
+    layouts = [{"string_to_token": {"*": 265}, "string_to_param": {"*": vectors}, "name": "x", "step": 3,
+                "sd_checkpoint": None, "sd_checkpoint_name": None}]
+    return st.one_of(payload, mutated_layout(layouts, value)).map(lambda d: png_with_text({
+        "sd-ti-embedding": base64.b64encode(json.dumps(d, allow_nan=True).encode()).decode()}))
 
 
 def _torch_strategy(data: bytes) -> st.SearchStrategy[bytes]:

@@ -98,3 +98,40 @@ def test_an_error_line_never_breaks(capsys):
 
     print_error("x.pt: embedding <a\nb> is ...\rerror: forged")
     assert capsys.readouterr().err == "error: x.pt: embedding <a\\nb> is ...\\rerror: forged\n"
+
+
+@pytest.mark.parametrize("container", ["png", "pt"])
+def test_a_name_or_token_table_that_is_no_text_is_ignored(tmp_path, container):
+    import base64
+    import json
+
+    import torch
+
+    from textinv.formats.files import load_embedding
+
+    if container == "png":  # found by the fuzzing: `name` a tensor, then `bool(tensor)` raised in the reader
+        payload = {"string_to_param": {"*": {"TORCHTENSOR": [[0.5] * 8]}}, "name": {"TORCHTENSOR": []}, "step": 1}
+        path = tmp_path / "x.png"
+        path.write_bytes(png_with_text({"sd-ti-embedding": base64.b64encode(json.dumps(payload).encode()).decode()}))
+    else:
+        path = tmp_path / "x.pt"
+        torch.save({"string_to_token": torch.zeros(0), "string_to_param": {"*": torch.ones(1, 8)},
+                    "name": torch.zeros(0), "step": 1}, path)
+    emb = load_embedding(path)
+    assert [t.name for t in emb.tokens] == ["x"] and emb.name is None
+
+
+def test_a_zip_of_a_version_python_cannot_read_is_one_line(tmp_path):
+    import torch
+
+    from textinv.errors import EmbeddingFormatError
+    from textinv.formats.files import load_embedding
+
+    path = tmp_path / "x.pt"
+    torch.save({"<x>": torch.ones(1, 8)}, path)
+    data = bytearray(path.read_bytes())
+    at = data.find(b"PK\x01\x02")  # the first central-directory record: "version needed to extract" at +6
+    data[at + 6:at + 8] = (132).to_bytes(2, "little")  # found by the fuzzing: zipfile's NotImplementedError
+    path.write_bytes(bytes(data))
+    with pytest.raises(EmbeddingFormatError, match=r"truncated or corrupt \(zip file version 13.2\)"):
+        load_embedding(path)

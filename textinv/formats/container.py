@@ -57,7 +57,7 @@ def check_zip(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as z:
             infos = z.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as e:  # (a zip version from the future)
         raise EmbeddingFormatError(f"the file is truncated or corrupt ({first_line(e, 160)}); download it again") from None
     if len(infos) > MAX_RECORDS:
         raise _too_large(f"the zip holds {len(infos)} records")
