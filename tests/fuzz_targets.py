@@ -561,6 +561,10 @@ from hypothesis import HealthCheck, given, seed, settings
 from tests.fuzz_targets import TARGETS, outcome
 
 names, examples, keep, rng_seed = sys.argv[1].split(","), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+# A cap on address space: an input that would take the machine's memory fails here instead of waking the kernel's
+# OOM killer on a shared machine (one did, before the unpickler's memo was fixed); what it touched still shows in
+# the peak below.
+resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[5]) << 20, resource.RLIM_INFINITY))
 os.makedirs(keep, exist_ok=True)
 for name in names:  # imports and first-use allocations before the baseline: what grows after is the inputs'
     for data in TARGETS[name].seeds():
@@ -575,6 +579,8 @@ for name in names:
               suppress_health_check=list(HealthCheck))
     @given(target.inputs())
     def run(data):
+        with open(os.path.join(keep, f"{{name}}-current{{target.suffix}}"), "wb") as f:  # what a crash was reading
+            f.write(data)
         got = outcome(target, data)
         counts[got.kind] += 1
         grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
@@ -596,13 +602,15 @@ for name in names:
 """
 
 
-def run_worker(names: list[str], examples: int, keep: Path, seed: int = 0) -> list[dict]:
-    """Fuzz `names` in one fresh interpreter; one report per target (see WORKER). Raises if the worker dies."""
+def run_worker(names: list[str], examples: int, keep: Path, seed: int = 0, max_vm_mib: int = 8192) -> list[dict]:
+    """Fuzz `names` in one fresh interpreter (its address space capped at `max_vm_mib`); one report per target
+    (see WORKER). Raises if the worker dies."""
     worker = WORKER.format(root=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", worker, ",".join(names), str(examples), str(keep), str(seed)],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-c", worker, ",".join(names), str(examples), str(keep), str(seed),
+                           str(max_vm_mib)], capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
-        raise RuntimeError(f"the fuzz worker failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"the fuzz worker failed (exit {proc.returncode}; its last input is "
+                           f"{keep}/<target>-current.<ext>):\n{proc.stderr[-3000:]}")
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 

@@ -135,3 +135,15 @@ def test_a_zip_of_a_version_python_cannot_read_is_one_line(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(EmbeddingFormatError, match=r"truncated or corrupt \(zip file version 13.2\)"):
         load_embedding(path)
+
+
+def test_a_pickle_memo_bomb_of_a_few_bytes_is_refused_in_bounded_memory(tmp_path):
+    from tests.test_formats import _refusal_and_memory
+
+    # found by the fuzzing: a mutated legacy .pt whose LONG_BINPUT named memo index 1258647924; the C unpickler
+    # sizes its memo array by the index and zeroes it: 16 GB and the kernel's OOM killer. 2^26 here: 1 GiB before.
+    path = tmp_path / "bomb.pt"
+    path.write_bytes(b"\x80\x02}r" + (2**26).to_bytes(4, "little") + b".")
+    error, grew = _refusal_and_memory(path)
+    assert "bomb.pt: " in error and "\n" not in error
+    assert grew < 64 * 2**20, grew

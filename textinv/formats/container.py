@@ -51,9 +51,9 @@ def _too_large(what: str) -> EmbeddingFormatError:
     return EmbeddingFormatError(f"{what}; embeddings are kilobytes, so this file is refused unread")
 
 
-def check_zip(path: Path) -> None:
-    """Refuse a zip whose records declare more than an embedding could hold, or are compressed (torch never
-    compresses; a compressed record is how a small file inflates to gigabytes)."""
+def check_zip(path: Path, limit: int = MAX_DECODED_BYTES) -> None:
+    """Refuse a zip whose records declare more than `limit` (what an embedding could hold), or are compressed
+    (torch never compresses; a compressed record is how a small file inflates to gigabytes)."""
     try:
         with zipfile.ZipFile(path) as z:
             infos = z.infolist()
@@ -68,7 +68,7 @@ def check_zip(path: Path) -> None:
             "this is not a torch file (it may be a decompression bomb)"
         )
     declared = sum(i.file_size for i in infos)
-    if declared > MAX_DECODED_BYTES:
+    if declared > limit:
         raise _too_large(f"its zip records declare {declared / 2**20:.0f} MiB")
 
 

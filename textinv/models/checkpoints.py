@@ -178,7 +178,7 @@ def _load_with_stand_ins(path: Path):
 
     class _Unpickler(RestrictedUnpickler):
         def find_class(self, module: str, name: str):
-            found = _allowed(module, name)
+            found = _allowed(module, name, model=True)
             if found is not None:
                 return found
             skipped.add(f"{module}.{name}")

@@ -9,17 +9,21 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from textinv.atomic import torch_save, write_text
-from textinv.errors import ConfigError
+from textinv.errors import ConfigError, TextinvError
+from textinv.formats.container import check_zip
 
 POINTER = "state.json"
 FOLDER = "state"
 KEEP = 2  # the latest and the one before it
 KEYS = ("step", "learned", "optimizer", "scheduler", "rng", "sampler")
+# A state holds the learned rows, their AdamW moments, the generators and the data order: megabytes at most
+MAX_STATE_BYTES = 1 << 30
 
 
 def state_files(run_dir: Path) -> list[Path]:
@@ -83,6 +87,12 @@ def _state_problem(path: Path) -> dict[str, Any] | str:
         return "missing"
     if path.stat().st_size == 0:
         return "empty"
+    if not zipfile.is_zipfile(path):  # textinv writes zips; torch's older layouts allocate what a file declares
+        return "truncated or not a state file"
+    try:
+        check_zip(path, limit=MAX_STATE_BYTES)
+    except TextinvError:
+        return "not a state file (its records declare more than a state holds)"
     import torch
 
     try:
