@@ -13,6 +13,7 @@ import math
 import pickle
 import types
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -161,7 +162,7 @@ def load_torch_file(path) -> object:
     caller bounds its size): a pickle that declares a string of gigabytes then gets what the file holds, where a
     file object's read(n) would first allocate n bytes. A legacy (non-zip) file's declared storages are summed
     first, as torch allocates them whole before it reads their bytes."""
-    data = open(path, "rb").read()
+    data = Path(path).read_bytes()
     if not data.startswith(b"PK\x03\x04"):
         declared = legacy_storage_bytes(data)
         if declared > MAX_TENSOR_BYTES:

@@ -87,7 +87,10 @@ def _state_problem(path: Path) -> dict[str, Any] | str:
         return "missing"
     if path.stat().st_size == 0:
         return "empty"
+    if path.stat().st_size > MAX_STATE_BYTES:
+        return "not a state file (far too large)"
     if not zipfile.is_zipfile(path):  # textinv writes zips; torch's older layouts allocate what a file declares
+        _refuse_code(path)
         return "truncated or not a state file"
     try:
         check_zip(path, limit=MAX_STATE_BYTES)
@@ -98,9 +101,7 @@ def _state_problem(path: Path) -> dict[str, Any] | str:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        if _asks_for_code(path):
-            raise ConfigError(f"{path} holds Python code, not only tensors (it was not written by textinv); "
-                              "refusing to load it: delete it to resume from the state before") from None
+        _refuse_code(path)
         return "truncated or not a state file"
     except (Exception, MemoryError):  # torch's readers raise many kinds on arbitrary bytes
         return "truncated or not a state file"
@@ -112,16 +113,16 @@ def _state_problem(path: Path) -> dict[str, Any] | str:
     return state
 
 
-def _asks_for_code(path: Path) -> bool:
-    """Whether the pickle in `path` names a function or class to run, as the restricted unpickler (the one every
-    embedding is read with) finds it; bytes that are merely damaged are not code."""
+def _refuse_code(path: Path) -> None:
+    """ConfigError when the pickle in `path` names a function or class to run, as the restricted unpickler (the
+    one every embedding is read with) finds it: refused, not skipped. Bytes that are merely damaged are not code."""
     from textinv.errors import UnsafeFileError
     from textinv.safe_pickle import load_torch_file
 
     try:
         load_torch_file(path)
     except UnsafeFileError:
-        return True
+        raise ConfigError(f"{path} holds Python code, not only tensors (it was not written by textinv); "
+                          "refusing to load it: delete it to resume from the state before") from None
     except (Exception, MemoryError):
-        return False
-    return False
+        pass
