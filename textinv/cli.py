@@ -6,7 +6,6 @@ import contextlib
 import os
 import sys
 import warnings
-from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -23,10 +22,12 @@ from textinv.cli_output import (
     print_error,
     print_eval,
     print_json,
+    say_loading,
     show_warning,
     state,
     user_errors,
 )
+from textinv.cli_setup import is_main_process, quiet_libraries, sigterm_as_interrupt
 from textinv.errors import TextinvError, UsageError
 from textinv.formats import SHORTHANDS, TOOLS, WRITE_NAMES
 
@@ -51,52 +52,18 @@ def _version(value: bool) -> None:
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks (also TEXTINV_DEBUG=1).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show other libraries' warnings, logs "
+                                          "and progress bars.")] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
     """Textual inversion for Stable Diffusion: teach a model a new word from a few pictures."""
     state["debug"] = debug or bool(os.environ.get("TEXTINV_DEBUG"))
-    state["quiet"] = quiet
+    state["quiet"] = quiet or not is_main_process()  # under accelerate launch, the first process speaks
+    state["verbose"] = verbose or state["debug"]
+    out.quiet = not is_main_process()
     warnings.showwarning = show_warning
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """A kill (SIGTERM) or a closed terminal (SIGHUP) ends the command as Ctrl-C does: cleanup runs, finished
-    files stay, the same message, exit 130."""
-    import signal
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    kinds = [signal.SIGTERM]
-    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup keeps it ignored
-        kinds.append(signal.SIGHUP)  # (and Windows has none)
-    try:
-        previous = {kind: signal.signal(kind, interrupt) for kind in kinds}
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        for kind, handler in previous.items():
-            signal.signal(kind, handler)
-
-
-def _quiet_libraries() -> None:
-    """diffusers and transformers print loading bars and notices; the CLI reports progress itself. Set here, in
-    the commands that load a model, so that the library never changes another library's global logging."""
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    # diffusers 0.42 renamed torch_dtype to dtype; torch_dtype works in every version we support (>= 0.30)
-    warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
 
 
 # --- embeddings: inspect, convert, merge -------------------------------------------------------------------
@@ -119,7 +86,11 @@ def inspect(
 
     failed = 0
     with user_errors():
-        for desc in inspect_files(files, model, raise_errors=state["debug"]):
+        def on_load() -> None:
+            quiet_libraries(state["verbose"])
+            say_loading(model)
+
+        for desc in inspect_files(files, model, raise_errors=state["debug"], on_load=on_load):
             if "error" in desc:
                 failed += 1
                 if as_json:
@@ -134,7 +105,7 @@ def inspect(
 WriteFormat = Enum("WriteFormat", {n: n for n in (*WRITE_NAMES, *SHORTHANDS)}, type=str)
 ForTool = Enum("ForTool", {n: n for n in TOOLS}, type=str)
 
-ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite the output if it exists.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite the output if it exists.")]
 ToOpt = Annotated[
     WriteFormat | None,
     typer.Option("--to", help="Output layout (default: from the extension; pt/bin/safetensors/png are shorthands)."),
@@ -243,12 +214,12 @@ def fetch(
     ] = None,
     *,
     search: Annotated[
-        str | None, typer.Option("--search", "-s", metavar="WORD", help="List concepts whose name has WORD.")
+        str | None, typer.Option("--search", metavar="WORD", help="List concepts whose name has WORD.")
     ] = None,
     limit: Annotated[int, typer.Option(min=1, help="With --search: at most this many results.")] = 20,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="The embeddings folder to save into.")] = Path("embeddings"),
     to: Annotated[FetchFormat | None, typer.Option(help="Save in this format (default: as on the hub).")] = None,
-    force: Annotated[bool, typer.Option("--force", "-f", help="Fetch again even if already there.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Fetch again even if already there.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Fetch a concept from the Hugging Face hub (sd-concepts-library) into the embeddings folder, or search it.
@@ -428,7 +399,8 @@ def _images(o: dict) -> None:
         check_out_dir(o["out_dir"])
         if o["prompt"] is None and not dream.stdin_is_terminal():
             raise UsageError('no PROMPT given and stdin is not a terminal; pass one: textinv generate "a photo of *"')
-        _quiet_libraries()
+        quiet_libraries(state["verbose"])
+        say_loading(o["model"])
         session = Session.open(o["model"], model_config=o["model_config"], device=o["device"], dtype=o["dtype"],
                                embeddings=o["embedding"] or [], tokens=o["token"], reporter=reporter)
         if o["prompt"] is not None:
@@ -452,8 +424,11 @@ def _images(o: dict) -> None:
 def _make(session, o: dict, reporter) -> None:
     """One prompt's images: make and save them, then print their paths (or JSON lines) and the contact sheet's."""
     from textinv.generation.dream import request_of
+    from textinv.generation.metadata import left_out
 
     made = session.make(request_of(o), o["out_dir"], grid=False if o["no_grid"] else None, reporter=reporter)
+    if made.images and (skipped := left_out(made.images[0].params)):  # chunks their readers would misread
+        info("note: the PNGs leave out " + "; ".join(f"{chunk}: {why}" for chunk, why in skipped.items()))
     for image, path in zip(made.images, made.paths, strict=True):
         if o["as_json"]:
             print_json({"path": str(path), "seed": image.seed, "prompt": o["prompt"]})
@@ -494,7 +469,7 @@ def train(
                      show_default=False),
     ] = None,
     name: Annotated[
-        str | None, typer.Option("--name", "-n", help="Run name \\[default: the folder's name].",
+        str | None, typer.Option("--name", help="Run name \\[default: the folder's name].",
                                  rich_help_panel="Output", show_default=False),
     ] = None,
     config: Annotated[
@@ -514,7 +489,7 @@ def train(
     ] = None,
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override any config key, e.g. optim.learning_rate=1e-3.",
+        typer.Option("--set", metavar="KEY=VALUE", help="Override any config key, e.g. optim.learning_rate=1e-3.",
                      rich_help_panel="Training", show_default=False),
     ] = None,
     device: Annotated[
@@ -531,14 +506,15 @@ def train(
                                  rich_help_panel="Output", show_default=False),
     ] = None,
     gradient_checkpointing: Annotated[
-        bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing",
-                                  help="Recompute the UNet's activations in the backward pass: less memory, slower.",
-                                  rich_help_panel="Training", show_default=False),
-    ] = None,
+        bool, typer.Option("--gradient-checkpointing", help="Recompute the UNet's activations in the backward pass: "
+                           "less memory, slower.", rich_help_panel="Training", show_default=False),
+    ] = False,
     resume: Annotated[
         Path | None, typer.Option("--resume", metavar="LOGDIR", help="Continue a run from its last checkpoint.",
                                   rich_help_panel="Training", show_default=False),
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object at the end: the run folder, the "
+                                          "final files, the steps, the final loss.", rich_help_panel="Output")] = False,
 ) -> None:
     """Learn an embedding from a folder of images. Example: textinv train ./my_cat --init-word cat
 
@@ -553,20 +529,23 @@ def train(
     given = {"DIR": [str(d) for d in data_dirs] if data_dirs else None, "--init-word": init_word or None,
              "--placeholder": placeholder or None, "--name": name, "--config": config, "--model": model,
              "--model-config": str(model_config) if model_config else None, "--set": set_, "--device": device,
-             "--out": out_dir or output_dir, "--report-to": report_to, "--gradient-checkpointing": gradient_checkpointing}
+             "--out": out_dir or output_dir, "--report-to": report_to,
+             "--gradient-checkpointing": gradient_checkpointing or None}
     with user_errors():
         notes: list[str] = []
         if resume is not None:  # only --max-steps may change; any other option is refused by name
-            others = {**given, "--gradient-checkpointing": gradient_checkpointing is not None}
-            cfg = resume_config(resume, max_steps=max_steps, others=others)
+            cfg = resume_config(resume, max_steps=max_steps, others=given)
         else:
             keys = {_TRAIN_KEYS[f]: v for f, v in given.items() if f in _TRAIN_KEYS}
             cfg = cfgmod.build_config(config, set_, notes=notes, **keys, **{"train.max_steps": max_steps})
         check_before_loading(cfg, resume=resume is not None)
         for note in notes:
             info(f"[yellow]note:[/yellow] {escape(note)}")
-        _quiet_libraries()
+        quiet_libraries(state["verbose"])
+        say_loading(cfg.model.source)
         result = run_training(cfg, reporter=TrainProgress(err, quiet=state["quiet"]), resume=resume)
+    if as_json:
+        return print_json(result.to_json())
     out.print(f"{result.embedding_path}", highlight=False)
     info(f"trained to step {result.step}; run folder {result.run_dir}")
 
@@ -587,7 +566,7 @@ def demo(
     from textinv.toy.demo import run_demo
 
     quiet = state["quiet"]
-    _quiet_libraries()
+    quiet_libraries(state["verbose"])
     with user_errors():
         result = run_demo(
             output or out_dir,
@@ -637,15 +616,16 @@ def eval_(
     Generates SEEDS images of 'a photo of *' and of edit prompts ('* on a beach', ...) for each checkpoint and the init word; identity is CLIP (and DINO) similarity to the training pictures, editability CLIP similarity to the prompt with * replaced by the init word. On --model toy the toy's judge is the identity score.
     """
     from textinv.evaluation import evaluate as evaluation
-    from textinv.progress import CountProgress
+    from textinv.progress import EvalProgress
 
     settings = evaluation.EvalSettings(seeds=seeds, seed=seed, steps=steps, cfg=cfg, margin=margin,
                                        clip=None if clip == "none" else clip, dino=None if dino == "none" else dino)
+    quiet_libraries(state["verbose"])
     with user_errors():
         if copy_best:
             evaluation.check_copy_best(copy_best, force=force)
         result = evaluation.evaluate(targets, data=data, model=model, init_word=init_word, settings=settings,
-                                     device=device, reporter=CountProgress(err, quiet=state["quiet"]))
+                                     device=device, reporter=EvalProgress(err, quiet=state["quiet"]))
         written = evaluation.copy_best(result, copy_best, force=force) if copy_best else None
     for note in result.notes:
         info(f"note: {escape(note)}")

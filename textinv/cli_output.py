@@ -1,6 +1,6 @@
 """What the command line prints: results (and --json) on stdout; status lines, warnings and errors (one line and an
 exit code) on stderr; the tables of `inspect`, `fetch --search` and `eval`; and the global options that choose how
-(--quiet, --debug), before or after the command. The commands in `cli.py` call these."""
+(--quiet, --verbose, --debug), before or after the command. The commands in `cli.py` call these."""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from textinv.cli_help import Group
 from textinv.errors import Interrupted, MetadataWarning, TextinvError
 from textinv.formats import TOOLS
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-# set by the app's callback from --debug and --quiet
-state = {"debug": bool(os.environ.get("TEXTINV_DEBUG")), "quiet": False}
+# set by the app's callback from --debug, --quiet and --verbose
+state = {"debug": bool(os.environ.get("TEXTINV_DEBUG")), "quiet": False, "verbose": False}
 
 
 @contextlib.contextmanager
@@ -71,11 +72,23 @@ _python_showwarning = warnings.showwarning
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """A file's malformed-but-ignored field is one `warning:` line; other warnings print as Python prints them."""
+    """A file's malformed-but-ignored field is one `warning:` line; other libraries' warnings (deprecations,
+    advice) only with -v or --debug, as Python prints them."""
     if issubclass(category, MetadataWarning):
         err.print(f"[yellow]warning:[/yellow] {escape(str(message))}")
-    else:
+    elif state["verbose"]:
         _python_showwarning(message, category, filename, lineno, file, line)
+
+
+def say_loading(model: str | None) -> None:
+    """One status line naming the model about to load (what diffusers' own bars said, in our words), on a
+    terminal: in a log or a pipe, a command that then fails still says only its one error line."""
+    from textinv.models.source import DEFAULT_MODEL
+
+    if not err.is_terminal:
+        return
+    name = model or os.environ.get("TEXTINV_MODEL") or DEFAULT_MODEL
+    info(f"loading the model {escape(str(name))}" + (" (the small shipped one)" if name == "toy" else ""))
 
 
 def print_inspected(desc: dict, as_json: bool) -> None:
@@ -124,10 +137,17 @@ def print_written(written: list, for_tool: str | None) -> None:
     """What `convert` and `merge` wrote (`formats.files.Written`), and the word that triggers each file where."""
     for w in written:
         info(f"wrote {w.path} ({w.format}: {', '.join(t.name for t in w.embedding.tokens)}; {w.embedding.family})")
+        for note in w.notes:
+            info(f"note: {note}")
         if for_tool is not None:
+            if for_tool in w.steps:
+                out.print(f"{TOOLS[for_tool]}: run", markup=False)
+                out.print("  " + w.steps[for_tool].replace("\n", "\n  "), markup=False, highlight=False)
             out.print(f"{TOOLS[for_tool]}: use [bold]{escape(w.triggers.get(for_tool, '?'))}[/bold] in the prompt")
         elif w.triggers:
-            info("  loads in " + "; ".join(f"{TOOLS[t]} as {escape(word)}" for t, word in w.triggers.items()))
+            info("  loads in " + "; ".join(f"{TOOLS[t]} as {escape(word)}" + (" (--for it prints a step)"
+                                                                            if t in w.steps else "")
+                                           for t, word in w.triggers.items()))
 
 
 def print_fetched(res, as_json: bool) -> None:
@@ -184,8 +204,9 @@ def print_eval(result) -> None:
         info(f"rule: {best_rule_text(result.settings.margin, result.rows)}")
 
 
-class GlobalOptionsAnywhere(typer.core.TyperGroup):
-    """`--quiet`/`-q` and `--debug` also after the command (`textinv convert a b -q`), as users type them."""
+class GlobalOptionsAnywhere(Group):
+    """`--quiet`/`-q`, `--verbose`/`-v` and `--debug` also after the command (`textinv convert a b -q`), as users
+    type them."""
 
     def get_command(self, ctx, cmd_name):
         command = super().get_command(ctx, cmd_name)
@@ -195,16 +216,22 @@ class GlobalOptionsAnywhere(typer.core.TyperGroup):
 
 
 def _global_options() -> list:
-    """The app's --quiet and --debug as options of a command, hidden from its help, setting `state` when given."""
-    shadow = typer.Typer()
+    """The app's --quiet, --verbose and --debug as options of a command, hidden from its help, setting `state` when
+    given (--debug, as before the command, also shows other libraries' output)."""
+    shadow = typer.Typer(add_completion=False)
 
     @shadow.command()
     def options(quiet: Annotated[bool, typer.Option("--quiet", "-q", hidden=True)] = False,
+                verbose: Annotated[bool, typer.Option("--verbose", "-v", hidden=True)] = False,
                 debug: Annotated[bool, typer.Option("--debug", hidden=True)] = False) -> None:
         pass
+
+    def given(ctx, param, value) -> None:
+        if value:
+            state.update({param.name: True}, **({"verbose": True} if param.name == "debug" else {}))
 
     params = typer.main.get_command(shadow).params
     for param in params:
         param.expose_value = False
-        param.callback = lambda ctx, param, value: state.update({param.name: True}) if value else None
+        param.callback = given
     return params
