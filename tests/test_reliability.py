@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import typing
 from pathlib import Path
@@ -25,6 +26,7 @@ from textinv.runs import Run, resume_config
 
 runner = CliRunner()
 TOY_WIDTH = 64  # the shipped toy model's text encoder
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _run(*args):
@@ -223,6 +225,30 @@ def test_generate_a_foreign_family_is_refused_for_its_family_before_loading(fami
     # an SDXL .pt holds only {clip_l, clip_g}: its placeholder is the file's stem
     assert f"embedding {'<x>' if family == 'SD1.x' else 'e'} is {family} (" in _one_line(result)
     assert "the model is textinv toy (64-dim)" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["generate", "train", "inspect"])
+def test_a_terminal_hears_of_the_load_only_after_the_checks(command, tmp_path, pictures, monkeypatch,
+                                                             no_model_loads):
+    """Issue 23's `loading the model ...` line (on a terminal) comes after the checks: a foreign embedding or
+    config ends in its one error line, with no word of a load that never happens."""
+    import io
+
+    from rich.console import Console
+
+    import textinv.cli_output as output
+
+    buf = io.StringIO()
+    monkeypatch.setattr(output, "err", Console(file=buf, force_terminal=True, width=300))
+    sd15 = _emb(tmp_path, "<x>", (768,))
+    args = {"generate": ["generate", "a photo of <x>", "-m", "toy", "-e", sd15, "--out", tmp_path / "o"],
+            "train": ["train", pictures, "-i", "cat", "-m", "toy", "--config", "sdxl-finetune",
+                      "--out", tmp_path / "logs"],
+            "inspect": ["inspect", sd15, "--model", "toy"]}[command]
+    result = _run(*args)
+    lines = _ANSI.sub("", buf.getvalue()).strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert ("is SD1.x (" if command != "train" else "the config is for SDXL") in lines[0]
 
 
 @pytest.mark.parametrize("flag, value, message", [("--dtype", "fp7", "unknown dtype 'fp7'"),

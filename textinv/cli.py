@@ -399,10 +399,14 @@ def _images(o: dict) -> None:
         check_out_dir(o["out_dir"])
         if o["prompt"] is None and not dream.stdin_is_terminal():
             raise UsageError('no PROMPT given and stdin is not a terminal; pass one: textinv generate "a photo of *"')
-        quiet_libraries(state["verbose"])
-        say_loading(o["model"])
+
+        def on_load() -> None:
+            quiet_libraries(state["verbose"])
+            say_loading(o["model"])
+
         session = Session.open(o["model"], model_config=o["model_config"], device=o["device"], dtype=o["dtype"],
-                               embeddings=o["embedding"] or [], tokens=o["token"], reporter=reporter)
+                               embeddings=o["embedding"] or [], tokens=o["token"], reporter=reporter,
+                               on_load=on_load)
         if o["prompt"] is not None:
             return _make(session, o, reporter)
     command = typer.main.get_command(app).commands["generate"]  # each dream> line takes this command's flags

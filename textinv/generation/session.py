@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,13 +55,17 @@ class Session:
         embeddings: list[str | Path] = (),
         tokens: list[str] | None = None,
         reporter: Reporter = SILENT,
+        on_load: Callable[[], None] | None = None,
     ) -> Session:
-        """Read the embeddings, check that they fit the model from its config alone, then load the model."""
+        """Read the embeddings, check that they fit the model from its config alone, then load the model
+        (`on_load()` called just before: the command line quiets other libraries and says what loads)."""
         from textinv.models.peek import check_fit
 
         embs = load_embeddings(list(embeddings), tokens=tokens)
         check_fit(model, model_config, embs)
         resolve_dtype(dtype, resolve_device(device))  # an unknown --device or --dtype, said before the load
+        if on_load is not None:
+            on_load()
         reporter.message(f"loading model {model or os.environ.get('TEXTINV_MODEL') or DEFAULT_MODEL}")
         pipe = load_pipeline(model, model_config=model_config, device=device, dtype=dtype)
         for note in pipe.textinv.warnings:
