@@ -32,7 +32,7 @@ demo: install
 
 # Every reader of files from elsewhere, fuzzed with Hypothesis: FUZZ_EXAMPLES inputs per target, each in a fresh
 # worker whose peak memory is measured (tests/test_fuzz.py runs the same targets with small budgets in `make test`).
-FUZZ_EXAMPLES ?= 400
+FUZZ_EXAMPLES ?= 2000
 fuzz: install
 	$(BIN)/python bench/fuzz.py --examples $(FUZZ_EXAMPLES)
 

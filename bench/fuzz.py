@@ -7,7 +7,7 @@ results, clean errors, dirty ones, peak memory growth) and each dirty input's fi
 inputs under --keep for turning into regular tests. Exit status 1 if any input was dirty or memory grew past
 --max-rss-mib.
 
-    .venv/bin/python bench/fuzz.py                       # 400 examples per target
+    .venv/bin/python bench/fuzz.py                       # 2000 examples per target (about 1.5 minutes)
     .venv/bin/python bench/fuzz.py --examples 50 --targets pt,state
 """
 
@@ -23,7 +23,7 @@ def main() -> int:
     from tests.fuzz_targets import TARGETS, run_worker
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--examples", type=int, default=400, help="Hypothesis examples per target")
+    ap.add_argument("--examples", type=int, default=2000, help="Hypothesis examples per target")
     ap.add_argument("--targets", default=",".join(TARGETS), help="comma-separated target names")
     ap.add_argument("--seed", type=int, default=0, help="Hypothesis's random seed (the same seed, the same inputs)")
     ap.add_argument("--keep", type=Path, default=Path("fuzz-findings"), help="where dirty inputs are saved")

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.fuzz_targets import TARGETS, outcome, png_with_text, run_worker
 
-EXAMPLES = 20  # per target here; `make fuzz` runs 400
+EXAMPLES = 20  # per target here; `make fuzz` runs 2000
 
 
 @pytest.mark.parametrize("name", sorted(TARGETS))
