@@ -26,15 +26,13 @@ from typing import Any
 import yaml
 
 from textinv import strict_yaml
+from textinv.config_bounds import UPPER_BOUNDS
 from textinv.errors import ConfigError
 from textinv.formats import SHORTHANDS, TOOLS, WRITE_NAMES
 from textinv.formats.families import CONFIG_FOR
 from textinv.paper_config import from_paper_layout, is_paper_layout
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
-# SD3's and Flux.1's timestep density and loss weighting: diffusers' names (training_utils.py; training/objective.py)
-WEIGHTING_SCHEMES = ("logit_normal", "mode", "none", "sigma_sqrt", "cosmap")
-MAX_FLUX_GUIDANCE = 30.0  # Flux.1-dev's guidance embedder was distilled on values of a few units
 
 
 @dataclass
@@ -126,7 +124,7 @@ CHOICES = {
     "personalization.learnable_property": ("object", "style"),
     "optim.lr_scheduler": ("constant", "linear", "cosine"),
     "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
-    "train.weighting_scheme": WEIGHTING_SCHEMES,
+    "train.weighting_scheme": ("logit_normal", "mode", "none", "sigma_sqrt", "cosmap"),  # diffusers' (objective.py)
     "log.report_to": ("none", "tensorboard", "wandb", "all"),
 }
 # What `log.formats` takes, as `convert --to` or `--for` do; a picture is no training output.
@@ -171,6 +169,10 @@ def _suggest(key: str) -> str:
     return f"; did you mean `{close[0]}`?" if close else "; see configs/v1-finetune.yaml for every key"
 
 
+# Keys that hold prompts: a number there is a mistake (`log.prompts: 3` for "three prompts"), not a prompt "3".
+_PROSE = ("log.prompts", "log.negative_prompt")
+
+
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Check `value` against the field's type; ints are accepted for floats and YAML scalars for lists."""
     origin = typing.get_origin(hint)
@@ -206,6 +208,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                 pass
         raise ConfigError(f"`{key}` must be a number, got {value!r}")
     if hint is str:
+        if key in _PROSE and not isinstance(value, str):
+            raise ConfigError(f"`{key}` must be text (a prompt, e.g. '* on a beach'), got {value!r}")
         if isinstance(value, bool):  # YAML 1.1 reads `no` (mixed_precision: no) as false
             return ("yes" if value else "no") if key == "train.mixed_precision" else str(value).lower()
         if isinstance(value, (str, int, float)):
@@ -305,7 +309,11 @@ def _read_yaml(p: Path, seen: tuple[Path, ...]) -> Any:
     base_path = p.parent / base if (p.parent / base).is_file() else resolve_config_path(base)
     if base_path.resolve() in seen:
         raise ConfigError(f"{p}: `base: {base}` leads back to itself")
-    return _merged(_read_yaml(base_path, (*seen, p.resolve())), data)
+    under = _read_yaml(base_path, (*seen, p.resolve()))
+    if under is not None and not isinstance(under, dict):
+        raise ConfigError(f"{p}: `base: {base}` is not a textinv config (it reads as {type(under).__name__}, not as "
+                          "sections such as model: and data:); name a config file, e.g. base: v1-finetune.yaml")
+    return _merged(under, data)
 
 
 def _merged(base: Any, over: dict) -> dict:
@@ -339,9 +347,6 @@ def apply_overrides(cfg: Config, items: list[str] | None = None, **named: Any) -
 MAX_SEED = 2**32 - 1  # the paper code's seed_everything (Lightning) takes 32-bit seeds; so does numpy
 MAX_LEARNING_RATE = 1.0  # the paper's rate is 5e-3; above 1 the vectors leave the embedding space in a step
 MAX_BATCH_AT_512 = 64  # images per micro-batch at 512 px; larger batches go through gradient accumulation
-# Upper bounds of sizes that are allocated up front: 2048 px is twice SDXL's; an epoch's order (images x repeats)
-# is kept in every resumable state; image logs are made in one batch; the schedulers have 1000 timesteps.
-UPPER_BOUNDS = {"data.resolution": 2048, "data.repeats": 1000, "log.num_images": 64, "log.sample_steps": 1000}
 
 
 def max_batch_size(resolution: int) -> int:
@@ -379,7 +384,7 @@ def validate(cfg: Config) -> Config:
               "data.repeats", "optim.gradient_accumulation_steps", "log.num_images", "log.sample_steps")
     _non_negative(cfg, "optim.lr_warmup_steps", "optim.weight_decay", "optim.max_grad_norm", "log.save_every",
                   "log.image_every", "train.seed", "log.val_loss_every", "log.eval_every", "train.early_stop")
-    _positive(cfg, "log.val_samples")
+    _positive(cfg, "log.val_samples", "train.flux_guidance")
     if cfg.train.early_stop and not cfg.log.val_loss_every:
         raise ConfigError("`train.early_stop` needs the validation loss; set `log.val_loss_every` (e.g. 100)")
     if p.num_vectors_per_token > 75:
@@ -398,9 +403,9 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.train.seed > MAX_SEED:
         raise ConfigError(f"`train.seed` is {cfg.train.seed}; it must be at most {MAX_SEED} (a 32-bit seed)")
-    for key, bound in UPPER_BOUNDS.items():
+    for key, (bound, why) in UPPER_BOUNDS.items():
         if get_key(cfg, key) > bound:
-            raise ConfigError(f"`{key}` is {get_key(cfg, key)}; it must be at most {bound}")
+            raise ConfigError(f"`{key}` is {get_key(cfg, key)}; it must be at most {bound} ({why})")
     most = max_batch_size(cfg.data.resolution)
     if cfg.data.batch_size > most:
         raise ConfigError(
@@ -409,14 +414,12 @@ def validate(cfg: Config) -> Config:
         )
     for b in ("adam_beta1", "adam_beta2"):
         if not 0.0 <= getattr(cfg.optim, b) < 1.0:
-            raise ConfigError(f"`optim.{b}` is {getattr(cfg.optim, b)}; it must be in [0, 1)")
+            raise ConfigError(f"`optim.{b}` is {getattr(cfg.optim, b)}; it must be in [0, 1) (the decay rate of one "
+                              "of AdamW's moving averages)")
     if not cfg.optim.adam_epsilon > 0:
         raise ConfigError("`optim.adam_epsilon` must be above 0")
     if cfg.log.guidance_scale < 1:
         raise ConfigError(f"`log.guidance_scale` is {cfg.log.guidance_scale}; it must be 1 or more")
-    if not 0 <= cfg.train.flux_guidance <= MAX_FLUX_GUIDANCE:
-        raise ConfigError(f"`train.flux_guidance` is {cfg.train.flux_guidance}; it must be between 0 and "
-                          f"{MAX_FLUX_GUIDANCE:g} (Flux.1-dev samples at 3.5)")
     bad = [f for f in cfg.log.formats if f not in FORMATS]
     if bad:
         raise ConfigError(f"`log.formats` has {bad}; the training formats are {', '.join(FORMATS)}")

@@ -16,7 +16,7 @@ import torch
 from textinv import hub
 from textinv.errors import ModelError, first_line
 from textinv.formats.container import detect_container
-from textinv.models.peek import kind_of_checkpoint, kind_of_index
+from textinv.models.peek import check_config_folder, kind_of_checkpoint, kind_of_index
 
 # The diffusers pipeline that reads a single file of each architecture (`models.peek.KINDS`). SD3.5's and Flux.1's
 # files often leave out their text encoders: --model-config names the folder they come from.
@@ -30,11 +30,8 @@ def load_single_file(
     import diffusers
 
     config = Path(model_config).expanduser() if model_config else None
-    if config is not None and not (config / "model_index.json").is_file():
-        raise ModelError(
-            f"--model-config {config}: not a diffusers model folder (no model_index.json); pass the folder of a "
-            "diffusers model of the same family, e.g. a downloaded stable-diffusion-v1-5"
-        )
+    if config is not None:
+        check_config_folder(config)
     with tempfile.TemporaryDirectory(prefix="textinv-ckpt-") as tmp:
         readable, state = _checkpoint_for_diffusers(path, Path(tmp), notes)
         from_cache = config is None
@@ -186,7 +183,7 @@ def _load_with_stand_ins(path: Path):
 
     class _Unpickler(RestrictedUnpickler):
         def find_class(self, module: str, name: str):
-            found = _allowed(module, name)
+            found = _allowed(module, name, model=True)
             if found is not None:
                 return found
             skipped.add(f"{module}.{name}")

@@ -65,7 +65,7 @@ class DDPM:
 @dataclass
 class FlowMatching:
     sigmas: torch.Tensor  # float32 [num_train_timesteps], from pure noise (1) down
-    weighting: str = "logit_normal"  # one of config.WEIGHTING_SCHEMES
+    weighting: str = "logit_normal"  # one of config.CHOICES['train.weighting_scheme']
     num_train_timesteps: int = 1000
     name: str = "flow_matching"
 
