@@ -142,6 +142,28 @@ def test_img2img_and_eval_use_the_trained_embedding(run, tmp_path):
     assert [r["label"] for r in json.loads(scored.stdout)["rows"]] == ["init word (cat)", "my_cat.safetensors"]
 
 
+def test_the_dream_prompt_draws_with_a_flux_embedding(tiny_flux_dir, tmp_path, monkeypatch):
+    """dream> on Flux.1: a txt2img line and an img2img line with the embedding's token, one model load."""
+    import builtins
+
+    from textinv.generation import dream
+
+    emb = save_embedding(_embedding("flux", "<x>"), tmp_path / "x.safetensors")
+    init = tmp_path / "init.png"
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(init)
+    lines = iter(['"a photo of <x>" -s2 -S 3 -W 32 -H 32', f"a sketch of <x> -s2 -S 4 --init_img={init} --strength=0.5",
+                  "q"])
+    monkeypatch.setattr(dream, "stdin_is_terminal", lambda: True)
+    monkeypatch.setattr(builtins, "input", lambda prompt: next(lines))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = _run("--quiet", "generate", "--model", tiny_flux_dir, "-e", emb, "--token", "<x>", "--out",
+                  tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    made = sorted(p.name for p in (tmp_path / "out").glob("*.png") if ".grid" not in p.name)
+    assert made == ["000001.3.png", "000002.4.png"]
+    assert all(_pixels(tmp_path / "out" / name).shape == (32, 32, 3) for name in made)
+
+
 @pytest.mark.parametrize("kind", ["sd3", "flux"])
 def test_resume_continues_exactly(kind, tiny_sd3_dir, tiny_flux_dir, tmp_path):
     """4 steps in one go equal 2 steps, a resume, and 2 more: the rows, bit for bit (Flux with T5 learning)."""
