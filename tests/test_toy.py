@@ -25,11 +25,19 @@ def test_world_is_deterministic_and_varied():
     assert corners.min() > 200 and (corners.max(axis=1) - corners.min(axis=1)).max() <= 20
 
 
-def test_world_has_six_colours_four_shapes_and_one_held_out_pair():
+def test_world_has_six_colours_four_shapes_and_four_held_out_pairs():
     assert len(world.COLOURS) >= 6 and len(world.SHAPES) >= 4
     assert len(world.pairs()) == len(world.COLOURS) * len(world.SHAPES)
-    assert world.HELD_OUT in world.pairs() and world.HELD_OUT not in world.pairs(include_held_out=False)
-    assert [(c, s) for _, c, s in world.sample(3, only=world.HELD_OUT)] == [world.HELD_OUT] * 3
+    # issue 21: four held-out pairs, each of another colour and shape, the demo's first
+    assert len(world.HELD_OUT) == 4 and world.HELD_OUT[0] == ("purple", "triangle")
+    assert len({c for c, _ in world.HELD_OUT}) == 4 and len({s for _, s in world.HELD_OUT}) == 4
+    seen = world.pairs(include_held_out=False)
+    assert len(seen) == len(world.pairs()) - 4
+    for pair in world.HELD_OUT:
+        assert pair in world.pairs() and pair not in seen
+        # every colour edit of a held-out concept (its shape in another colour) is a pair the model saw
+        assert all((c, pair[1]) in seen for c in world.COLOURS if c != pair[0])
+    assert [(c, s) for _, c, s in world.sample(3, only=world.HELD_OUT[0])] == [world.HELD_OUT[0]] * 3
     assert world.caption("red", "circle") == "a photo of a red circle"
 
 
@@ -87,7 +95,7 @@ def test_build_runs_end_to_end_on_a_tiny_shape(tmp_path):
     cfg = BuildConfig(images=48, vae_steps=2, vae_batch=4, unet_steps=2, unet_batch=4, warmup=1, shape=shape)
     lines: list[str] = []
     report = build(cfg, tmp_path / "m", log=lines.append)
-    assert report["held_out"] == list(world.HELD_OUT) and report["size_bytes"] > 0
+    assert report["held_out"] == [list(p) for p in world.HELD_OUT] and report["size_bytes"] > 0
     assert any(line.startswith("unet step 1/2") for line in lines)
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "m")
     assert pipe.vae.config.scaling_factor == pytest.approx(report["scaling_factor"])
@@ -106,7 +114,7 @@ def test_shipped_model_is_small_and_loads_with_diffusers():
     assert sum(p.stat().st_size for p in files) <= 20_000_000
     assert not [p for p in files if p.suffix in (".bin", ".pt", ".ckpt")]  # safetensors only
     info = json.loads((MODEL_DIR / "training.json").read_text())
-    assert info["held_out"] == list(world.HELD_OUT)
+    assert info["held_out"] == [list(p) for p in world.HELD_OUT]
     pipe = StableDiffusionPipeline.from_pretrained(MODEL_DIR)
     pipe.set_progress_bar_config(disable=True)
     images = pipe(

@@ -57,6 +57,7 @@ class DataConfig:
     flip_p: float = 0.5  # the paper code and the diffusers example both flip half the time
     repeats: int = 100
     batch_size: int = 2  # the paper code's v1-finetune.yaml
+    masks: bool = True  # a picture's NAME.mask.png beside it (white: the concept) restricts the loss to the concept
 
 
 @dataclass
@@ -71,6 +72,12 @@ class OptimConfig:
     adam_epsilon: float = 1.0e-8
     weight_decay: float = 0.01  # torch's AdamW default, which the paper code and diffusers use
     max_grad_norm: float = 0.0  # 0: no clipping
+    # The levers between identity and editability (training/levers.py; chosen by bench/learning.py):
+    embedding_reg_weight: float = 0.0  # pull toward the init word's vectors (the paper code's key, default 0)
+    norm_control: str = "none"  # none | vocab | cap: after each step, each vector's norm set to (vocab) or capped at
+    norm_cap: float = 1.0  # (cap) this many times the vocabulary's median norm (OneTrainer's preserve_embedding_norm)
+    ema_decay: float = 0.0  # 0: off; else also save an EMA of the vectors, <name>-ema.pt (OneTrainer: 0.999)
+    min_snr_gamma: float = 0.0  # 0: off; else Min-SNR-gamma loss weighting (invoke-training's default: 5)
 
 
 @dataclass
@@ -118,6 +125,7 @@ CHOICES = {
     "model.family": (None, *CONFIG_FOR),  # the families with a packaged config
     "personalization.learnable_property": ("object", "style"),
     "optim.lr_scheduler": ("constant", "linear", "cosine"),
+    "optim.norm_control": ("none", "vocab", "cap"),
     "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
     "log.report_to": ("none", "tensorboard", "wandb", "all"),
 }
@@ -371,6 +379,7 @@ def validate(cfg: Config) -> Config:
               "data.repeats", "optim.gradient_accumulation_steps", "log.num_images", "log.sample_steps")
     _non_negative(cfg, "optim.lr_warmup_steps", "optim.weight_decay", "optim.max_grad_norm", "log.save_every",
                   "log.image_every", "train.seed", "log.val_loss_every", "log.eval_every", "train.early_stop")
+    _levers(cfg.optim)
     _positive(cfg, "log.val_samples")
     if cfg.train.early_stop and not cfg.log.val_loss_every:
         raise ConfigError("`train.early_stop` needs the validation loss; set `log.val_loss_every` (e.g. 100)")
@@ -426,6 +435,24 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"--report-to {cfg.log.report_to} needs the {tracker} package: "
                               f"pip install 'textinv[{tracker}]'")
     return cfg
+
+
+def _levers(optim) -> None:
+    """The identity/editability levers' bounds (see OptimConfig)."""
+    _non_negative_values({"optim.embedding_reg_weight": optim.embedding_reg_weight,
+                          "optim.min_snr_gamma": optim.min_snr_gamma})
+    if not optim.norm_cap > 0:
+        raise ConfigError(f"`optim.norm_cap` is {optim.norm_cap}; it must be above 0 (a multiple of the "
+                          "vocabulary's median norm, e.g. 1.5)")
+    if not 0.0 <= optim.ema_decay < 1.0:
+        raise ConfigError(f"`optim.ema_decay` is {optim.ema_decay}; it must be in [0, 1) (0 turns the EMA off; "
+                          "OneTrainer uses 0.999)")
+
+
+def _non_negative_values(values: dict[str, float]) -> None:
+    for key, value in values.items():
+        if value < 0:
+            raise ConfigError(f"`{key}` is {value}; it must not be negative")
 
 
 def _finite(cfg: Config) -> None:
