@@ -57,17 +57,33 @@ def test_a_weight_scales_its_tokens_text_encoder_outputs_and_keeps_the_chunk_mea
     other tokens' outputs are not otherwise changed."""
     tok, te = tiny_pipe.tokenizer, tiny_pipe.text_encoder
     ids = tok("a photo of cat", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    cat = ids[0].tolist().index(tok.convert_tokens_to_ids("cat</w>"))
+    norm = next(m for name, m in te.named_modules() if name.endswith("final_layer_norm"))
+    saved = norm.bias.detach().clone()
+    try:
+        with torch.no_grad():  # a last layer norm with a bias, as CLIP's: the chunk's mean is not zero
+            norm.bias.copy_(0.3 + torch.rand(saved.shape, generator=torch.Generator().manual_seed(0)))
+            z = te(ids)[0]
+        expected = z.clone()
+        expected[:, cat] *= 0.7
+        expected *= z.mean() / expected.mean()
+        got = encode_prompts(tiny_pipe, "a photo of (cat:0.7)", "")["prompt_embeds"]
+        assert got.shape == z.shape
+        assert torch.allclose(got, expected, atol=1e-6)
+        assert got.mean() == pytest.approx(float(z.mean()), rel=1e-5)
+        # without weights the embeddings are the plain encoding, exactly
+        assert torch.equal(encode_prompts(tiny_pipe, "a photo of cat", "")["prompt_embeds"], z)
+    finally:
+        with torch.no_grad():
+            norm.bias.copy_(saved)
+    # a layer norm without bias (the tiny and toy models'): every token's output has mean 0, so the chunk's mean
+    # is a rounding error and is not "restored"; only the weighted tokens change
     with torch.no_grad():
         z = te(ids)[0]
-    cat = ids[0].tolist().index(tok.convert_tokens_to_ids("cat</w>"))
     expected = z.clone()
     expected[:, cat] *= 0.7
-    expected *= z.mean() / expected.mean()
     got = encode_prompts(tiny_pipe, "a photo of (cat:0.7)", "")["prompt_embeds"]
-    assert got.shape == z.shape
     assert torch.allclose(got, expected, atol=1e-6)
-    # without weights the embeddings are the plain encoding, exactly
-    assert torch.equal(encode_prompts(tiny_pipe, "a photo of cat", "")["prompt_embeds"], z)
 
 
 def test_plain_prompts_go_to_the_pipeline_as_text(tiny_pipe):

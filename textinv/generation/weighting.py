@@ -12,7 +12,9 @@ default), which ComfyUI's `(word:weight)` follows too:
   concatenated along the token axis, so the UNet attends to every token of a long prompt.
 - A weight scales the text encoder's *output* vectors of its tokens (not the learned input vectors: for that, see
   `textinv convert --strength`); then the whole chunk is rescaled so that its mean is what it was before
-  weighting. So `(*:0.7)` makes the placeholder's tokens count for less against the rest of the prompt.
+  weighting (skipped when that mean is zero to float precision, as with the toy model's text encoder, whose
+  last layer norm has no bias: the ratio of two rounding errors would scale the prompt at random). So `(*:0.7)`
+  makes the placeholder's tokens count for less against the rest of the prompt.
 - A multi-vector placeholder is expanded to all its tokens first (diffusers' `maybe_convert_prompt`), and they
   share its weight.
 
@@ -155,10 +157,11 @@ def _encode(text_encoder, penultimate: bool, chunk_list, n_chunks: int, empty) -
         if pooled is None:
             pooled = out[0]
         w = torch.tensor(weights, device=device, dtype=z.dtype)[None, :, None]
-        before = z.mean()
+        before, scale = z.mean(), z.abs().mean()
         z = z * w
-        after = z.mean()  # AUTOMATIC1111's "Original" emphasis: the chunk keeps its mean
-        zs.append(z * (before / after) if after.abs() > 1e-12 else z)
+        after = z.mean()  # AUTOMATIC1111's "Original" emphasis: the chunk keeps its mean, unless that mean is zero
+        # to float precision (a last layer norm without bias, as the toy model's): then the ratio would be noise
+        zs.append(z * (before / after) if min(before.abs(), after.abs()) > 1e-4 * scale else z)
     return torch.cat(zs, dim=1), pooled
 
 
