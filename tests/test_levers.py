@@ -114,6 +114,23 @@ def test_training_keeps_every_norm_within_its_bound(tmp_path, tiny_model_dir, im
         assert (norms <= 0.5 * median * (1 + 1e-4)).all(), (norms, median)
 
 
+def test_max_drift_keeps_each_vector_within_its_radius_of_the_init_vector():
+    init = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    levers = Levers(init=init.clone(), columns=[slice(0, 2)], medians=[2.0], max_drift=0.25)  # radius 0.5
+    rows = torch.tensor([[1.0, 3.0], [0.3, 1.0]])  # drifts 3 (too far) and 0.3 (inside)
+    levers.after_step(rows)
+    assert torch.allclose(rows, torch.tensor([[1.0, 0.5], [0.3, 1.0]]))
+
+
+def test_training_keeps_every_vector_within_max_drift(tmp_path, tiny_model_dir, images):
+    init, median = _init_vectors(tiny_model_dir, n=2), _vocab_median(tiny_model_dir)
+    _, free = _train(tmp_path, tiny_model_dir, images, "free", "personalization.num_vectors_per_token=2")
+    _, held = _train(tmp_path, tiny_model_dir, images, "held", "personalization.num_vectors_per_token=2",
+                     "optim.max_drift=0.1")
+    assert ((free - init).norm(dim=1) > 0.1 * median).all()  # unbounded, it goes further
+    assert ((held - init).norm(dim=1) <= 0.1 * median * (1 + 1e-4)).all()
+
+
 # --- EMA ---------------------------------------------------------------------------------------------------------
 
 
@@ -292,6 +309,7 @@ def test_a_mask_that_does_not_fit_its_picture_is_one_clear_line(tmp_path, tiny_m
     ("optim.min_snr_gamma=-5", "must not be negative"),
     ("optim.ema_decay=1", "must be in [0, 1)"),
     ("optim.norm_cap=0", "must be above 0"),
+    ("optim.max_drift=-0.1", "must not be negative"),
     ("optim.norm_control=median", "must be one of none | vocab | cap"),
 ])
 def test_lever_bounds(item, message):

@@ -76,6 +76,7 @@ class OptimConfig:
     embedding_reg_weight: float = 0.0  # pull toward the init word's vectors (the paper code's key, default 0)
     norm_control: str = "none"  # none | vocab | cap: after each step, each vector's norm set to (vocab) or capped at
     norm_cap: float = 1.0  # (cap) this many times the vocabulary's median norm (OneTrainer's preserve_embedding_norm)
+    max_drift: float = 0.0  # 0: off; else keep each vector within this many vocabulary median norms of its init
     ema_decay: float = 0.0  # 0: off; else also save an EMA of the vectors, <name>-ema.pt (OneTrainer: 0.999)
     min_snr_gamma: float = 0.0  # 0: off; else Min-SNR-gamma loss weighting (invoke-training's default: 5)
 
@@ -440,7 +441,7 @@ def validate(cfg: Config) -> Config:
 def _levers(optim) -> None:
     """The identity/editability levers' bounds (see OptimConfig)."""
     _non_negative_values({"optim.embedding_reg_weight": optim.embedding_reg_weight,
-                          "optim.min_snr_gamma": optim.min_snr_gamma})
+                          "optim.min_snr_gamma": optim.min_snr_gamma, "optim.max_drift": optim.max_drift})
     if not optim.norm_cap > 0:
         raise ConfigError(f"`optim.norm_cap` is {optim.norm_cap}; it must be above 0 (a multiple of the "
                           "vocabulary's median norm, e.g. 1.5)")
