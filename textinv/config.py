@@ -72,8 +72,7 @@ class OptimConfig:
     adam_epsilon: float = 1.0e-8
     weight_decay: float = 0.01  # torch's AdamW default, which the paper code and diffusers use
     max_grad_norm: float = 0.0  # 0: no clipping
-    # The levers between identity and editability (training/levers.py; chosen by bench/learning.py):
-    embedding_reg_weight: float = 0.0  # pull toward the init word's vectors (the paper code's key, default 0)
+    embedding_reg_weight: float = 0.0  # pull toward the init vectors (the paper code's key); levers: training/levers.py
     norm_control: str = "none"  # none | vocab | cap: after each step, each vector's norm set to (vocab) or capped at
     norm_cap: float = 1.0  # (cap) this many times the vocabulary's median norm (OneTrainer's preserve_embedding_norm)
     max_drift: float = 0.0  # 0: off; else keep each vector within this many vocabulary median norms of its init
@@ -438,22 +437,13 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def _levers(optim) -> None:
-    """The identity/editability levers' bounds (see OptimConfig)."""
-    _non_negative_values({"optim.embedding_reg_weight": optim.embedding_reg_weight,
-                          "optim.min_snr_gamma": optim.min_snr_gamma, "optim.max_drift": optim.max_drift})
-    if not optim.norm_cap > 0:
-        raise ConfigError(f"`optim.norm_cap` is {optim.norm_cap}; it must be above 0 (a multiple of the "
-                          "vocabulary's median norm, e.g. 1.5)")
-    if not 0.0 <= optim.ema_decay < 1.0:
-        raise ConfigError(f"`optim.ema_decay` is {optim.ema_decay}; it must be in [0, 1) (0 turns the EMA off; "
-                          "OneTrainer uses 0.999)")
-
-
-def _non_negative_values(values: dict[str, float]) -> None:
-    for key, value in values.items():
-        if value < 0:
-            raise ConfigError(f"`{key}` is {value}; it must not be negative")
+def _levers(o) -> None:
+    """The identity/editability levers' bounds (`o`: the optim config)."""
+    _non_negative(Config(optim=o), "optim.embedding_reg_weight", "optim.min_snr_gamma", "optim.max_drift")
+    if not o.norm_cap > 0:
+        raise ConfigError(f"`optim.norm_cap` is {o.norm_cap}; it must be above 0 (vocabulary median norms, e.g. 1.5)")
+    if not 0.0 <= o.ema_decay < 1.0:
+        raise ConfigError(f"`optim.ema_decay` is {o.ema_decay}; it must be in [0, 1) (0: off; OneTrainer: 0.999)")
 
 
 def _finite(cfg: Config) -> None:

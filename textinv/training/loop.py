@@ -88,8 +88,8 @@ class Forward:
     def __call__(self, noisy, timesteps, ids, target, mask=None) -> torch.Tensor:
         m, gamma = self.model, self.optim.min_snr_gamma if self.optim is not None else 0.0
         weights = min_snr_weights(m.noise_scheduler.alphas_cumprod, timesteps, gamma, m.prediction) if gamma else None
-        return compute_loss(m.pipe.unet, m.condition, noisy, timesteps, ids, target, m.precision, m.device,
-                            weights=weights, mask=mask)
+        extra = {k: v for k, v in (("weights", weights), ("mask", mask)) if v is not None}
+        return compute_loss(m.pipe.unet, m.condition, noisy, timesteps, ids, target, m.precision, m.device, **extra)
 
 
 def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path | None = None) -> RunResult:
