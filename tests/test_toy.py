@@ -205,7 +205,8 @@ def test_demo_runs_torch_on_one_thread_and_reports_through_the_reporter(tmp_path
     assert result.picture == tmp_path / "demo.png" and result.steps == 2
     assert sorted(p.name for p in (tmp_path / "inputs").glob("*.png")) == sorted(p.name for p in result.inputs)
     assert len(result.inputs) == 4 and result.embedding.is_file()
-    assert Image.open(result.picture).size[0] > 3 * 2 * 96  # three columns of two pictures each
+    assert Image.open(result.picture).size[0] > 4 * 2 * 96  # four columns of two pictures each (issue 21: edits)
+    assert result.edit_prompt == "a photo of a <colour> *" and 0 <= result.edit_match <= 1
     assert heard.threads == {demo.THREADS} == {1}
     assert {"train", "images", "steps"} <= set(heard.tasks)
     stages = [m for m in heard.messages if m.startswith(("wrote 4 pictures", "learned *", "generating 2 pictures"))]
