@@ -42,7 +42,7 @@ SMALL = (8.0, 13.0)  # "drawn differently": shapes 8-13 px instead of the render
 # name -> the config keys it sets over configs/toy.yaml (as `--set` takes them)
 TRAINED = {
     "baseline (toy.yaml before)": ["optim.ema_decay=0.99", "optim.embedding_reg_weight=0", "optim.norm_control=none",
-                                   "optim.min_snr_gamma=0", "train.max_steps=300"],
+                                   "optim.min_snr_gamma=0", "optim.max_drift=0", "train.max_steps=300"],
     "reg 0.01": ["optim.embedding_reg_weight=0.01"],
     "reg 0.1": ["optim.embedding_reg_weight=0.1"],
     "reg 0.15": ["optim.embedding_reg_weight=0.15"],
@@ -58,6 +58,9 @@ TRAINED = {
     "1 vector drift 0.35": ["optim.embedding_reg_weight=0", "optim.max_drift=0.35",
                              "personalization.num_vectors_per_token=1"],
     "4 vectors reg 0.2": ["optim.embedding_reg_weight=0.2", "personalization.num_vectors_per_token=4"],
+    "4 vectors reg 0.3": ["optim.embedding_reg_weight=0.3", "personalization.num_vectors_per_token=4"],
+    "4 vectors drift 0.35": ["optim.embedding_reg_weight=0", "optim.max_drift=0.35",
+                             "personalization.num_vectors_per_token=4"],
     "norm = vocab": ["optim.norm_control=vocab"],
     "norm cap 1.5x": ["optim.norm_control=cap", "optim.norm_cap=1.5"],
     "min-SNR 5": ["optim.min_snr_gamma=5"],
@@ -89,16 +92,16 @@ class Job:
         return f"{self.stage}|{self.lever}|{' '.join(self.concept)}|{self.seed}"
 
 
-def jobs(stage: str, seeds: int, levers: list[str]) -> list[Job]:
+def jobs(stage: str, seeds: int, levers: list[str], concepts: int = 2) -> list[Job]:
     found = []
     if stage == "choose":
-        for concept in CHOOSE:
+        for concept in CHOOSE[:concepts]:
             for seed in range(seeds):
                 for lever in levers:
                     base = TRAINED["baseline (toy.yaml before)"]
                     found.append(Job("choose", lever, concept, seed, base + TRAINED[lever], concept[1]))
     else:
-        for concept in CHECK:
+        for concept in CHECK[:concepts]:
             for seed in range(seeds):
                 found.append(Job("check", "toy.yaml", concept, seed, [], concept[1]))
                 found.append(Job("check-different", "toy.yaml", concept, seed, [], "shape", SMALL, CHECK_TEMPLATES))
@@ -146,7 +149,7 @@ def judge(pipe, embedding: Path, job: Job, *, strength: float = 1.0, weight: flo
             "norm": float(emb.tokens[0].vectors.norm(dim=1).mean())}
 
 
-def run(stage: str, seeds: int, out: Path, levers: list[str]) -> None:
+def run(stage: str, seeds: int, out: Path, levers: list[str], concepts: int = 2) -> None:
     from textinv.models.loading import load_pipeline
 
     torch.set_num_threads(1)  # the toy model's tensors are small; one thread does not collapse under load
@@ -154,7 +157,7 @@ def run(stage: str, seeds: int, out: Path, levers: list[str]) -> None:
     results = out / "results.jsonl"
     done = {json.loads(line)["key"] for line in results.read_text().splitlines()} if results.exists() else set()
     pipe = load_pipeline("toy")
-    for job in jobs(stage, seeds, levers):
+    for job in jobs(stage, seeds, levers, concepts):
         if job.key in done:
             continue
         t0 = time.perf_counter()
@@ -227,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench-levers"))
     parser.add_argument("--levers", default=",".join(TRAINED), help="for choose: which trained levers")
+    parser.add_argument("--concepts", type=int, default=2, help="how many of the stage's held-out concepts")
     parser.add_argument("--plot", type=Path, help="draw the trade-off picture here (report)")
     args = parser.parse_args(argv)
     if args.stage == "report":
@@ -239,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [name for name in levers if name not in TRAINED]
     if unknown:
         sys.exit(f"unknown lever(s) {unknown}; known: {list(TRAINED)}")
-    run(args.stage, args.seeds, args.out, levers)
+    run(args.stage, args.seeds, args.out, levers, args.concepts)
 
 
 if __name__ == "__main__":
