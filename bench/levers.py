@@ -61,6 +61,10 @@ TRAINED = {
     "4 vectors reg 0.3": ["optim.embedding_reg_weight=0.3", "personalization.num_vectors_per_token=4"],
     "4 vectors drift 0.35": ["optim.embedding_reg_weight=0", "optim.max_drift=0.35",
                              "personalization.num_vectors_per_token=4"],
+    "4 vectors drift 0.3": ["optim.embedding_reg_weight=0", "optim.max_drift=0.3",
+                            "personalization.num_vectors_per_token=4"],
+    "3 vectors drift 0.35": ["optim.embedding_reg_weight=0", "optim.max_drift=0.35",
+                             "personalization.num_vectors_per_token=3"],
     "norm = vocab": ["optim.norm_control=vocab"],
     "norm cap 1.5x": ["optim.norm_control=cap", "optim.norm_cap=1.5"],
     "min-SNR 5": ["optim.min_snr_gamma=5"],
@@ -189,16 +193,18 @@ def table(out: Path) -> list[dict]:
         rows.append({"stage": stage, "lever": lever, "runs": len(rs), "identity": statistics.mean(ids),
                      "identity_min": min(ids), "editability": statistics.mean(eds), "editability_min": min(eds),
                      "norm": statistics.mean(r["norm"] for r in rs),
-                     "concepts": sorted({r["concept"] for r in rs})})
+                     "concepts": sorted({r["concept"] for r in rs}),
+                     "per_seed": ", ".join(f"{r['identity']:.0%} / {r['editability']:.0%}"
+                                           for r in sorted(rs, key=lambda r: (r["concept"], r["seed"])))})
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| stage | lever | runs | identity (mean, min) | editability (mean, min) | vector norm |")
-    print("|---|---|---|---|---|---|")
+    print("| stage | lever | runs | identity, mean (min) | editability, mean (min) | each run | vector norm |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['stage']} | {r['lever']} | {r['runs']} | {r['identity']:.0%} ({r['identity_min']:.0%}) | "
-              f"{r['editability']:.0%} ({r['editability_min']:.0%}) | {r['norm']:.3f} |")
+              f"{r['editability']:.0%} ({r['editability_min']:.0%}) | {r['per_seed']} | {r['norm']:.3f} |")
 
 
 def plot(rows: list[dict], path: Path) -> None:
