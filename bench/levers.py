@@ -42,7 +42,8 @@ SMALL = (8.0, 13.0)  # "drawn differently": shapes 8-13 px instead of the render
 # name -> the config keys it sets over configs/toy.yaml (as `--set` takes them)
 TRAINED = {
     "baseline (toy.yaml before)": ["optim.ema_decay=0.99", "optim.embedding_reg_weight=0", "optim.norm_control=none",
-                                   "optim.min_snr_gamma=0", "optim.max_drift=0", "train.max_steps=300"],
+                                   "optim.min_snr_gamma=0", "optim.max_drift=0", "train.max_steps=300",
+                                   "personalization.num_vectors_per_token=2"],
     "reg 0.01": ["optim.embedding_reg_weight=0.01"],
     "reg 0.1": ["optim.embedding_reg_weight=0.1"],
     "reg 0.15": ["optim.embedding_reg_weight=0.15"],
@@ -194,7 +195,7 @@ def table(out: Path) -> list[dict]:
                      "identity_min": min(ids), "editability": statistics.mean(eds), "editability_min": min(eds),
                      "norm": statistics.mean(r["norm"] for r in rs),
                      "concepts": sorted({r["concept"] for r in rs}),
-                     "per_seed": ", ".join(f"{r['identity']:.0%} / {r['editability']:.0%}"
+                     "per_seed": ", ".join(f"s{r['seed']} {r['identity']:.0%} / {r['editability']:.0%}"
                                            for r in sorted(rs, key=lambda r: (r["concept"], r["seed"])))})
     return rows
 
@@ -213,12 +214,19 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    fig, ax = plt.subplots(figsize=(8, 5.2), dpi=110)
+    at: dict[tuple[float, float], list[str]] = {}  # levers at the same point share one label
     for r in rows:
-        marker = {"choose": "o", "check": "s", "check-different": "D"}.get(r["stage"], "o")
+        marker = {"choose": "o", "check": "s"}.get(r["stage"], "D")
         ax.scatter(r["editability"], r["identity"], marker=marker, s=36)
-        ax.annotate(r["lever"] if r["stage"] == "choose" else f"{r['lever']} ({r['stage']})",
-                    (r["editability"], r["identity"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        name = r["lever"] if r["stage"] == "choose" else f"{r['lever']} ({r['stage']})"
+        at.setdefault((round(r["editability"], 2), round(r["identity"], 2)), []).append(name)
+    top = 0
+    for (x, y), names in sorted(at.items()):
+        if y >= 0.97:  # the crowded top row: labels stacked below it
+            top += 1
+        ax.annotate(", ".join(names), (x, y), fontsize=7, xytext=(4, 3 if y < 0.97 else -10 * top),
+                    textcoords="offset points", arrowprops={"arrowstyle": "-", "lw": 0.4} if y >= 0.97 else None)
     ax.axhline(0.9, color="grey", lw=0.6, ls="--")
     ax.axvline(0.6, color="grey", lw=0.6, ls="--")
     ax.set_xlabel("editability: 'a photo of a <colour> *' in the colour asked for")
