@@ -12,9 +12,9 @@ Use-time levers need no training: the baseline's vectors blended toward the init
 --strength S`), the prompt weight `(*:w)`, and the EMA written beside the baseline's vectors.
 
 Stage `choose` runs on the first two held-out concepts (the ones the defaults are chosen on); stage `check` trains
-with the packaged toy config as it is on the other two, in two conditions: as in `choose`, and "drawn
-differently" (smaller shapes, so placed more widely; the init word `shape` instead of the shape's name; edit
-templates the choice never saw). Every result is appended to results.jsonl in --out, and a rerun skips what is
+with the packaged toy config as it is on the other two, in three conditions: as in `choose`; "drawn differently"
+(smaller shapes, so placed more widely, and edit templates the choice never saw); and the init word `shape`
+instead of the shape's name. Every result is appended to results.jsonl in --out, and a rerun skips what is
 there, so the bench can be stopped and continued. `--plot` draws docs/levers.png from the results.
 """
 
@@ -97,7 +97,8 @@ class Job:
         return f"{self.stage}|{self.lever}|{' '.join(self.concept)}|{self.seed}"
 
 
-def jobs(stage: str, seeds: int, levers: list[str], concepts: int = 2) -> list[Job]:
+def jobs(stage: str, seeds: int, levers: list[str], concepts: int = 2,
+         conditions: list[str] | None = None) -> list[Job]:
     found = []
     if stage == "choose":
         for concept in CHOOSE[:concepts]:
@@ -109,8 +110,10 @@ def jobs(stage: str, seeds: int, levers: list[str], concepts: int = 2) -> list[J
         for concept in CHECK[:concepts]:
             for seed in range(seeds):
                 found.append(Job("check", "toy.yaml", concept, seed, [], concept[1]))
-                found.append(Job("check-different", "toy.yaml", concept, seed, [], "shape", SMALL, CHECK_TEMPLATES))
-    return found
+                found.append(Job("check, drawn differently", "toy.yaml", concept, seed, [], concept[1], SMALL,
+                                 CHECK_TEMPLATES))
+                found.append(Job("check, init word shape", "toy.yaml", concept, seed, [], "shape"))
+    return [j for j in found if stage == "choose" or j.stage in conditions] if conditions else found
 
 
 def train_one(job: Job, work: Path) -> Path:
@@ -154,7 +157,8 @@ def judge(pipe, embedding: Path, job: Job, *, strength: float = 1.0, weight: flo
             "norm": float(emb.tokens[0].vectors.norm(dim=1).mean())}
 
 
-def run(stage: str, seeds: int, out: Path, levers: list[str], concepts: int = 2) -> None:
+def run(stage: str, seeds: int, out: Path, levers: list[str], concepts: int = 2,
+        conditions: list[str] | None = None) -> None:
     from textinv.models.loading import load_pipeline
 
     torch.set_num_threads(1)  # the toy model's tensors are small; one thread does not collapse under load
@@ -162,7 +166,7 @@ def run(stage: str, seeds: int, out: Path, levers: list[str], concepts: int = 2)
     results = out / "results.jsonl"
     done = {json.loads(line)["key"] for line in results.read_text().splitlines()} if results.exists() else set()
     pipe = load_pipeline("toy")
-    for job in jobs(stage, seeds, levers, concepts):
+    for job in jobs(stage, seeds, levers, concepts, conditions):
         if job.key in done:
             continue
         t0 = time.perf_counter()
@@ -245,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-levers"))
     parser.add_argument("--levers", default=",".join(TRAINED), help="for choose: which trained levers")
     parser.add_argument("--concepts", type=int, default=2, help="how many of the stage's held-out concepts")
+    parser.add_argument("--conditions", help="for check: which of its conditions (comma-separated; default all)")
     parser.add_argument("--plot", type=Path, help="draw the trade-off picture here (report)")
     args = parser.parse_args(argv)
     if args.stage == "report":
@@ -257,7 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [name for name in levers if name not in TRAINED]
     if unknown:
         sys.exit(f"unknown lever(s) {unknown}; known: {list(TRAINED)}")
-    run(args.stage, args.seeds, args.out, levers, args.concepts)
+    run(args.stage, args.seeds, args.out, levers, args.concepts,
+        args.conditions.split(",") if args.conditions else None)
 
 
 if __name__ == "__main__":
