@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch; override for a GPU, e.g. `make install TORCH="torch --index-url ..."`.
 TORCH ?= torch==2.13.0
 
-.PHONY: install test test-slow test-all lint demo bench bench-sd bench-levers gpu-check toy-model interop clean
+.PHONY: install test test-slow test-all lint demo bench bench-sd bench-levers gpu-check toy-model interop readers clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python bench/train_speed.py $(EXAMPLE)
 	$(BIN)/python bench/learning.py
 	$(BIN)/python bench/generate_speed.py
+	$(BIN)/python bench/startup.py
 
 # SD-scale training on random weights (hours on 2 CPU cores; builds 4-5 GB models in /tmp on first use)
 bench-sd: install
@@ -76,5 +77,15 @@ $(INTEROP_VENV)/.installed:
 	$(INTEROP_VENV)/bin/pip uninstall -q -y torchvision
 	touch $@
 
+# sd-prompt-reader, a PNG metadata reader from PyPI, pins pillow 10.3 and a Tk GUI toolkit, so it gets a venv of its
+# own; tests/test_png_metadata.py reads textinv's PNGs with it when this venv exists (about 40 MB).
+READERS_VENV ?= .venv-readers
+readers: $(READERS_VENV)/.installed
+
+$(READERS_VENV)/.installed:
+	$(PYTHON) -m venv $(READERS_VENV)
+	$(READERS_VENV)/bin/pip install -q sd-prompt-reader==1.3.5
+	touch $@
+
 clean:
-	rm -rf $(VENV) $(INTEROP_VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) $(INTEROP_VENV) $(READERS_VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import torch
 
+from textinv.errors import EmbeddingFormatError
 from textinv.formats.embedding import Embedding, Token
 from textinv.formats.files import load_embedding, save_embedding
+from textinv.formats.registry import FORMATS, WRITABLE
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real-embeddings"
 
@@ -44,11 +46,7 @@ def check(path: Path) -> str | None:
     The probe step is each TI config class's `from_model_on_disk` with the common fields its
     `ModelConfigFactory.build_common_fields` adds (the factory module itself imports torchvision, whose PyPI build
     does not load with the CPU torch this venv uses)."""
-    from invokeai.backend.model_manager.configs.textual_inversion import (
-        TI_File_SD1_Config,
-        TI_File_SD2_Config,
-        TI_File_SDXL_Config,
-    )
+    from invokeai.backend.model_manager.configs import textual_inversion as ti
     from invokeai.backend.model_manager.model_on_disk import ModelOnDisk
     from invokeai.backend.textual_inversion import TextualInversionModelRaw
 
@@ -57,7 +55,9 @@ def check(path: Path) -> str | None:
     fields = {"path": path.as_posix(), "source": path.as_posix(), "source_type": "path", "name": mod.name,
               "hash": mod.hash(), "key": "interop", "description": None, "file_size": mod.size()}
     matched = {}
-    for family, config in (("SD1.x", TI_File_SD1_Config), ("SD2.x", TI_File_SD2_Config), ("SDXL", TI_File_SDXL_Config)):
+    kind = "Folder" if path.is_dir() else "File"  # a concept folder: TI_Folder_*, which reads learned_embeds.bin
+    configs = [(f, getattr(ti, f"TI_{kind}_{b}_Config")) for f, b in (("SD1.x", "SD1"), ("SD2.x", "SD2"), ("SDXL", "SDXL"))]
+    for family, config in configs:
         try:
             matched[family] = config.from_model_on_disk(mod, dict(fields))
         except Exception as e:  # NotAMatchError: this base's probe refused the file
@@ -66,7 +66,7 @@ def check(path: Path) -> str | None:
         return "probe: " + "; ".join(f"{k}: {str(v).splitlines()[0]}" for k, v in matched.items())
     if matched[ours.family].name != path.stem:
         return f"probe named it {matched[ours.family].name!r}, not {path.stem!r}"
-    raw = TextualInversionModelRaw.from_checkpoint(path)
+    raw = TextualInversionModelRaw.from_checkpoint(path / "learned_embeds.bin" if path.is_dir() else path)
     tok = ours.tokens[0]
     # InvokeAI keeps SDXL's clip_g in `embedding` and clip_l in `embedding_2`
     pairs = [(raw.embedding, tok.vectors_2), (raw.embedding_2, tok.vectors)] if ours.is_sdxl else [(raw.embedding, tok.vectors)]
@@ -83,9 +83,33 @@ def refused_files(folder: Path) -> list[Path]:
                            format="diffusers-safetensors") for n in (1, 4)]
 
 
+def record_files(folder: Path) -> list[tuple[Path, bool]]:
+    """Every layout textinv writes, SD1.x/SD2.x/SDXL, one and four vectors, each with whether its format record
+    (and so the README's table) says InvokeAI loads it."""
+    out = []
+    for name in WRITABLE:
+        for widths in ((768, None), (1024, None), (768, 1280)):
+            for n in (1, 4):
+                emb = Embedding([Token("<cat>", torch.randn(n, widths[0]),
+                                       torch.randn(n, widths[1]) if widths[1] else None)])
+                stem = f"rec-{name}-{'+'.join(str(w) for w in widths if w)}-{n}".replace("+", "_")
+                try:
+                    path = save_embedding(emb, folder / f"{stem}{FORMATS[name].extension}", format=name)
+                except EmbeddingFormatError:  # a layout that cannot hold it (an SDXL PNG, ...)
+                    continue
+                out.append((path, "invokeai" in FORMATS[name].usage(path, emb)))
+    return out
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         failed = 0
+        for path, claimed in record_files(Path(tmp)):  # the records' claims, both ways
+            problem = check(path)
+            failed += (problem is None) != claimed
+            verdict = "loads" if problem is None else f"refused ({problem})"
+            print(f"{'ok  ' if (problem is None) == claimed else 'FAIL'} {path.name}: record says "
+                  f"{'loads' if claimed else 'refused'}, InvokeAI {verdict}")
         for path in written_files(Path(tmp)):
             problem = check(path)
             failed += problem is not None

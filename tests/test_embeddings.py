@@ -162,10 +162,14 @@ def test_safetensors_metadata_travels(tmp_path):
     assert kohya.source_format == "kohya" and kohya.tokens[0].name == "<cat>" and kohya.step == 500
 
 
-def test_pt_has_exactly_the_keys_automatic1111_reads(tmp_path):
+def test_pt_has_the_keys_automatic1111_reads_and_ours_of_strings(tmp_path):
     out = save_embedding(_emb(), tmp_path / "cat.pt")
     data = torch.load(out, weights_only=True, map_location="cpu")  # loads without any allow-listing
-    assert set(data) == {"string_to_token", "string_to_param", "name", "step", "sd_checkpoint", "sd_checkpoint_name"}
+    # AUTOMATIC1111's six keys, and (issue 23) `textinv`: strings only, which every loader skips
+    # (tests/test_provenance.py names each loader's rule)
+    assert set(data) == {"string_to_token", "string_to_param", "name", "step", "sd_checkpoint", "sd_checkpoint_name",
+                         "textinv"}
+    assert data["textinv"] == {"name": "cat", "init_words": {"<cat>": "cat"}}
     assert list(data["string_to_param"]) == ["*"] and data["string_to_param"]["*"].shape == (2, 32)
     assert int(data["string_to_token"]["*"]) == 265
     assert (data["name"], data["step"], data["sd_checkpoint"], data["sd_checkpoint_name"]) == (

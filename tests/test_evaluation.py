@@ -173,3 +173,24 @@ def test_on_the_toy_model_eval_measures_editability_with_colour_edits(tmp_path):
         assert row["editability"] == pytest.approx(sum(row["per_prompt"].values()) / len(TOY_EDIT_PROMPTS))
         assert all(v * (len(world.COLOURS) - 1) == int(v * (len(world.COLOURS) - 1)) for v in row["per_prompt"].values())
     assert any("editability the share" in n for n in out["notes"])
+
+
+def test_on_the_toy_model_eval_progress_counts_every_colour_edit(tmp_path):
+    """The progress's total is the images eval makes: the colour edits are one prompt per other colour."""
+    from textinv.evaluation.evaluate import EvalSettings, evaluate
+    from textinv.reporting import Reporter
+    from textinv.toy import proof
+
+    class Counting(Reporter):
+        def start(self, task, total, *, done=0, note=""):
+            self.total = total
+
+        def advance(self, task, done, **values):
+            self.done = done
+
+    concept = proof.write_concept(tmp_path / "pics")
+    emb = Embedding([Token("*", torch.zeros(1, 64))], init_words={"*": "triangle"})
+    path = save_embedding(emb, tmp_path / "e.safetensors")
+    seen = Counting()
+    evaluate([path], data=concept, model="toy", settings=EvalSettings(seeds=1, steps=2), reporter=seen)
+    assert seen.done == seen.total == 2 * (1 + len(TOY_EDIT_PROMPTS) * 5)  # init word + the file; 5 other colours

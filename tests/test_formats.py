@@ -209,6 +209,14 @@ def test_readme_format_table_matches_the_registry():
         assert line in readme, f"README's table of written formats is out of date; paste readme_table(): {line}"
 
 
+def test_readme_for_table_matches_the_registry():
+    from textinv.formats.registry import readme_for_table
+
+    readme = (ROOT / "README.md").read_text()
+    for line in readme_for_table().splitlines():
+        assert line in readme, f"README's --for table is out of date; paste readme_for_table(): {line}"
+
+
 def test_importing_embeddings_and_running_convert_import_no_transformers_or_toy(tmp_path):
     src = save_embedding(_emb(), tmp_path / "a.pt")
     code = (

@@ -25,7 +25,7 @@ from textinv.generation import dream
 from textinv.generation import session as session_module
 from textinv.generation.metadata import a1111_parameters, read_parameters
 from textinv.generation.sampling import GenerationParams, scheduler_name
-from textinv.hashing import embedding_hash
+from textinv.hashing import embedding_hash, sha256
 from textinv.models.loading import load_pipeline
 from textinv.progress import ImageProgress
 
@@ -108,6 +108,8 @@ def test_generate_writes_pngs_with_their_parameters(kind, model_args, emb_files,
         assert (params["Steps"], params["Sampler"], params["CFG scale"]) == ("2", "DDIM", "7.5")
         assert (params["Seed"], params["Size"]) == (str(seed), "32x48")
         assert params["Model"] == ("model" if kind == "ckpt" else model_args["folder"][1].split("/")[-1])
+        # AUTOMATIC1111's short hash of the checkpoint file (issue 24: generate passed the name, so it was never written)
+        assert params.get("Model hash") == (sha256(model_args["ckpt"][1])[:10] if kind == "ckpt" else None)
         hashes = {name: embedding_hash(emb_files[fmt]) for name, fmt in (("<p-bin>", "bin"), ("<p-pt>", "pt"))}
         assert params["TI hashes"] == ", ".join(f"{n}: {h}" for n, h in hashes.items())
         with Image.open(path) as im:
@@ -115,10 +117,30 @@ def test_generate_writes_pngs_with_their_parameters(kind, model_args, emb_files,
             assert im.info["Dream"] == dream_line
             meta = json.loads(im.info["sd-metadata"])
         assert meta["image"]["seed"] == seed and meta["image"]["type"] == "txt2img"
+        assert meta.get("model_hash") == (sha256(model_args["ckpt"][1]) if kind == "ckpt" else None)
     grid = out / "000001.11.grid.png"
     with Image.open(grid) as im:
         assert im.size == (64, 96)  # 3 images: 2 columns, 2 rows
     assert np.array_equal(_pixels(grid)[:48, 32:64], _pixels(images[1]))
+
+
+def test_the_checkpoint_is_hashed_once_and_left_out_chunks_are_named(model_args, tmp_path):
+    """Model hash through generate: a 7 GB checkpoint must not be hashed per image or per request, and a prompt
+    InvokeAI's readers would misread keeps only AUTOMATIC1111's chunk, with one note saying why."""
+    from textinv.hashing import _sha256
+
+    _sha256.cache_clear()
+    for n in (1, 2):
+        result = _run("generate", 'a "purple" cat', *model_args["ckpt"], "--negative", "blurry, [bad|worse], (ugly:1.3)",
+                      "-n", n, "-s", 1, "-W", 32, "-H", 32, "--out", tmp_path / f"out{n}")
+        assert result.exit_code == 0, result.output
+    assert _sha256.cache_info().misses == 1
+    assert "note: the PNGs leave out Dream: " in result.stderr and "sd-metadata: " in result.stderr
+    with Image.open(_pngs(tmp_path / "out2")[0]) as im:
+        assert set(im.info) & {"parameters", "Dream", "sd-metadata"} == {"parameters"}
+    params = read_parameters(_pngs(tmp_path / "out2")[1])
+    assert (params["Prompt"], params["Negative prompt"]) == ('a "purple" cat', "blurry, [bad|worse], (ugly:1.3)")
+    assert params["Model hash"] == sha256(model_args["ckpt"][1])[:10] and params["Model"] == "model"
 
 
 @pytest.mark.parametrize("kind", ["folder", "ckpt"])

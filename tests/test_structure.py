@@ -27,7 +27,8 @@ FLOORS = [
     ("evaluation", ["textinv.evaluation"]),
     ("training", ["textinv.training"]),
     ("toy apps", ["textinv.toy"]),
-    ("command line", ["textinv.progress", "textinv.cli_output", "textinv.cli", "textinv.__main__"]),
+    ("command line", ["textinv.progress", "textinv.cli_output", "textinv.cli", "textinv.__main__", "textinv.cli_setup",
+                      "textinv.cli_help"]),
 ]
 MAX_LINES = 500
 MAX_CLI_LINES = 700  # cli.py: the options of every command, and nothing else

@@ -99,7 +99,8 @@ def test_cli_run_writes_every_file(tmp_path, tiny_model_dir, images):
     assert images_written == ({f"{k}_gs-{s:06d}.png" for k in IMAGE_KEYS for s in (3, 6)}
                               | {f"conditioning_gs-{s:06d}.txt" for s in (3, 6)})
     with Image.open(run_dir / "images" / "samples_gs-000006.png") as im:
-        assert im.size == (64, 32)  # num_images=2 side by side at 32 px
+        # issue 23: 2 pictures side by side, each enlarged to 128 px or more, the sheet 256 px or more on its short side
+        assert im.size[0] >= 2 * 128 and min(im.size) >= 256
     assert [s for s, _, _ in read_losses(run_dir)] == [1, 2, 3, 4, 5, 6]
     assert (run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert (run_dir / "state.json").is_file()
@@ -107,7 +108,7 @@ def test_cli_run_writes_every_file(tmp_path, tiny_model_dir, images):
     emb = load_embedding(run_dir / "embeddings" / "my_cat.pt")
     assert [t.name for t in emb.tokens] == ["*"]
     assert emb.tokens[0].vectors.shape == (1, 32) and emb.tokens[0].vectors.dtype == torch.float32
-    assert emb.step == 6 and emb.base_model == str(tiny_model_dir)
+    assert emb.step == 6 and emb.base_model == tiny_model_dir.name  # the folder's name, not its path
     for other in ("my_cat.bin", "my_cat.safetensors"):
         assert torch.equal(load_embedding(run_dir / "embeddings" / other).tokens[0].vectors, emb.tokens[0].vectors)
 
@@ -212,11 +213,11 @@ def test_ctrl_c_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_di
     sets = ["--set", "train.max_steps=8", "--set", "log.save_every=5", "--set", "log.image_every=0",
             "--set", "optim.lr_scheduler=cosine", "--set", "optim.lr_warmup_steps=2"]
     cfg = str(tiny_config(tmp_path, tiny_model_dir))
-    whole = runner.invoke(app, ["train", str(images), "-i", "cat", "-c", cfg, "-n", "whole", *sets])
+    whole = runner.invoke(app, ["train", str(images), "-i", "cat", "-c", cfg, "--name", "whole", *sets])
     assert whole.exit_code == 0, whole.output
 
     monkeypatch.setattr(trainmod, "compute_loss", _InterruptAt(call=3))
-    cut = runner.invoke(app, ["train", str(images), "-i", "cat", "-c", cfg, "-n", "cut", *sets])
+    cut = runner.invoke(app, ["train", str(images), "-i", "cat", "-c", cfg, "--name", "cut", *sets])
     assert cut.exit_code == 130, cut.output
     (run_dir,) = (tmp_path / "logs").glob("cut_*")
     assert f"textinv train --resume {run_dir}" in cut.stderr
@@ -316,7 +317,7 @@ def test_two_placeholders_and_a_multi_token_init_word(tmp_path, tiny_model_dir):
     cfg = str(tiny_config(tmp_path, tiny_model_dir, log={"image_every": 0}))
     result = runner.invoke(app, [
         "train", str(cats), str(dogs), "-p", "<cat>", "-p", "<zebra>", "-i", "cat", "-i", "zebra", "-c", cfg,
-        "--set", "personalization.num_vectors_per_token=2", "-n", "pets"])
+        "--set", "personalization.num_vectors_per_token=2", "--name", "pets"])
     assert result.exit_code == 0, result.output
     # 'zebra' is not in the tiny vocabulary, so it is spelled byte by byte: z e b r a
     assert "init word 'zebra' is 5 tokens" in " ".join(result.stderr.split())
@@ -586,7 +587,8 @@ def test_conditioning_logs_the_prompts_drawn_and_every_placeholder_is_sampled(tm
     assert sum("cat" in p for p in prompts) >= 1 and sum("dog" in p for p in prompts) >= 1
     samples = Image.open(result.run_dir / "images" / "samples_gs-000003.png")
     inputs = Image.open(result.run_dir / "images" / "inputs_gs-000003.png")
-    assert samples.size == (2 * 32, 2 * 32) and inputs.size == (2 * 32, 2 * 32)
+    # 2 rows (placeholders) of 2 pictures, each shown at 128 px or more (issue 23; was 32 px a picture)
+    assert all(im.size[0] >= 2 * 128 and im.size[1] >= 2 * 128 for im in (samples, inputs))
 
 
 # --- issue 12: resume faults ----------------------------------------------------------------------------------------
@@ -712,9 +714,9 @@ def accelerate_launch(args: list[str], prefix: Path, n: int = 2) -> subprocess.C
 def test_two_processes_under_accelerate_launch_learn_what_one_process_learns(tmp_path, tiny_model_dir, images):
     cfg = str(tiny_config(tmp_path, tiny_model_dir, train={"max_steps": 4},
                           log={"save_every": 2, "image_every": 4, "formats": ["pt", "safetensors"]}))
-    one = runner.invoke(app, ["train", str(images), "-i", "cat", "-c", cfg, "-n", "one", "--set", "data.batch_size=2"])
+    one = runner.invoke(app, ["train", str(images), "-i", "cat", "-c", cfg, "--name", "one", "--set", "data.batch_size=2"])
     assert one.exit_code == 0, one.output
-    two = accelerate_launch(["train", str(images), "-i", "cat", "-c", cfg, "-n", "two", "--set", "data.batch_size=1"],
+    two = accelerate_launch(["train", str(images), "-i", "cat", "-c", cfg, "--name", "two", "--set", "data.batch_size=1"],
                             tmp_path / "rows")
     assert two.returncode == 0, two.stderr[-3000:]
     assert "effective batch 2 = 1 per process x 1 accumulation x 2 process(es)" in " ".join(two.stderr.split())
@@ -783,7 +785,7 @@ def test_sigkill_at_random_points_then_resume_ends_as_an_uninterrupted_run(tmp_p
 
     cfg = str(tiny_config(tmp_path, tiny_model_dir, train={"max_steps": 12},
                           log={"save_every": 2, "image_every": 4, "formats": ["pt", "bin", "safetensors"]}))
-    base = [str(images), "-i", "cat", "-c", cfg, "-n", "run"]
+    base = [str(images), "-i", "cat", "-c", cfg, "--name", "run"]
     whole = _train_process([*base, "-o", str(tmp_path / "whole")])
     assert whole.wait(timeout=600) == 0, whole.stderr.read()
     (whole_dir,) = (tmp_path / "whole").iterdir()

@@ -35,7 +35,9 @@ def test_validation_loss_is_logged_and_leaves_training_unchanged(tmp_path, tiny_
     assert all(v > 0 for _, v in rows)
 
     grid = Image.open(on.run_dir / "images" / "validation_gs-000003.png")
-    assert grid.size == (2 * 32, 2 * 32)  # num_images columns, one row per prompt
+    # num_images columns, one row per prompt, each picture shown at 128 px or more (issue 23; was 32 px)
+    assert grid.size[0] >= 2 * 128 and grid.size[1] >= 2 * 128
+    assert "a painting of *; * in the style" in grid.text["Description"]
     assert (on.run_dir / "images" / "validation_gs-000006.png").is_file()
 
     results = json.loads((on.run_dir / "eval.json").read_text())

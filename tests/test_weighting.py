@@ -128,7 +128,7 @@ def test_sdxl_weights_both_encoders_and_gives_the_pooled_embedding(tiny_sdxl_dir
 def test_generate_takes_weights_and_long_prompts_and_keeps_the_prompt_as_typed(tiny_model_dir, tmp_path):
     from textinv.generation.metadata import read_parameters
 
-    prompt = "a photo of (cat:0.6), " + "the dog " * 50
+    prompt = "a photo of (cat:0.6), " + " ".join(["the dog"] * 50)  # no end space: PNG readers strip it (issue 24)
     res = runner.invoke(app, ["generate", prompt, "--model", str(tiny_model_dir), "-n", "1", "-s", "2",
                               "--seed", "3", "--out", str(tmp_path), "--json"])
     assert res.exit_code == 0, res.output
@@ -137,7 +137,7 @@ def test_generate_takes_weights_and_long_prompts_and_keeps_the_prompt_as_typed(t
     from PIL import Image
 
     assert read_parameters(made["path"])["Prompt"] == prompt
-    plain = runner.invoke(app, ["generate", "a photo of cat, " + "the dog " * 50, "--model", str(tiny_model_dir),
+    plain = runner.invoke(app, ["generate", "a photo of cat, " + " ".join(["the dog"] * 50), "--model", str(tiny_model_dir),
                                 "-n", "1", "-s", "2", "--seed", "3", "--out", str(tmp_path / "plain")])
     assert plain.exit_code == 0, plain.output
     import numpy as np

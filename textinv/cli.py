@@ -6,7 +6,6 @@ import contextlib
 import os
 import sys
 import warnings
-from collections.abc import Iterator
 from enum import Enum
 from functools import partial
 from pathlib import Path
@@ -16,6 +15,7 @@ import typer
 from rich.markup import escape
 
 from textinv import __version__
+from textinv.cli_help import Group
 from textinv.cli_output import (
     err,
     info,
@@ -23,14 +23,17 @@ from textinv.cli_output import (
     print_error,
     print_eval,
     print_json,
+    say_loading,
     show_warning,
     state,
     user_errors,
 )
+from textinv.cli_setup import is_main_process, quiet_libraries, sigterm_as_interrupt
 from textinv.errors import TextinvError, UsageError
 from textinv.formats import SHORTHANDS, TOOLS, WRITE_NAMES
 
 app = typer.Typer(
+    cls=Group,
     name="textinv",
     help="Textual inversion for Stable Diffusion: teach a model a new word from a few pictures.",
     rich_markup_mode="rich",
@@ -50,47 +53,18 @@ def _version(value: bool) -> None:
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks (also TEXTINV_DEBUG=1).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show other libraries' warnings, logs "
+                                          "and progress bars.")] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
     """Textual inversion for Stable Diffusion: teach a model a new word from a few pictures."""
     state["debug"] = debug or bool(os.environ.get("TEXTINV_DEBUG"))
-    state["quiet"] = quiet
+    state["quiet"] = quiet or not is_main_process()  # under accelerate launch, the first process speaks
+    state["verbose"] = verbose or state["debug"]
+    out.quiet = not is_main_process()
     warnings.showwarning = show_warning
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """A kill (SIGTERM) ends the command as Ctrl-C does: cleanup runs, finished files stay, exit 130."""
-    import signal
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _quiet_libraries() -> None:
-    """diffusers and transformers print loading bars and notices; the CLI reports progress itself. Set here, in
-    the commands that load a model, so that the library never changes another library's global logging."""
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    # diffusers 0.42 renamed torch_dtype to dtype; torch_dtype works in every version we support (>= 0.30)
-    warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
 
 
 # --- embeddings: inspect, convert, merge -------------------------------------------------------------------
@@ -116,6 +90,8 @@ def inspect(
         from textinv.models.loading import load_pipeline
         from textinv.models.vocabulary import diagnose
 
+        quiet_libraries(state["verbose"])
+        say_loading(model)
         with user_errors():
             check = partial(diagnose, pipe=load_pipeline(model))
     failed = 0
@@ -134,7 +110,7 @@ def inspect(
 WriteFormat = Enum("WriteFormat", {n: n for n in (*WRITE_NAMES, *SHORTHANDS)}, type=str)
 ForTool = Enum("ForTool", {n: n for n in TOOLS}, type=str)
 
-ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite the output if it exists.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite the output if it exists.")]
 ToOpt = Annotated[
     WriteFormat | None,
     typer.Option("--to", help="Output layout (default: from the extension; pt/bin/safetensors/png are shorthands)."),
@@ -253,12 +229,12 @@ def fetch(
     ] = None,
     *,
     search: Annotated[
-        str | None, typer.Option("--search", "-s", metavar="WORD", help="List concepts whose name has WORD.")
+        str | None, typer.Option("--search", metavar="WORD", help="List concepts whose name has WORD.")
     ] = None,
     limit: Annotated[int, typer.Option(min=1, help="With --search: at most this many results.")] = 20,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="The embeddings folder to save into.")] = Path("embeddings"),
     to: Annotated[FetchFormat | None, typer.Option(help="Save in this format (default: as on the hub).")] = None,
-    force: Annotated[bool, typer.Option("--force", "-f", help="Fetch again even if already there.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Fetch again even if already there.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Fetch a concept from the Hugging Face hub (sd-concepts-library) into the embeddings folder, or search it.
@@ -438,7 +414,8 @@ def _images(o: dict) -> None:
         check_out_dir(o["out_dir"])
         if o["prompt"] is None and not dream.stdin_is_terminal():
             raise UsageError('no PROMPT given and stdin is not a terminal; pass one: textinv generate "a photo of *"')
-        _quiet_libraries()
+        quiet_libraries(state["verbose"])
+        say_loading(o["model"])
         session = Session.open(o["model"], model_config=o["model_config"], device=o["device"], dtype=o["dtype"],
                                embeddings=o["embedding"] or [], tokens=o["token"], reporter=reporter)
         if o["prompt"] is not None:
@@ -462,8 +439,11 @@ def _images(o: dict) -> None:
 def _make(session, o: dict, reporter) -> None:
     """One prompt's images: make and save them, then print their paths (or JSON lines) and the contact sheet's."""
     from textinv.generation.dream import request_of
+    from textinv.generation.metadata import left_out
 
     made = session.make(request_of(o), o["out_dir"], grid=False if o["no_grid"] else None, reporter=reporter)
+    if made.images and (skipped := left_out(made.images[0].params)):  # chunks their readers would misread
+        info("note: the PNGs leave out " + "; ".join(f"{chunk}: {why}" for chunk, why in skipped.items()))
     for image, path in zip(made.images, made.paths, strict=True):
         if o["as_json"]:
             print_json({"path": str(path), "seed": image.seed, "prompt": o["prompt"]})
@@ -504,7 +484,7 @@ def train(
                      show_default=False),
     ] = None,
     name: Annotated[
-        str | None, typer.Option("--name", "-n", help="Run name \\[default: the folder's name].",
+        str | None, typer.Option("--name", help="Run name \\[default: the folder's name].",
                                  rich_help_panel="Output", show_default=False),
     ] = None,
     config: Annotated[
@@ -524,7 +504,7 @@ def train(
     ] = None,
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override any config key, e.g. optim.learning_rate=1e-3.",
+        typer.Option("--set", metavar="KEY=VALUE", help="Override any config key, e.g. optim.learning_rate=1e-3.",
                      rich_help_panel="Training", show_default=False),
     ] = None,
     device: Annotated[
@@ -541,14 +521,15 @@ def train(
                                  rich_help_panel="Output", show_default=False),
     ] = None,
     gradient_checkpointing: Annotated[
-        bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing",
-                                  help="Recompute the UNet's activations in the backward pass: less memory, slower.",
-                                  rich_help_panel="Training", show_default=False),
-    ] = None,
+        bool, typer.Option("--gradient-checkpointing", help="Recompute the UNet's activations in the backward pass: "
+                           "less memory, slower.", rich_help_panel="Training", show_default=False),
+    ] = False,
     resume: Annotated[
         Path | None, typer.Option("--resume", metavar="LOGDIR", help="Continue a run from its last checkpoint.",
                                   rich_help_panel="Training", show_default=False),
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object at the end: the run folder, the "
+                                          "final files, the steps, the final loss.", rich_help_panel="Output")] = False,
 ) -> None:
     """Learn an embedding from a folder of images. Example: textinv train ./my_cat --init-word cat
 
@@ -563,11 +544,11 @@ def train(
     given = {"DIR": [str(d) for d in data_dirs] if data_dirs else None, "--init-word": init_word or None,
              "--placeholder": placeholder or None, "--name": name, "--config": config, "--model": model,
              "--model-config": str(model_config) if model_config else None, "--set": set_, "--device": device,
-             "--out": out_dir or output_dir, "--report-to": report_to, "--gradient-checkpointing": gradient_checkpointing}
+             "--out": out_dir or output_dir, "--report-to": report_to,
+             "--gradient-checkpointing": gradient_checkpointing or None}
     with user_errors():
         if resume is not None:  # only --max-steps may change; any other option is refused by name
-            others = {**given, "--gradient-checkpointing": gradient_checkpointing is not None}
-            cfg = resume_config(resume, max_steps=max_steps, others=others)
+            cfg = resume_config(resume, max_steps=max_steps, others=given)
         else:
             notes: list[str] = []
             keys = {_TRAIN_KEYS[f]: v for f, v in given.items() if f in _TRAIN_KEYS}
@@ -575,8 +556,11 @@ def train(
             check_image_folders(cfg.data)
             for note in notes:
                 info(f"[yellow]note:[/yellow] {escape(note)}")
-        _quiet_libraries()
+        quiet_libraries(state["verbose"])
+        say_loading(cfg.model.source)
         result = run_training(cfg, reporter=TrainProgress(err, quiet=state["quiet"]), resume=resume)
+    if as_json:
+        return print_json(result.to_json())
     out.print(f"{result.embedding_path}", highlight=False)
     info(f"trained to step {result.step}; run folder {result.run_dir}")
 
@@ -597,7 +581,7 @@ def demo(
     from textinv.toy.demo import run_demo
 
     quiet = state["quiet"]
-    _quiet_libraries()
+    quiet_libraries(state["verbose"])
     with user_errors():
         result = run_demo(
             output or out_dir,
@@ -648,13 +632,14 @@ def eval_(
     Generates SEEDS images of 'a photo of *' and of edit prompts ('* on a beach', 'a blue *', ...) for each checkpoint and the init word; identity is CLIP (and DINO) similarity to the training pictures, editability CLIP similarity to the prompt with * replaced by the init word. On --model toy the toy's judge scores both: the concept in 'a photo of *', the asked colour in 'a photo of a <colour> *'.
     """
     from textinv.evaluation import evaluate as evaluation
-    from textinv.progress import CountProgress
+    from textinv.progress import EvalProgress
 
     settings = evaluation.EvalSettings(seeds=seeds, seed=seed, steps=steps, cfg=cfg, margin=margin,
                                        clip=None if clip == "none" else clip, dino=None if dino == "none" else dino)
+    quiet_libraries(state["verbose"])
     with user_errors():
         result = evaluation.evaluate(targets, data=data, model=model, init_word=init_word, settings=settings,
-                                     device=device, reporter=CountProgress(err, quiet=state["quiet"]))
+                                     device=device, reporter=EvalProgress(err, quiet=state["quiet"]))
         written = evaluation.copy_best(result, copy_best, force=force) if copy_best else None
     for note in result.notes:
         info(f"note: {escape(note)}")

@@ -18,8 +18,8 @@ from textinv.formats import TOOLS
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-# set by the app's callback from --debug and --quiet
-state = {"debug": bool(os.environ.get("TEXTINV_DEBUG")), "quiet": False}
+# set by the app's callback from --debug, --quiet and --verbose
+state = {"debug": bool(os.environ.get("TEXTINV_DEBUG")), "quiet": False, "verbose": False}
 
 
 @contextlib.contextmanager
@@ -67,11 +67,23 @@ _python_showwarning = warnings.showwarning
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """A file's malformed-but-ignored field is one `warning:` line; other warnings print as Python prints them."""
+    """A file's malformed-but-ignored field is one `warning:` line; other libraries' warnings (deprecations,
+    advice) only with -v or --debug, as Python prints them."""
     if issubclass(category, MetadataWarning):
         err.print(f"[yellow]warning:[/yellow] {escape(str(message))}")
-    else:
+    elif state["verbose"]:
         _python_showwarning(message, category, filename, lineno, file, line)
+
+
+def say_loading(model: str | None) -> None:
+    """One status line naming the model about to load (what diffusers' own bars said, in our words), on a
+    terminal: in a log or a pipe, a command that then fails still says only its one error line."""
+    from textinv.models.source import DEFAULT_MODEL
+
+    if not err.is_terminal:
+        return
+    name = model or os.environ.get("TEXTINV_MODEL") or DEFAULT_MODEL
+    info(f"loading the model {escape(str(name))}" + (" (the small shipped one)" if name == "toy" else ""))
 
 
 def print_inspected(desc: dict, as_json: bool) -> None:
@@ -120,10 +132,17 @@ def print_written(written: list, for_tool: str | None) -> None:
     """What `convert` and `merge` wrote (`formats.files.Written`), and the word that triggers each file where."""
     for w in written:
         info(f"wrote {w.path} ({w.format}: {', '.join(t.name for t in w.embedding.tokens)}; {w.embedding.family})")
+        for note in w.notes:
+            info(f"note: {note}")
         if for_tool is not None:
+            if for_tool in w.steps:
+                out.print(f"{TOOLS[for_tool]}: run", markup=False)
+                out.print("  " + w.steps[for_tool].replace("\n", "\n  "), markup=False, highlight=False)
             out.print(f"{TOOLS[for_tool]}: use [bold]{escape(w.triggers.get(for_tool, '?'))}[/bold] in the prompt")
         elif w.triggers:
-            info("  loads in " + "; ".join(f"{TOOLS[t]} as {escape(word)}" for t, word in w.triggers.items()))
+            info("  loads in " + "; ".join(f"{TOOLS[t]} as {escape(word)}" + (" (--for it prints a step)"
+                                                                            if t in w.steps else "")
+                                           for t, word in w.triggers.items()))
 
 
 def print_fetched(res, as_json: bool) -> None:

@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import importlib.util
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -481,7 +482,8 @@ def build_config(
 ) -> Config:
     """The config a run uses: the file (default: the packaged one for the model's family, v1-finetune.yaml or
     sdxl-finetune.yaml), then --set, then named flags (dotted keys, None = not given), then validation. Local
-    paths become absolute, so that the saved config works from any folder. Nothing here loads a model."""
+    paths become absolute and normalised (no `..`), so that the saved config works from any folder. Nothing here
+    loads a model."""
     if path is None:  # no --config: the packaged config for the model's family
         from textinv.models.peek import default_config
 
@@ -489,11 +491,15 @@ def build_config(
         path = default_config(source)
     cfg = load_config(path, notes=notes)
     cfg = validate(apply_overrides(cfg, sets, **named))
-    cfg.data.paths = [str(Path(d).expanduser().absolute()) for d in cfg.data.paths]
+    cfg.data.paths = [_full_path(d) for d in cfg.data.paths]
     if cfg.model.config:
-        cfg.model.config = str(Path(cfg.model.config).expanduser().absolute())
-    source = Path(cfg.model.source).expanduser()
-    if cfg.model.source != "toy" and source.exists():
-        cfg.model.source = str(source.absolute())
+        cfg.model.config = _full_path(cfg.model.config)
+    if cfg.model.source != "toy" and Path(cfg.model.source).expanduser().exists():
+        cfg.model.source = _full_path(cfg.model.source)
     return cfg
+
+
+def _full_path(path: str) -> str:
+    """`path` absolute, `~` expanded and `..` folded away (symlinks are kept: they are the user's names)."""
+    return os.path.abspath(Path(path).expanduser())
 

@@ -196,14 +196,79 @@ def to_pil(x: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr)
 
 
-def text_image(text: str, side: int):
-    """The prompt drawn as a picture, as the paper code's `conditioning` log does."""
-    from PIL import Image, ImageDraw
+# A labelled sheet shows each picture at least this big, and is at least SHEET_SIDE on its short side: a 32 px
+# training picture is no use to judge at its own size.
+MIN_TILE, SHEET_SIDE = 128, 256
+_FONT_SIZE, _PAD = 14, 6
 
-    img = Image.new("RGB", (side, side), "white")
-    draw = ImageDraw.Draw(img)
-    draw.multiline_text((4, 4), "\n".join(textwrap.wrap(text, width=max(10, side // 7))), fill="black")
-    return img
+
+def _font():
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=_FONT_SIZE)
+    except (TypeError, OSError, ImportError):  # a Pillow without FreeType: the small bitmap font
+        return ImageFont.load_default()
+
+
+def _wrapped(text: str, width_px: int, font) -> list[str]:
+    per_line = max(8, int(width_px / (font.getlength("x") or 7)))
+    return textwrap.wrap(text, width=per_line, break_long_words=True) or [""]
+
+
+def labelled_sheet(rows: list[list[Image.Image]], *, title: str, row_labels: list[str] | None = None,
+                   tile_labels: list[list[str]] | None = None) -> Image.Image:
+    """Pictures laid out row by row under a `title` line, each row under its label (a prompt) and each picture
+    over its own label (a seed, a file name), every picture enlarged by a whole factor (nearest neighbour: the
+    pixels stay as they were made) to at least MIN_TILE px, and the sheet at least SHEET_SIDE px on its short side."""
+    from PIL import ImageDraw
+
+    font = _font()
+    first = next((pic for row in rows for pic in row), None)
+    w0, h0 = first.size if first is not None else (MIN_TILE, MIN_TILE)
+    columns = max(1, max((len(r) for r in rows), default=1))
+    line_h = _FONT_SIZE + 4
+
+    def layout(k: int) -> tuple[int, int, list[list[str]], list[int]]:
+        width = columns * (w0 * k + _PAD) + _PAD
+        heads = [_wrapped(label, width - 2 * _PAD, font) for label in (row_labels or [""] * len(rows))]
+        under = [max((len(_wrapped(t, w0 * k, font)) for t in labels), default=0)
+                 for labels in (tile_labels or [[] for _ in rows])]
+        height = _PAD + line_h + sum(len(hd) * line_h * bool(row_labels) + h0 * k + n * line_h + 2 * _PAD
+                                     for hd, n in zip(heads, under, strict=True))
+        return width, height, heads, under
+
+    k = max(1, math.ceil(MIN_TILE / min(w0, h0)))
+    while min(layout(k)[:2]) < SHEET_SIDE and k < 64:
+        k += 1
+    width, height, heads, under = layout(k)
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((_PAD, _PAD), title, fill="black", font=font)
+    y = _PAD + line_h
+    for r, row in enumerate(rows):
+        if row_labels:
+            for line in heads[r]:
+                draw.text((_PAD, y), line, fill=(40, 40, 40), font=font)
+                y += line_h
+        for c, pic in enumerate(row):
+            x = _PAD + c * (w0 * k + _PAD)
+            sheet.paste(pic.convert("RGB").resize((w0 * k, h0 * k), Image.Resampling.NEAREST), (x, y))
+            labels = tile_labels[r][c] if tile_labels and c < len(tile_labels[r]) else ""
+            for i, line in enumerate(_wrapped(labels, w0 * k, font) if labels else []):
+                draw.text((x, y + h0 * k + 2 + i * line_h), line, fill=(90, 90, 90), font=font)
+        y += h0 * k + under[r] * line_h + 2 * _PAD
+    return sheet
+
+
+def described(title: str, description: str):
+    """PNG text chunks (the standard Title and Description keywords) saying in words what a sheet shows."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Title", title)
+    info.add_text("Description", description)
+    return info
 
 
 def grid_of(rows: list[list[Image.Image]], *, columns: int | None = None, background: str = "white") -> Image.Image:

@@ -15,6 +15,7 @@ from rich.progress import (
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -108,7 +109,8 @@ SMOOTHING = 0.9  # loss shown is an exponential moving average; raw values are i
 
 
 class TrainProgress(Reporter):
-    """step/max_steps, smoothed loss, it/s and ETA; `quiet` shows nothing but warnings."""
+    """step/max_steps, smoothed loss, it/s, ETA and what the run is doing between steps (an image log, the
+    validation, a checkpoint): a live bar on a terminal, lines otherwise; `quiet` shows nothing but warnings."""
 
     def __init__(self, console: Console, *, quiet: bool = False, plain: bool | None = None, every_s: float = 10.0):
         self.console, self.quiet = console, quiet
@@ -118,7 +120,7 @@ class TrainProgress(Reporter):
         self.bar: Progress | None = None
         self.task = None
         self.t0 = self.last_print = 0.0
-        self.first_step = 0
+        self.first_step = self.step = 0
         self.max_steps = 0
 
     def start(self, task: str, total: int, *, done: int = 0, note: str = "") -> None:
@@ -131,27 +133,31 @@ class TrainProgress(Reporter):
         if self.quiet or self.plain:
             return
         self.bar = Progress(
+            SpinnerColumn(),
             TextColumn("[bold]train"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"),
             TextColumn("{task.fields[rate]} it/s"),
+            TimeElapsedColumn(),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
             console=self.console,
             transient=False,
         )
         self.bar.start()
-        self.task = self.bar.add_task("train", total=total, completed=done, loss="-", rate="-")
+        self.task = self.bar.add_task("train", total=total, completed=done, loss="-", rate="-", status="")
 
     def advance(self, task: str, done: int, **values: float) -> None:
         if task != "train":
             return
         step, loss, lr = done, values["loss"], values.get("lr", 0.0)
+        self.step = step
         self.smooth = loss if self.smooth is None else SMOOTHING * self.smooth + (1 - SMOOTHING) * loss
         now = time.perf_counter()
         rate = (step - self.first_step) / max(now - self.t0, 1e-9)
         if self.bar is not None:
-            self.bar.update(self.task, completed=step, loss=f"{self.smooth:.4f}", rate=f"{rate:.2f}")
+            self.bar.update(self.task, completed=step, loss=f"{self.smooth:.4f}", rate=f"{rate:.2f}", status="")
         elif not self.quiet and (now - self.last_print >= self.every_s or step == self.max_steps):
             self.last_print = now
             eta = (self.max_steps - step) / rate if rate > 0 else 0.0
@@ -166,6 +172,14 @@ class TrainProgress(Reporter):
             return
         style = "yellow" if text.startswith("warning") else None
         self.console.print(text, style=style, highlight=False, markup=False)
+
+    def status(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.update(self.task, status=text)
+        else:  # plain lines (a file, a pipe), or before the bar starts
+            self.console.print(f"step {self.step}: {text}" if self.max_steps else text, highlight=False, markup=False)
 
     def finish(self, task: str) -> None:
         if task == "train" and self.bar is not None:
@@ -201,22 +215,64 @@ class DownloadProgress(Reporter):
             self.bar = None
 
 
-class CountProgress(Reporter):
-    """One status line per finished item of a counted task (`eval 3/7`), and the job's messages."""
+class EvalProgress(Reporter):
+    """`textinv eval`: the images generated of all there are to make, elapsed time, time left and what is being
+    drawn, as a live bar on a terminal; otherwise a line every `every_s` seconds and at the end."""
 
-    def __init__(self, console: Console, *, quiet: bool = False):
-        self.console, self.quiet = console, quiet
-        self.totals: dict[str, int] = {}
+    def __init__(self, console: Console, *, quiet: bool = False, plain: bool | None = None, every_s: float = 10.0):
+        self.console, self.quiet, self.every_s = console, quiet, every_s
+        self.plain = (not console.is_terminal) if plain is None else plain
+        self.bar: Progress | None = None
+        self.task = None
+        self.total = self.done = 0
+        self.t0 = self.last_print = 0.0
+        self.now = ""
 
     def start(self, task: str, total: int, *, done: int = 0, note: str = "") -> None:
-        self.totals[task] = total
-        if note and not self.quiet:
+        if task != "eval" or self.quiet:
+            return
+        self.total, self.done = total, done
+        self.t0 = self.last_print = time.perf_counter()
+        if note:
             self.console.print(note, highlight=False, markup=False)
+        if self.plain:
+            return
+        self.bar = Progress(SpinnerColumn(), TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("images"), TimeElapsedColumn(), TimeRemainingColumn(),
+                            TextColumn("{task.fields[status]}"), console=self.console, transient=False)
+        self.bar.start()
+        self.task = self.bar.add_task("eval", total=total, completed=done, status="")
 
     def advance(self, task: str, done: int, **values: float) -> None:
-        if not self.quiet:
-            self.console.print(f"{task} {done}/{self.totals.get(task, '?')}", highlight=False, markup=False)
+        if task != "eval" or self.quiet:
+            return
+        self.done = done
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done)
+            return
+        now = time.perf_counter()
+        if now - self.last_print >= self.every_s or done >= self.total:
+            self.last_print = now
+            took = now - self.t0
+            left = took / done * (self.total - done) if done else 0.0
+            self.console.print(f"eval {done}/{self.total} images, {_clock(took)} elapsed, {_clock(left)} left"
+                               + (f": {self.now}" if self.now and done < self.total else ""),
+                               highlight=False, markup=False)
+
+    def status(self, text: str) -> None:
+        self.now = text
+        if self.bar is not None and not self.quiet:
+            self.bar.update(self.task, status=text)
 
     def message(self, text: str) -> None:
         if not self.quiet or text.startswith("warning:"):
             self.console.print(text, highlight=False, markup=False)
+
+    def finish(self, task: str) -> None:
+        if task == "eval" and self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def _clock(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(max(0.0, seconds)))

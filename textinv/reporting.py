@@ -4,8 +4,9 @@ The library never prints. `train`, `generate`, `demo`, `fetch` and `eval` take a
 CLI passes one that draws (`textinv.progress`), a script passes nothing (silence) or its own subclass.
 
 A job is a set of named, counted tasks: training has `"train"` (steps), generation has `"images"` and
-`"steps"` (denoising steps of the current image), a download has `"download"` (bytes). Free text goes through
-`message`; lines that start with ``warning:`` are shown even when the user asked for quiet output.
+`"steps"` (denoising steps of the current image), a download has `"download"` (bytes), `eval` has `"eval"`
+(images generated). Free text goes through `message`; lines that start with ``warning:`` are shown even when the
+user asked for quiet output; `status` says what a long pause between two counts is spent on.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ class Reporter:
 
     def message(self, text: str) -> None:
         """One line for the user."""
+
+    def status(self, text: str) -> None:
+        """What the job is doing now, between two counts (e.g. "drawing samples_scaled, 4 images" while training
+        waits for an image log): shown until the next `status` or `advance`, so a long pause never looks stuck."""
 
 
 SILENT = Reporter()

@@ -238,14 +238,15 @@ def evaluate(
     scorer = Evaluator(pipe, data, s, toy, notes, reporter)
     out = t.run if write else None  # the run folder the grids and eval.json go into
     todo = [Candidate(label=f"init word ({init_word})", step=None, embedding=None), *t.candidates]
-    reporter.start("eval", len(todo), note=f"scoring {len(todo)} candidate(s), {s.seeds} seed(s) per prompt")
+    total = len(todo) * scorer.images_per_candidate()  # the count the progress goes by: every image made
+    reporter.start("eval", total, note=f"scoring {len(todo)} candidate(s): {total} images, {s.seeds} seed(s) "
+                                       "per prompt")
     rows, embeddings = [], {}
     try:
         for i, cand in enumerate(todo):
             rows.append(scorer.score(cand, i, init_word, out))
             if cand.embedding is not None:
                 embeddings[cand.label] = cand.embedding
-            reporter.advance("eval", i + 1)
     finally:
         reporter.finish("eval")
     result = EvalResult(rows=rows, best=best_row(rows, s.margin), init_word=init_word, model=pipe.textinv.name,
@@ -272,8 +273,9 @@ class Evaluator:
     def __init__(self, pipe, data: Path, s: EvalSettings, toy: bool, notes: list[str], reporter: Reporter):
         from textinv.pictures import load_folder, to_pil
 
-        self.pipe, self.s, self.toy = pipe, s, toy
+        self.pipe, self.s, self.toy, self.reporter = pipe, s, toy, reporter
         self.scratch = None
+        self.made, self.label, self.word = 0, "", ""  # images made, the candidate scored and its word: for progress
         size = pipe.unet.config.sample_size * pipe.vae_scale_factor
         found, warnings = load_folder(data, size)
         for w in warnings:
@@ -314,11 +316,26 @@ class Evaluator:
             self.scratch = tempfile.TemporaryDirectory(prefix="textinv-eval-")
         return save_embedding(emb, Path(self.scratch.name) / f"candidate-{index}.pt", force=True)
 
+    def images_per_candidate(self) -> int:
+        """The images `score` makes for one candidate: the identity prompt's, and the edit prompts' with CLIP (on
+        the toy model, each edit prompt once per colour other than the concept's)."""
+        if self.toy:
+            from textinv.toy import world
+
+            return (1 + len(self.s.edit_prompts) * (len(world.COLOURS) - 1)) * self.s.seeds
+        prompts = 1 + (len(self.s.edit_prompts) if self.clip is not None else 0)
+        return prompts * self.s.seeds
+
     def _images(self, prompt: str) -> list:
         from textinv.generation.sampling import txt2img
 
-        return [g.image for g in txt2img(self.pipe, prompt, n=self.s.seeds, steps=self.s.steps, cfg=self.s.cfg,
-                                         seed=self.s.seed)]
+        shown = prompt.replace(self.word, "*") if self.word.startswith("<textinv-eval-") else prompt
+        self.reporter.status(f"{self.label}: drawing '{shown}', {self.s.seeds} images")
+        images = [g.image for g in txt2img(self.pipe, prompt, n=self.s.seeds, steps=self.s.steps, cfg=self.s.cfg,
+                                           seed=self.s.seed)]
+        self.made += len(images)
+        self.reporter.advance("eval", self.made)
+        return images
 
     def _toy_edits(self, template: str, word: str, sheet: list) -> float:
         """The share of `template`'s samples, over every colour but the concept's, that the toy judge sees as the
@@ -339,13 +356,13 @@ class Evaluator:
         from textinv.evaluation.scoring import image_similarity, text_similarity
         from textinv.models.embeddings import add_embeddings
 
-        word = init_word
+        word, self.label, self.word = init_word, cand.label, ""
         if cand.embedding is not None:  # a fresh placeholder per candidate, so no two collide in the tokenizer
             import copy
 
             emb = copy.deepcopy(cand.embedding)
             emb.tokens = emb.tokens[:1]
-            word = emb.tokens[0].name = f"<textinv-eval-{index}>"
+            word = self.word = emb.tokens[0].name = f"<textinv-eval-{index}>"
             path = Path(cand.file) if cand.file else self._unsaved(emb, index)
             add_embeddings(self.pipe, [(path, emb)])
         row = Row(label=cand.label, step=cand.step, file=cand.file, baseline=cand.embedding is None, identity=None)

@@ -34,3 +34,6 @@ FOR_TOOL = {
     "diffusers": "diffusers-safetensors",
     "sd-concepts": "sd-concepts-folder",
 }
+# The tools that take the token from inside the file and refuse one their tokenizer already has (`*`): `--for` them
+# writes such a placeholder as `<stem>` (formats.consumers.diffusers_token).
+RENAMED_FOR = ("diffusers", "sd-concepts")

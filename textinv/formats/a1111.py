@@ -11,6 +11,7 @@ from pathlib import Path
 
 from textinv.atomic import torch_save
 from textinv.formats.common import Source, encoder_parts, single_token
+from textinv.formats.consumers import DIFFUSERS_PICKLE
 from textinv.formats.embedding import Embedding
 from textinv.formats.paper import from_string_to_param, string_to_param_dict
 from textinv.formats.record import Format
@@ -64,7 +65,7 @@ FORMATS = [
             "invokeai": "<{stem}>",
             "comfyui": "embedding:{stem}",
             "kohya": "{stem}",
-            "diffusers": "{token}",
         },
+        loads_if={"diffusers": DIFFUSERS_PICKLE},  # it reads `name` and string_to_param['*']
     )
 ]

@@ -19,6 +19,7 @@ MAX_VECTORS = 1024  # per token; A1111 allows 75
 # write them. A family with more encoders (SD3: clip_l, clip_g, t5) extends this tuple and Token's parts.
 ENCODER_KEYS = ("clip_l", "clip_g")
 META_PREFIX = "textinv."  # our keys in safetensors metadata
+PT_META_KEY = "textinv"  # our key in a .pt dict (A1111 / paper layout): a dict of strings, see `pt_metadata`
 _JSON_KEYS = ("placeholders", "init_words", "extra", "num_vectors")
 
 
@@ -122,6 +123,28 @@ def _int_or_none(text) -> int | None:
         return None
 
 
+def pt_metadata(emb: Embedding) -> dict:
+    """What a `.pt` dict keeps of ours under PT_META_KEY (the run's name, init words, concept type, ...): only
+    strings, which every loader we checked skips (tests/test_formats.py names each rule)."""
+    meta = {"name": emb.name, "init_words": dict(emb.init_words), "extra": dict(emb.extra)}
+    return {k: v for k, v in meta.items() if v not in (None, {}, "")}
+
+
+def pt_metadata_of(value, path: Path) -> dict:
+    """The PT_META_KEY entry of a `.pt` dict, checked as the safetensors fields are; anything malformed is
+    dropped with a warning."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        warn(f"{path}: ignored the malformed metadata field {PT_META_KEY!r}")
+        return {}
+    found = {k: v for k, v in value.items() if k in ("name", "init_words", "extra")}
+    if "name" in found and not isinstance(found["name"], str):
+        warn(f"{path}: ignored the malformed metadata field '{PT_META_KEY}.name'")
+        del found["name"]
+    return _checked(found, path)
+
+
 def placeholder(found: dict, source: Source) -> str:
     """The word of a one-key layout (emb_params, clip_l/clip_g): ours from the metadata, else the file's stem,
     which is what AUTOMATIC1111, InvokeAI, ComfyUI and kohya use."""
@@ -168,7 +191,8 @@ def single_token(emb: Embedding, fmt: str) -> Token:
         names = ", ".join(t.name for t in emb.tokens)
         raise EmbeddingFormatError(
             f"the {fmt} format holds one token but this embedding has {len(emb.tokens)} ({names}): AUTOMATIC1111 "
-            "refuses such a file, InvokeAI, ComfyUI and kohya silently use one token and diffusers fails; "
+            "refuses such a file, InvokeAI, ComfyUI and kohya would use its first token only (InvokeAI warns for "
+            "a .pt) and diffusers fails; "
             "pass --split for one file per token, --token NAME for one, or write the paper layout (--to paper-pt)"
         )
     return emb.tokens[0]

@@ -22,6 +22,7 @@ from textinv.formats.common import (
     warn,
     with_metadata,
 )
+from textinv.formats.consumers import DIFFUSERS_FOLDER, DIFFUSERS_PICKLE, DIFFUSERS_SAFETENSORS
 from textinv.formats.embedding import Embedding
 from textinv.formats.record import Conditional, Format
 
@@ -128,10 +129,14 @@ FORMATS = [
         read=_read,
         write=_write_bin,
         extension=".bin",
-        loads_in={"a1111": "{stem}", "comfyui": "embedding:{stem}", "diffusers": "{token}"},
+        loads_in={"a1111": "{stem}", "comfyui": "embedding:{stem}"},
         loads_if={
-            "invokeai": Conditional("<{stem}>", "one vector only", lambda emb: emb.tokens[0].num_vectors == 1),
-            "kohya": Conditional("{stem}", "two or more vectors only", lambda emb: emb.tokens[0].num_vectors > 1),
+            "diffusers": DIFFUSERS_PICKLE,
+            # InvokeAI reads a one-key file's width as shape[0], kohya its vector count: 1-D [dim] suits only one
+            "invokeai": Conditional("<{stem}>", "one vector, or SDXL",
+                                    lambda emb: emb.is_sdxl or emb.tokens[0].num_vectors == 1),
+            "kohya": Conditional("{stem}", "two or more vectors, or SDXL",
+                                 lambda emb: emb.is_sdxl or emb.tokens[0].num_vectors > 1),
         },
     ),
     Format(
@@ -141,7 +146,12 @@ FORMATS = [
         read=_read,
         write=_write_safetensors,
         extension=".safetensors",
-        loads_in={"a1111": "{stem}", "comfyui": "embedding:{stem}", "kohya": "{stem}", "diffusers": "{token}"},
+        loads_in={"a1111": "{stem}", "comfyui": "embedding:{stem}", "kohya": "{stem}"},
+        loads_if={
+            "diffusers": DIFFUSERS_SAFETENSORS,
+            # a 2-D {token: [n, dim]} gives InvokeAI the width n; clip_g gives it 1280
+            "invokeai": Conditional("<{stem}>", "SDXL only", lambda emb: emb.is_sdxl),
+        },
     ),
     Format(
         name="sd-concepts-folder",
@@ -150,6 +160,10 @@ FORMATS = [
         read=lambda data, metadata, source: read_concept_folder(data, source.path),  # data: concept_file's Embedding
         write=_write_concept_folder,
         extension="",
-        loads_in={"diffusers": "{token}", "sd-concepts": "{token}"},
+        # the concepts notebook loads a concept with diffusers (huggingface/notebooks @8c6ec54
+        # diffusers/stable_conceptualizer_inference.ipynb, `pipe.load_textual_inversion(repo_id_embeds)`); InvokeAI
+        # reads its learned_embeds.bin (v6.13.8 load/model_loaders/textual_inversion.py:44-45), named after the folder
+        loads_if={"diffusers": DIFFUSERS_FOLDER, "sd-concepts": DIFFUSERS_FOLDER,
+                  "invokeai": Conditional("<{stem}>", "one vector", lambda emb: emb.tokens[0].num_vectors == 1)},
     ),
 ]

@@ -55,8 +55,8 @@ def merge_embeddings(
 
     return Embedding(
         tokens,
-        name=first.name if len(embs) == 1 else None,
-        step=first.step if len(embs) == 1 else None,
+        name=shared({e.name for e in embs}),  # one file, or files of one run: its name and step stay
+        step=shared({e.step for e in embs}),
         base_model=shared({e.base_model for e in embs}),
         base_model_hash=shared({e.base_model_hash for e in embs}),
         init_words=init_words,

@@ -5,12 +5,12 @@ without running pickle code (`textinv.safe_pickle`) and written atomically; the 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from textinv.errors import EmbeddingFormatError, OutputExistsError, UsageError
-from textinv.formats import WRITE_NAMES
-from textinv.formats.embedding import Embedding
+from textinv.formats import RENAMED_FOR, WRITE_NAMES
+from textinv.formats.embedding import Embedding, Token
 
 WRITE_FORMATS = WRITE_NAMES  # what `save_embedding(format=...)` takes, besides the shorthands and tool names
 
@@ -80,12 +80,15 @@ def split_outputs(emb: Embedding, path: str | Path) -> list[tuple[Embedding, Pat
 
 @dataclass
 class Written:
-    """One file `write_files` wrote: where, in which format, what it holds, and tool -> its trigger word there."""
+    """One file `write_files` wrote: where, in which format, what it holds, tool -> its trigger word there, tool ->
+    what else that tool needs (code to run), and what was changed on the way so that the tool takes it."""
 
     path: Path
     format: str
     embedding: Embedding
     triggers: dict[str, str]
+    steps: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def write_files(
@@ -99,10 +102,42 @@ def write_files(
     choice = {"format": format, "for_tool": for_tool}
     written = []
     for part, dst in split_outputs(emb, path) if split else [(emb, Path(path))]:
-        dst = save_embedding(part, with_extension(part, dst, **choice), force=force, **choice)
-        fmt = output_format(part, dst, **choice)
-        written.append(Written(dst, fmt.name, part, fmt.triggers(dst, part)))
+        dst = with_extension(part, dst, **choice)
+        part, notes = _as_the_tool_takes_it(part, dst, for_tool)
+        dst = save_embedding(part, dst, force=force, **choice)
+        usage = output_format(part, dst, **choice).usage(dst, part)
+        written.append(Written(dst, output_format(part, dst, **choice).name, part,
+                               {t: u.trigger for t, u in usage.items()},
+                               {t: u.step for t, u in usage.items() if u.step}, notes))
     return written
+
+
+def _as_the_tool_takes_it(emb: Embedding, dst: Path, for_tool: str | None) -> tuple[Embedding, list[str]]:
+    """`emb` as `--for TOOL` must write it to `dst`: a placeholder diffusers refuses becomes `<stem>`, and a name
+    InvokeAI cannot trigger is refused before anything is written."""
+    from textinv.formats.consumers import INVOKEAI_NAME, diffusers_token, invokeai_can_trigger
+
+    if for_tool == "invokeai" and not invokeai_can_trigger(dst):
+        raise EmbeddingFormatError(
+            f"{dst.name}: InvokeAI triggers an embedding by <file name> and finds only names of letters, digits, "
+            f"'.', ',', ' ', '_' and '-' in a prompt ({INVOKEAI_NAME.pattern}); name the output like that"
+        )
+    if for_tool not in RENAMED_FOR:
+        return emb, []
+    old, new = emb.tokens[0].name, diffusers_token(emb, dst)
+    if new == old:
+        return emb, []
+    renamed = Embedding([Token(new, t.vectors, t.vectors_2, t.source_dtype) for t in emb.tokens], name=emb.name,
+                        step=emb.step, base_model=emb.base_model, base_model_hash=emb.base_model_hash,
+                        init_words={new: emb.init_words[old]} if old in emb.init_words else {},
+                        extra=dict(emb.extra))
+    if len(old) == 1:
+        note = (f"the placeholder {old} is a character CLIP's vocabulary already has, which diffusers' "
+                f"load_textual_inversion refuses ('Token {old} already in tokenizer vocabulary'); the file's token is {new}")
+    else:  # no tokenizer here to look it up in: CLIP's vocabulary has many plain words, but no <word>
+        note = (f"diffusers' load_textual_inversion refuses a token CLIP's vocabulary already has, as it has many "
+                f"plain words but no <word>: the file's token is {new}, not {old}")
+    return renamed, [note]
 
 
 def trigger_words(emb: Embedding, path: str | Path, *, format: str | None = None, for_tool: str | None = None):

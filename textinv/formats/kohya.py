@@ -18,8 +18,9 @@ from textinv.formats.common import (
     token,
     with_metadata,
 )
+from textinv.formats.consumers import DIFFUSERS_EMB_PARAMS
 from textinv.formats.embedding import Embedding
-from textinv.formats.record import Conditional, Format
+from textinv.formats.record import Format
 
 
 def _is_emb_params(data) -> bool:
@@ -69,7 +70,7 @@ FORMATS = [
         write=_write,
         extension=".safetensors",
         loads_in={"a1111": "{stem}", "invokeai": "<{stem}>", "comfyui": "embedding:{stem}", "kohya": "{stem}"},
-        loads_if={"diffusers": Conditional("{token}", "pass token='{token}'", lambda emb: False)},
+        loads_if={"diffusers": DIFFUSERS_EMB_PARAMS},  # its one key, emb_params, is not the token
     ),
     Format(
         name="a1111-safetensors",

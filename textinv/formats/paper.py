@@ -10,7 +10,18 @@ import torch
 
 from textinv.atomic import torch_save
 from textinv.errors import EmbeddingFormatError
-from textinv.formats.common import Source, require_single_encoder, text_or_none, token, whole_number
+from textinv.formats.common import (
+    PT_META_KEY,
+    Source,
+    pt_metadata,
+    pt_metadata_of,
+    require_single_encoder,
+    text_or_none,
+    token,
+    whole_number,
+    with_metadata,
+)
+from textinv.formats.consumers import TOKEN_ARGUMENT, Conditional
 from textinv.formats.embedding import Embedding
 from textinv.formats.record import Format
 from textinv.safe_pickle import ParameterDictState
@@ -32,6 +43,10 @@ def clip_id(placeholder: str) -> int:
     if len(placeholder) == 1 and placeholder in chars:
         return 256 + chars.index(placeholder)  # the end-of-word forms follow the 256 byte characters
     return CLIP_ID_STAR
+
+
+def _one_token(emb: Embedding) -> bool:
+    return len(emb.tokens) == 1
 
 
 def _params(data) -> dict | None:
@@ -59,7 +74,7 @@ def from_string_to_param(data: dict, names: list[str], source: Source, fmt: str)
     """The Embedding of an A1111/paper/PNG dict, with `names` for the tensors of `string_to_param`."""
     params = data["string_to_param"]
     tokens = [token(n, v, source.path) for n, v in zip(names, params.values(), strict=True)]
-    return Embedding(
+    emb = Embedding(
         tokens,
         name=text_or_none(data.get("name")),
         step=whole_number(data.get("step")),
@@ -67,10 +82,12 @@ def from_string_to_param(data: dict, names: list[str], source: Source, fmt: str)
         base_model_hash=text_or_none(data.get("sd_checkpoint")),
         source_format=fmt,
     )
+    return with_metadata(emb, pt_metadata_of(data.get(PT_META_KEY), source.path))
 
 
 def string_to_param_dict(emb: Embedding, values: dict) -> dict:
-    """The paper code's keys, as AUTOMATIC1111 writes them too, around `values` (its string_to_param)."""
+    """The paper code's keys, as AUTOMATIC1111 writes them too, around `values` (its string_to_param), and ours
+    under PT_META_KEY (init words, the run's name), which those tools and InvokeAI, ComfyUI and kohya skip."""
     return {
         "string_to_token": {k: torch.tensor(clip_id(k)) for k in values},
         "string_to_param": values,
@@ -78,6 +95,7 @@ def string_to_param_dict(emb: Embedding, values: dict) -> dict:
         "step": emb.step or 0,
         "sd_checkpoint": emb.base_model_hash,
         "sd_checkpoint_name": emb.base_model,
+        **({PT_META_KEY: meta} if (meta := pt_metadata(emb)) else {}),
     }
 
 
@@ -89,6 +107,13 @@ FORMATS = [
         read=_read,
         write=_write,
         extension=".pt",
-        loads_in={},
+        # with several tokens AUTOMATIC1111 refuses the file and the others take the first token only
+        loads_if={
+            **{tool: Conditional(word, "one token", _one_token) for tool, word in
+               (("a1111", "{stem}"), ("invokeai", "<{stem}>"), ("comfyui", "embedding:{stem}"), ("kohya", "{stem}"))},
+            # diffusers reads string_to_param['*'] (loaders/textual_inversion.py:218-221): only a `*` placeholder
+            "diffusers": Conditional("{dtoken}", "one `*` token, with token=",
+                                     lambda emb: [t.name for t in emb.tokens] == ["*"], TOKEN_ARGUMENT),
+        },
     )
 ]

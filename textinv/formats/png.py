@@ -11,7 +11,7 @@ from pathlib import Path
 
 from textinv.atomic import atomic_write
 from textinv.formats.a1111 import A1111_STAR_ID
-from textinv.formats.common import Source, require_single_encoder, single_token
+from textinv.formats.common import PT_META_KEY, Source, pt_metadata, require_single_encoder, single_token
 from textinv.formats.embedding import Embedding
 from textinv.formats.paper import from_string_to_param
 from textinv.formats.record import Format
@@ -38,6 +38,7 @@ def _write(emb: Embedding, path: Path) -> None:
         "step": emb.step or 0,
         "sd_checkpoint": emb.base_model_hash,
         "sd_checkpoint_name": emb.base_model,
+        **({PT_META_KEY: meta} if (meta := pt_metadata(emb)) else {}),
     }
     info = PngImagePlugin.PngInfo()
     info.add_text("sd-ti-embedding", base64.b64encode(json.dumps(data).encode()).decode())

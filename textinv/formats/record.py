@@ -5,18 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 from textinv.formats.common import Source
+from textinv.formats.consumers import Conditional, Usage, diffusers_token, invokeai_can_trigger
 from textinv.formats.embedding import Embedding
-
-
-class Conditional(NamedTuple):
-    """A tool that loads a layout only sometimes: its trigger word, the condition in words, and a test of it."""
-
-    trigger: str
-    condition: str
-    holds: Callable[[Embedding], bool]
 
 
 @dataclass(frozen=True)
@@ -26,8 +18,10 @@ class Format:
     `recognise(data, metadata, source)` says whether what a container held is this layout; `read` builds the
     Embedding from it; `write(emb, path)` writes one (None: a layout textinv reads but does not write).
     `loads_in` maps each tool that loads what `write` writes to the word that triggers it there, with `{stem}`
-    for the file's stem and `{token}` for the placeholder; `loads_if` lists the tools that load it only under a
-    condition (one vector, a keyword argument).
+    for the file's stem, `{token}` for the placeholder, `{dtoken}` for the token diffusers takes
+    (`consumers.diffusers_token`) and `{file}` for the file's name; `loads_if` lists the tools that load it only
+    under a condition (one vector, an SDXL file), each with one Conditional or several (the first that holds
+    applies).
     """
 
     name: str
@@ -37,10 +31,25 @@ class Format:
     write: Callable[[Embedding, Path], None] | None = None
     extension: str = ""
     loads_in: dict[str, str] = field(default_factory=dict)
-    loads_if: dict[str, Conditional] = field(default_factory=dict)
+    loads_if: dict[str, Conditional | tuple[Conditional, ...]] = field(default_factory=dict)
+
+    def conditions(self, tool: str) -> tuple[Conditional, ...]:
+        found = self.loads_if.get(tool, ())
+        return (found,) if isinstance(found, Conditional) else found
+
+    def usage(self, path: Path, emb: Embedding) -> dict[str, Usage]:
+        """tool -> how `emb`, once written to `path` in this layout, is triggered there (and any step first), for
+        each tool that loads it."""
+        found = {tool: Usage(word) for tool, word in self.loads_in.items()}
+        for tool in self.loads_if:
+            held = next((c for c in self.conditions(tool) if c.holds(emb)), None)
+            if held is not None:
+                found[tool] = Usage(held.trigger, held.step)
+        if "invokeai" in found and not invokeai_can_trigger(path):
+            del found["invokeai"]  # its prompt parser cannot match `<stem>` (see consumers.INVOKEAI_NAME)
+        names = dict(stem=path.stem, token=emb.tokens[0].name, dtoken=diffusers_token(emb, path), file=path.name)
+        return {tool: Usage(u.trigger.format(**names), u.step.format(**names)) for tool, u in found.items()}
 
     def triggers(self, path: Path, emb: Embedding) -> dict[str, str]:
         """tool -> the word that triggers `emb` once written to `path` in this layout, for each tool that loads it."""
-        words = dict(self.loads_in)
-        words.update({tool: c.trigger for tool, c in self.loads_if.items() if c.holds(emb)})
-        return {tool: w.format(stem=path.stem, token=emb.tokens[0].name) for tool, w in words.items()}
+        return {tool: u.trigger for tool, u in self.usage(path, emb).items()}

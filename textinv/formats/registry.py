@@ -16,6 +16,7 @@ from textinv.errors import EmbeddingFormatError, TextinvError
 from textinv.formats import (
     EMBEDDING_SUFFIXES,
     FOR_TOOL,
+    RENAMED_FOR,
     SHORTHANDS,
     TOOLS,
     WRITE_NAMES,
@@ -146,6 +147,23 @@ def write_embedding(emb: Embedding, path: Path, fmt: Format) -> Path:
     return path
 
 
+def _conditions(fmt: Format, tool: str, for_tool: bool) -> list:
+    """The ways `tool` loads `fmt`; `--for` a tool in RENAMED_FOR never writes a token it refuses."""
+    return [c for c in fmt.conditions(tool) if not (for_tool and tool in RENAMED_FOR and "token=" in c.condition)]
+
+
+def _loads_cell(fmt: Format, tools: list[str], for_tool: bool = False) -> str:
+    """Each of `tools` with its trigger word, and for a tool that loads `fmt` only sometimes, when."""
+    parts = []
+    for tool in tools:
+        if tool in fmt.loads_in:
+            parts.append(f"{TOOLS[tool]}: `{fmt.loads_in[tool]}`")
+        else:
+            ways = "; ".join(f"`{c.trigger}` ({c.condition})" for c in _conditions(fmt, tool, for_tool))
+            parts.append(f"{TOOLS[tool]}: {ways}")
+    return "; ".join(parts)
+
+
 def readme_table() -> str:
     """The README's table of written formats: for each, the tools that load it and the word that triggers it."""
     pick = {fmt: [t for t, f in FOR_TOOL.items() if f == fmt] for fmt in WRITABLE}
@@ -153,10 +171,22 @@ def readme_table() -> str:
     for name in WRITABLE:
         fmt = FORMATS[name]
         shorthand = [s for s, n in SHORTHANDS.items() if n == name]
-        loads = [f"{TOOLS[t]}: `{w}`" for t, w in fmt.loads_in.items()]
-        loads += [f"{TOOLS[t]}: `{c.trigger}` ({c.condition})" for t, c in fmt.loads_if.items()]
         ext = f"`{fmt.extension}`" if fmt.extension else "a folder"
         names = ", ".join(f"`{n}`" for n in [name, *shorthand])
-        lines.append(f"| {names} | {ext} | {fmt.description} | {'; '.join(loads) or '–'} | "
+        tools = [*fmt.loads_in, *(t for t in fmt.loads_if if t not in fmt.loads_in)]
+        lines.append(f"| {names} | {ext} | {fmt.description} | {_loads_cell(fmt, tools) or '–'} | "
                      f"{', '.join(f'`{t}`' for t in pick[name]) or '–'} |")
+    return "\n".join(lines)
+
+
+def readme_for_table() -> str:
+    """The README's table of `--for TOOL`: the layout written, the trigger word, and what else the tool needs."""
+    lines = ["| `--for` | writes | trigger word (and when) | extra step |", "|---|---|---|---|"]
+    for tool, name in FOR_TOOL.items():
+        fmt = FORMATS[name]
+        steps = [c.condition for c in _conditions(fmt, tool, for_tool=True) if c.step]
+        renamed = "; a placeholder it refuses (`*`) is written as `<{stem}>`" if tool in RENAMED_FOR else ""
+        lines.append(f"| `{tool}` | `{name}` ({fmt.extension or 'a folder'}) | "
+                     f"{_loads_cell(fmt, [tool], for_tool=True)}{renamed} | "
+                     f"{'; '.join(steps) + ' (printed)' if steps else '–'} |")
     return "\n".join(lines)

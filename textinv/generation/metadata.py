@@ -1,7 +1,8 @@
 """The generation metadata textinv writes into each PNG, in the three layouts readers look for.
 
 `parameters` is AUTOMATIC1111's text (read by the webui's PNG Info, sd-parsers, sd-prompt-reader, civitai),
-`Dream` InvokeAI 2.x's dream> command line, `sd-metadata` InvokeAI 2.x's JSON.
+`Dream` InvokeAI 2.x's dream> command line, `sd-metadata` InvokeAI 2.x's JSON. A chunk that its readers would
+read back wrong for this prompt is left out (`metadata_rules`); `left_out` says which and why.
 """
 
 from __future__ import annotations
@@ -13,24 +14,26 @@ from typing import TYPE_CHECKING
 
 from textinv import __version__
 from textinv.errors import DataError
-from textinv.hashing import model_hash
-from textinv.models.source import SINGLE_FILE_SUFFIXES
+from textinv.generation.metadata_rules import a1111_misreads, dream_misreads, invoke_prompt, invokeai_misreads
+from textinv.hashing import MODEL_HASH_DIGITS
 
 if TYPE_CHECKING:
     from textinv.generation.sampling import GenerationParams
 
 
-def checkpoint_hash(model: str) -> str | None:
-    """AUTOMATIC1111's `Model hash` for a single-file checkpoint; None for a hub id or a diffusers folder, which
-    have no such hash."""
-    path = Path(model)
-    if path.suffix.lower() not in SINGLE_FILE_SUFFIXES or not path.is_file():
-        return None
-    return model_hash(path)
+def _quote(value) -> str:
+    """A value as AUTOMATIC1111 writes it into the settings line: JSON-quoted when it holds ',', ':' or a line
+    break (stable-diffusion-webui v1.10.1 modules/infotext_utils.py:56-60, `quote`)."""
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
 
 
 def a1111_parameters(p: GenerationParams) -> str:
-    """AUTOMATIC1111's `parameters` text: prompt, `Negative prompt: ...`, then one line of `Key: value` pairs."""
+    """AUTOMATIC1111's `parameters` text: prompt, `Negative prompt: ...`, then one line of `Key: value` pairs.
+
+    `Model hash` is the first 10 hex digits of the checkpoint file's sha256 and `Model` its name without the
+    extension, as the webui writes them (v1.10.1 modules/processing.py:779-780 and :890-891, from
+    modules/sd_models.py:88 `name_for_extra` and :93 `shorthash`); a hub id or folder has no file hash."""
     lines = [p.prompt]
     if p.negative:
         lines.append(f"Negative prompt: {p.negative}")
@@ -41,25 +44,22 @@ def a1111_parameters(p: GenerationParams) -> str:
         ("Seed", p.seed),
         ("Size", f"{p.width}x{p.height}"),
     ]
-    model_hash = checkpoint_hash(p.model)
-    if model_hash:
-        pairs.append(("Model hash", model_hash))
+    if p.model_sha256:
+        pairs.append(("Model hash", p.model_sha256[:MODEL_HASH_DIGITS]))
     pairs.append(("Model", p.model))
     if p.strength is not None:
         pairs.append(("Denoising strength", _num(p.strength)))
     if p.embeddings:
-        # A1111 quotes a value holding commas or colons, as its `TI hashes: "name: hash, name2: hash2"` does
-        pairs.append(("TI hashes", json.dumps(", ".join(f"{name}: {h}" for name, h in p.embeddings))))
+        pairs.append(("TI hashes", ", ".join(f"{name}: {h}" for name, h in p.embeddings)))
     pairs.append(("Version", f"textinv {__version__}"))
-    lines.append(", ".join(f"{k}: {v}" for k, v in pairs))
+    lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in pairs))
     return "\n".join(lines)
 
 
 def dream_command(p: GenerationParams) -> str:
     """InvokeAI 2.x's `Dream` chunk: the dream> command that makes this image again."""
-    prompt = f"{p.prompt} [{p.negative}]" if p.negative else p.prompt
     parts = [
-        _double_quoted(prompt),
+        _double_quoted(invoke_prompt(p.prompt, p.negative)),
         f"-s {p.steps}",
         f"-S {p.seed}",
         f"-W {p.width}",
@@ -78,11 +78,12 @@ def _double_quoted(text: str) -> str:
 
 
 def invoke_metadata(p: GenerationParams) -> dict:
-    """InvokeAI 2.x's `sd-metadata` JSON. Its readers take the negative prompt from `[...]` in the prompt."""
-    prompt = f"{p.prompt} [{p.negative}]" if p.negative else p.prompt
+    """InvokeAI 2.x's `sd-metadata` JSON. Its readers take the negative prompt from `[...]` in the prompt; its
+    `model_hash` is the checkpoint's whole sha256, as InvokeAI 2.3 writes it (2.3.5.post2 ldm/invoke/args.py:1179,
+    from ldm/invoke/model_manager.py:1190-1213)."""
     image = {
         "type": p.kind,
-        "prompt": [{"prompt": prompt, "weight": 1.0}],
+        "prompt": [{"prompt": invoke_prompt(p.prompt, p.negative), "weight": 1.0}],
         "negative_prompt": p.negative,
         "steps": p.steps,
         "cfg_scale": p.cfg,
@@ -101,9 +102,8 @@ def invoke_metadata(p: GenerationParams) -> dict:
         "app_version": __version__,
         "image": image,
     }
-    model_hash = checkpoint_hash(p.model)
-    if model_hash:
-        meta["model_hash"] = model_hash
+    if p.model_sha256:
+        meta["model_hash"] = p.model_sha256
     return meta
 
 
@@ -120,13 +120,28 @@ def _num(x: float | None) -> str:
     return f"{x:g}"
 
 
+_CHUNKS = {  # chunk -> (its text, why its readers would misread this prompt)
+    "parameters": (a1111_parameters, a1111_misreads),
+    "Dream": (dream_command, dream_misreads),
+    "sd-metadata": (lambda p: json.dumps(invoke_metadata(p)), invokeai_misreads),
+}
+
+
+def left_out(p: GenerationParams) -> dict[str, str]:
+    """chunk -> why it is left out of the PNG: its readers would read this prompt back wrong."""
+    why = {name: misreads(p.prompt, p.negative) for name, (_, misreads) in _CHUNKS.items()}
+    return {name: reason for name, reason in why.items() if reason}
+
+
 def png_info(p: GenerationParams):
+    """The PNG text chunks for `p`: each of the three that its readers read back exactly."""
     from PIL import PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", a1111_parameters(p))
-    info.add_text("Dream", dream_command(p))
-    info.add_text("sd-metadata", json.dumps(invoke_metadata(p)))
+    skip = left_out(p)
+    for name, (text, _) in _CHUNKS.items():
+        if name not in skip:
+            info.add_text(name, text(p))
     return info
 
 

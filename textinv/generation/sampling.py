@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from textinv.errors import ConfigError, UsageError
+from textinv.hashing import sha256
 from textinv.reporting import SILENT, Reporter
 
 # name -> (diffusers class, extra config, AUTOMATIC1111's sampler name). InvokeAI's k_ names are accepted too.
@@ -53,7 +54,8 @@ class GenerationParams:
     width: int
     height: int
     sampler: str
-    model: str
+    model: str  # its name: hub id, folder name, or a checkpoint file's stem (what AUTOMATIC1111 shows)
+    model_sha256: str | None = None  # a single-file checkpoint's sha256 (PNG metadata's model hashes)
     # (placeholder, short hash of its file) for each embedding the prompt uses
     embeddings: list[tuple[str, str]] = field(default_factory=list)
     init_image: str | None = None
@@ -244,6 +246,7 @@ def _params(run, request: Request, width: int, height: int) -> GenerationParams:
         height=height,
         sampler=set_scheduler(run, request.scheduler),
         model=info.name if info is not None else type(run).__name__,
+        model_sha256=sha256(info.source) if info is not None and info.kind == "single-file" else None,
         embeddings=_embeddings_in(run, request.prompt, request.negative),
     )
     if request.init_image is not None:

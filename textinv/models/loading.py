@@ -105,11 +105,13 @@ def load_pipeline(
 
 
 def base_model_of(pipe, source: str) -> dict[str, object]:
-    """What a trained embedding records of its model: where it came from (hub id, folder or file) and, for a
-    single file, the short hash AUTOMATIC1111 (and civitai) match models by; for a hub model, the commit.
-    `source` is what to record for a pipeline not loaded by `load_pipeline`."""
+    """What a trained embedding records of its model: its name, never a path of this machine (the hub id, the
+    folder's name, the file's stem as AUTOMATIC1111's `sd_checkpoint_name` has it, or `toy`) and, for a single
+    file, the short hash AUTOMATIC1111 (and civitai) match models by; for a hub model, the commit. `source` is
+    what to record for a pipeline not loaded by `load_pipeline` (a path is cut to its last part)."""
     info: ModelInfo | None = getattr(pipe, "textinv", None)
-    fields: dict[str, object] = {"base_model": info.source if info else source, "base_model_hash": None, "extra": {}}
+    name = info.name if info else (Path(source).name if Path(source).exists() else source)
+    fields: dict[str, object] = {"base_model": name, "base_model_hash": None, "extra": {}}
     if info is None:
         return fields
     if info.kind == "single-file":

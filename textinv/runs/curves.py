@@ -58,8 +58,8 @@ class Curve:
         return out
 
 
-def plot_losses(rows: list[tuple[int, ...]], png_path: Path) -> bool:
-    """Loss per step and its running mean; False when matplotlib is not installed."""
+def plot_losses(rows: list[tuple[int, ...]], png_path: Path, validation: list[tuple[int, float]] = ()) -> bool:
+    """loss.png (`loss_figure`); False when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -67,19 +67,41 @@ def plot_losses(rows: list[tuple[int, ...]], png_path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    steps, losses = [r[0] for r in rows], [r[1] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.plot(steps, losses, lw=0.6, alpha=0.5, label="loss")
-    if len(losses) >= 2:
-        k = max(1, len(losses) // 20)
-        smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1])
-                  for i in range(len(losses))]
-        ax.plot(steps, smooth, lw=1.5, label=f"mean of {k}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    fig.tight_layout()
+    fig = loss_figure(rows, validation)
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return True
+
+
+def loss_figure(rows: list[tuple[int, ...]], validation: list[tuple[int, float]] = ()):
+    """The training loss per step (thin), its running mean, the validation loss (dots) and, on the right axis,
+    the learning rate: each with a legend entry, both axes named and ticked. `rows` are loss.csv's
+    (step, loss, lr); `validation` validation.csv's (step, val_loss)."""
+    import matplotlib.pyplot as plt
+
+    steps, losses = [r[0] for r in rows], [r[1] for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    ax.plot(steps, losses, lw=0.6, alpha=0.45, color="#7a9ab0", label="loss (each step)")
+    if len(losses) >= 2:
+        k = max(1, len(losses) // 20)
+        smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1])
+                  for i in range(len(losses))]
+        ax.plot(steps, smooth, lw=1.8, color="#1f6fb4", label=f"loss, mean of {k} steps")
+    if validation:
+        ax.plot([s for s, _ in validation], [v for _, v in validation], "o-", ms=4, lw=1.2, color="#d2691e",
+                label="validation loss (fixed samples)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (MSE of the predicted noise)")
+    ax.grid(True, alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if rows and len(rows[0]) > 2:
+        lr_ax = ax.twinx()
+        lr_ax.plot(steps, [r[2] for r in rows], lw=1, ls="--", color="#888888", label="learning rate")
+        lr_ax.set_ylabel("learning rate")
+        more_h, more_l = lr_ax.get_legend_handles_labels()
+        handles, labels = handles + more_h, labels + more_l
+    ax.legend(handles, labels, loc="upper right", fontsize=8)
+    ax.set_title(f"training loss, steps {steps[0]}-{steps[-1]}" if steps else "training loss (no steps yet)")
+    fig.tight_layout()
+    return fig

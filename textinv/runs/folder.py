@@ -101,6 +101,14 @@ class Run:
     def config_text(self) -> str:
         return (self.path / CONFIG_FILE).read_text()
 
+    def update_config(self, cfg: Config) -> None:
+        """Rewrite config.yaml when `cfg` differs from it (a `--resume --max-steps N` trains to a new step), keeping
+        its first comment line (the effective batch)."""
+        if not self.main or dump_config(cfg) == dump_config(self.config(check=False)):
+            return
+        first = self.config_text().split("\n", 1)[0]
+        write_text(self.path / CONFIG_FILE, (first + "\n" if first.startswith("#") else "") + dump_config(cfg))
+
     def check_image_folders(self, cfg: Config) -> None:
         """Before resuming: every image folder the run was started with is still where its config says."""
         for folder in cfg.data.paths:
@@ -134,8 +142,9 @@ class Run:
             self._validation.truncate(step)
 
     def plot_losses(self) -> None:
+        """loss.png from loss.csv and validation.csv as they are now."""
         if self.main:
-            plot_losses(self._loss.rows(), self.path / "loss.png")
+            plot_losses(self._loss.rows(), self.path / "loss.png", self._validation.rows())
 
     def close(self) -> None:
         self._loss.close()
@@ -169,6 +178,13 @@ class Run:
             m = _CHECKPOINT.match(f.name.replace(f"{_EMA}.pt", ".pt") if ema else f.name)
             found.append((int(m["step"]) if m else None, f))
         return found
+
+    def final_files(self) -> list[Path]:
+        """The final embedding files in embeddings/ (every format; not the checkpoints), the .pt first."""
+        if not self.embeddings.is_dir():
+            return []
+        found = [f for f in self.embeddings.iterdir() if f.stem == self.name and f.is_file()]
+        return sorted(found, key=lambda f: (f.suffix != ".pt", f.name))
 
     def state_files(self) -> list[Path]:
         return states.state_files(self.path)

@@ -66,6 +66,14 @@ class RunResult:
     files: list[Path] = field(default_factory=list)  # every final embedding file (all formats)
     losses: list[float] = field(default_factory=list)  # losses of the steps this call ran
     prediction_type: str = "epsilon"
+    max_steps: int = 0
+
+    def to_json(self) -> dict:
+        """What `train --json` prints: the run folder, the final files (the run's embedding first), the steps and
+        the last step's loss (None when this call ran no step)."""
+        files = [self.embedding_path, *(f for f in self.files if f != self.embedding_path)]
+        return {"run_dir": str(self.run_dir), "embedding": str(self.embedding_path), "files": [str(f) for f in files],
+                "step": self.step, "max_steps": self.max_steps, "final_loss": self.losses[-1] if self.losses else None}
 
 
 def compute_loss(unet, condition, noisy, timesteps, ids, target, autocast_dtype, device, *,
@@ -146,17 +154,17 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
                 reporter.advance("train", step, loss=value, lr=current_lr)
                 # the image log before the checkpoint: a kill while logging redoes the step and its log
                 if log.image_every and step % log.image_every == 0:
-                    _log_images(run, step, model, batches, images, log, p, cfg.train.seed)
+                    _log_images(run, step, model, batches, images, log, p, cfg.train.seed, reporter.status)
                 if validation.after_step(step):  # early stop; the finish below saves
                     break
                 if ((log.save_every and step % log.save_every == 0) or stopping) and step < max_steps:
-                    last_good = _checkpoint(run, step, embedding, learning)
+                    last_good = _checkpoint(run, step, embedding, learning, reporter.status)
                 if stopping and step < max_steps:
                     raise TrainingInterrupted(run.path, step, saved=True, quiet=not main)
             if losses:  # the last image log, then the last state: what a resume after a kill here trusts
                 if log.image_every and step % log.image_every:
-                    _log_images(run, step, model, batches, images, log, p, cfg.train.seed)
-                _checkpoint(run, step, embedding, learning)
+                    _log_images(run, step, model, batches, images, log, p, cfg.train.seed, reporter.status)
+                _checkpoint(run, step, embedding, learning, reporter.status)
             else:
                 reporter.message(f"the run reached step {step} but its final files were not written; writing them")
             files = _write_finals(run, step, embedding, learning, formats)
@@ -171,7 +179,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
     acc.wait_for_everyone()
     model.unsplice()
     return RunResult(run_dir=run.path, step=step, embedding_path=next(iter(finals)), files=files, losses=losses,
-                     prediction_type=model.prediction)
+                     prediction_type=model.prediction, max_steps=max_steps)
 
 
 def _agree(acc, total: torch.Tensor, stop: bool) -> tuple[float, bool]:
@@ -201,15 +209,18 @@ def _update(optimizer, scheduler, scaler, learned: torch.Tensor, max_grad_norm: 
     return lr
 
 
-def _checkpoint(run: Run, step: int, embedding: LearnedEmbedding, learning: Learning) -> int:
+def _checkpoint(run: Run, step: int, embedding: LearnedEmbedding, learning: Learning, say) -> int:
     """The embedding (and its EMA) and the state at `step` (every process hands in its draws; the main one
-    writes)."""
+    writes), and loss.png redrawn to match (Ctrl-C's checkpoint included). `say` tells the progress what is
+    happening."""
     from accelerate.utils import gather_object
 
+    say("saving the checkpoint")
     ema = learning.levers.ema
     if ema is not None and run.main:  # before the state: resume trusts what the state points at
         run.save_checkpoint_embedding(step, embedding.at(step, ema.value), ema=True)
     run.save_checkpoint(step, embedding.at(step), learning.state(step, gather_object))
+    run.plot_losses()
     return step
 
 
@@ -221,11 +232,11 @@ def _write_finals(run: Run, step: int, embedding: LearnedEmbedding, learning: Le
     return files
 
 
-def _log_images(run: Run, step: int, model: TrainingModel, batches, images, log, p, seed: int) -> None:
+def _log_images(run: Run, step: int, model: TrainingModel, batches, images, log, p, seed: int, say) -> None:
     """The image log at `step` (`log`, `p`: the log and personalization configs), and the loss plot redrawn with it
-    (main process only)."""
+    (main process only); `say` tells the progress which picture is being drawn."""
     if run.main:
-        log_images(run, step, model, log, p, images, batches, seed)
+        log_images(run, step, model, log, p, images, batches, seed, say=say)
         run.plot_losses()
 
 

@@ -66,6 +66,7 @@ def start_run(cfg, resume: str | Path | None, acc, learning: Learning, reporter:
         path = str(Run.create(cfg, comment=comment).path) if main else None
         return Run(broadcast_object_list([path])[0], name=name, main=main), 0
     run = Run.open(resume, name=name, main=main)
+    run.update_config(cfg)  # --max-steps N: the saved config says where the run now ends
     state = run.latest_state(reporter.message)
     if len(state["rng"]) != acc.num_processes:
         raise ConfigError(f"{run.path} was trained by {len(state['rng'])} process(es); resume it with as many "

@@ -76,6 +76,7 @@ class Validation:
         return stop
 
     def _validation_loss(self, step: int) -> bool:
+        self.reporter.status(f"validation loss on {self.log.val_samples} fixed samples")
         value = self.loss()
         self.run.log_validation(step, value)
         if self.best_loss is None or value < self.best_loss:
@@ -102,13 +103,21 @@ class Validation:
                                              seed=self.seed, width=size, height=size)]
 
     def render_prompts(self, step: int) -> Path:
-        from textinv.pictures import contact_sheet
+        """images/validation_gs-<step>.png: a row per prompt, labelled with the prompt and each image's seed."""
+        from textinv.pictures import described, labelled_sheet
 
         log = self.log
-        pics = [im for prompt in log.prompts for im in self.render(prompt, log.negative_prompt)]
+        self.reporter.status(f"drawing validation, {len(log.prompts) * log.num_images} images")
+        rows = [self.render(prompt, log.negative_prompt) for prompt in log.prompts]
+        seeds = [f"seed {self.seed + i}" for i in range(log.num_images)]
+        negative = f", negative: {log.negative_prompt}" if log.negative_prompt else ""
+        sheet = labelled_sheet(rows, title=f"validation at step {step}: guidance {log.guidance_scale:g}{negative}",
+                               row_labels=list(log.prompts), tile_labels=[seeds] * len(rows))
         path = self.run.image_log("validation", step)
+        about = (f"step {step}; guidance {log.guidance_scale:g}; prompts: {'; '.join(log.prompts)}{negative}; seeds "
+                 f"{self.seed}-{self.seed + log.num_images - 1}")
         with atomic_path(path) as tmp:
-            contact_sheet(pics, columns=log.num_images).save(tmp, format="PNG")
+            sheet.save(tmp, format="PNG", pnginfo=described(f"validation at step {step}", about))
         return path
 
     def score(self, step: int) -> None:
@@ -124,8 +133,7 @@ class Validation:
                                 clip=log.eval_clip, dino=log.eval_dino)
         if self.evaluator is None:
             cfg = run.config(check=False)
-            self.source, self.data, self.init_word = (cfg.model.source, cfg.data.paths[0],
-                                                      cfg.personalization.initializer_words[0])
+            self.data, self.init_word = cfg.data.paths[0], cfg.personalization.initializer_words[0]
             self.notes: list[str] = []
             pipe = load_pipeline(cfg.model.source, model_config=cfg.model.config, device=cfg.train.device)
             self.evaluator = Evaluator(pipe, Path(self.data), settings, pipe.textinv.kind == "toy", self.notes,
@@ -136,8 +144,8 @@ class Validation:
         row = self.evaluator.score(cand, len(self.eval_rows), self.init_word, run)
         self.eval_rows.append(row)
         result = EvalResult(rows=self.eval_rows, best=best_row(self.eval_rows, settings.margin),
-                            init_word=self.init_word, model=self.source, data=self.data, settings=settings,
-                            notes=self.notes)
+                            init_word=self.init_word, model=self.evaluator.pipe.textinv.name, data=self.data,
+                            settings=settings, notes=self.notes)
         run.write_eval(result.to_json())
         shown = "n/a" if row.identity is None else f"{row.identity:.3f}"
         self.reporter.message(f"eval at step {step}: identity {shown}"
