@@ -26,15 +26,11 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES = ("circle", "square", "triangle", "cross")
 
-# The pairs the shipped model never saw, each of another colour and shape, so that every edit of one (the same
-# shape in another colour) is a pair the model knows. The first is the demo's; the learning bench chooses the
-# training defaults on the first two and checks them on the other two (bench/learning.py).
-HELD_OUT: tuple[tuple[str, str], ...] = (
-    ("purple", "triangle"),
-    ("green", "circle"),
-    ("orange", "cross"),
-    ("yellow", "square"),
-)
+# The pairs the shipped model never saw (its training.json says the same). Issue 21 asks for several, each of
+# another colour and shape so that every colour edit of one is a pair the model knows (e.g. add ("green",
+# "circle"), ("orange", "cross"), ("yellow", "square")), which needs `make toy-model` (about 30 min of one idle
+# core) and the rebuilt weights committed; until then the one pair below, the demo's, is the only unseen concept.
+HELD_OUT: tuple[tuple[str, str], ...] = (("purple", "triangle"),)
 
 # Textual inversion's prompt templates (the original paper's object list); the toy model learns all of them so
 # training prompts read as the model expects.
