@@ -380,7 +380,11 @@ def validate(cfg: Config) -> Config:
               "data.repeats", "optim.gradient_accumulation_steps", "log.num_images", "log.sample_steps")
     _non_negative(cfg, "optim.lr_warmup_steps", "optim.weight_decay", "optim.max_grad_norm", "log.save_every",
                   "log.image_every", "train.seed", "log.val_loss_every", "log.eval_every", "train.early_stop")
-    _levers(cfg.optim)
+    _non_negative(cfg, "optim.embedding_reg_weight", "optim.min_snr_gamma", "optim.max_drift")  # issue 21's levers
+    if not cfg.optim.norm_cap > 0:
+        raise ConfigError(f"`optim.norm_cap` is {cfg.optim.norm_cap}; it must be above 0 (vocabulary median norms)")
+    if not 0.0 <= cfg.optim.ema_decay < 1.0:
+        raise ConfigError(f"`optim.ema_decay` is {cfg.optim.ema_decay}; it must be in [0, 1) (0: off; OneTrainer: 0.999)")
     _positive(cfg, "log.val_samples")
     if cfg.train.early_stop and not cfg.log.val_loss_every:
         raise ConfigError("`train.early_stop` needs the validation loss; set `log.val_loss_every` (e.g. 100)")
@@ -436,15 +440,6 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"--report-to {cfg.log.report_to} needs the {tracker} package: "
                               f"pip install 'textinv[{tracker}]'")
     return cfg
-
-
-def _levers(o) -> None:
-    """The identity/editability levers' bounds (`o`: the optim config)."""
-    _non_negative(Config(optim=o), "optim.embedding_reg_weight", "optim.min_snr_gamma", "optim.max_drift")
-    if not o.norm_cap > 0:
-        raise ConfigError(f"`optim.norm_cap` is {o.norm_cap}; it must be above 0 (vocabulary median norms, e.g. 1.5)")
-    if not 0.0 <= o.ema_decay < 1.0:
-        raise ConfigError(f"`optim.ema_decay` is {o.ema_decay}; it must be in [0, 1) (0: off; OneTrainer: 0.999)")
 
 
 def _finite(cfg: Config) -> None:
