@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch; override for a GPU, e.g. `make install TORCH="torch --index-url ..."`.
 TORCH ?= torch==2.13.0
 
-.PHONY: install test test-slow test-all lint demo bench bench-sd bench-levers gpu-check toy-model interop readers clean
+.PHONY: install test test-slow test-all lint demo bench bench-sd bench-levers fuzz gpu-check toy-model interop readers clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,12 @@ lint: install
 
 demo: install
 	$(BIN)/textinv demo
+
+# Every reader of files from elsewhere, fuzzed with Hypothesis: FUZZ_EXAMPLES inputs per target, each in a fresh
+# worker whose peak memory is measured (tests/test_fuzz.py runs the same targets with small budgets in `make test`).
+FUZZ_EXAMPLES ?= 2000
+fuzz: install
+	$(BIN)/python bench/fuzz.py --examples $(FUZZ_EXAMPLES)
 
 # The example script for the comparisons comes from a git clone of huggingface/diffusers (DIFFUSERS_REPO=...).
 DIFFUSERS_REPO ?=

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from textinv import strict_yaml
+from textinv.config_bounds import MAX_LEARNING_RATE, MAX_SEED, UPPER_BOUNDS, max_batch_size
 from textinv.errors import ConfigError
 from textinv.formats import SHORTHANDS, TOOLS, WRITE_NAMES
 from textinv.formats.families import CONFIG_FOR
@@ -172,6 +173,10 @@ def _suggest(key: str) -> str:
     return f"; did you mean `{close[0]}`?" if close else "; see configs/v1-finetune.yaml for every key"
 
 
+# Keys that hold prompts: a number there is a mistake (`log.prompts: 3` for "three prompts"), not a prompt "3".
+_PROSE = ("log.prompts", "log.negative_prompt")
+
+
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Check `value` against the field's type; ints are accepted for floats and YAML scalars for lists."""
     origin = typing.get_origin(hint)
@@ -207,6 +212,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                 pass
         raise ConfigError(f"`{key}` must be a number, got {value!r}")
     if hint is str:
+        if key in _PROSE and not isinstance(value, str):
+            raise ConfigError(f"`{key}` must be text (a prompt, e.g. '* on a beach'), got {value!r}")
         if isinstance(value, bool):  # YAML 1.1 reads `no` (mixed_precision: no) as false
             return ("yes" if value else "no") if key == "train.mixed_precision" else str(value).lower()
         if isinstance(value, (str, int, float)):
@@ -306,7 +313,11 @@ def _read_yaml(p: Path, seen: tuple[Path, ...]) -> Any:
     base_path = p.parent / base if (p.parent / base).is_file() else resolve_config_path(base)
     if base_path.resolve() in seen:
         raise ConfigError(f"{p}: `base: {base}` leads back to itself")
-    return _merged(_read_yaml(base_path, (*seen, p.resolve())), data)
+    under = _read_yaml(base_path, (*seen, p.resolve()))
+    if under is not None and not isinstance(under, dict):
+        raise ConfigError(f"{p}: `base: {base}` is not a textinv config (it reads as {type(under).__name__}, not as "
+                          "sections such as model: and data:); name a config file, e.g. base: v1-finetune.yaml")
+    return _merged(under, data)
 
 
 def _merged(base: Any, over: dict) -> dict:
@@ -335,19 +346,6 @@ def apply_overrides(cfg: Config, items: list[str] | None = None, **named: Any) -
         if value is not None:
             set_key(cfg, key, value)
     return cfg
-
-
-MAX_SEED = 2**32 - 1  # the paper code's seed_everything (Lightning) takes 32-bit seeds; so does numpy
-MAX_LEARNING_RATE = 1.0  # the paper's rate is 5e-3; above 1 the vectors leave the embedding space in a step
-MAX_BATCH_AT_512 = 64  # images per micro-batch at 512 px; larger batches go through gradient accumulation
-# Upper bounds of sizes that are allocated up front: 2048 px is twice SDXL's; an epoch's order (images x repeats)
-# is kept in every resumable state; image logs are made in one batch; the schedulers have 1000 timesteps.
-UPPER_BOUNDS = {"data.resolution": 2048, "data.repeats": 1000, "log.num_images": 64, "log.sample_steps": 1000}
-
-
-def max_batch_size(resolution: int) -> int:
-    """The largest micro-batch worth trying: 64 at 512 px and below, fewer as the pixels per image grow."""
-    return max(1, min(MAX_BATCH_AT_512, int(MAX_BATCH_AT_512 * (512 / resolution) ** 2)))
 
 
 def validate(cfg: Config) -> Config:
@@ -404,9 +402,9 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.train.seed > MAX_SEED:
         raise ConfigError(f"`train.seed` is {cfg.train.seed}; it must be at most {MAX_SEED} (a 32-bit seed)")
-    for key, bound in UPPER_BOUNDS.items():
+    for key, (bound, why) in UPPER_BOUNDS.items():
         if get_key(cfg, key) > bound:
-            raise ConfigError(f"`{key}` is {get_key(cfg, key)}; it must be at most {bound}")
+            raise ConfigError(f"`{key}` is {get_key(cfg, key)}; it must be at most {bound} ({why})")
     most = max_batch_size(cfg.data.resolution)
     if cfg.data.batch_size > most:
         raise ConfigError(
@@ -415,7 +413,8 @@ def validate(cfg: Config) -> Config:
         )
     for b in ("adam_beta1", "adam_beta2"):
         if not 0.0 <= getattr(cfg.optim, b) < 1.0:
-            raise ConfigError(f"`optim.{b}` is {getattr(cfg.optim, b)}; it must be in [0, 1)")
+            raise ConfigError(f"`optim.{b}` is {getattr(cfg.optim, b)}; it must be in [0, 1) (the decay rate of one "
+                              "of AdamW's moving averages)")
     if not cfg.optim.adam_epsilon > 0:
         raise ConfigError("`optim.adam_epsilon` must be above 0")
     if cfg.log.guidance_scale < 1:

@@ -112,16 +112,7 @@ def load_folder(folder: str | Path, resolution: int, *, center_crop: bool = True
     """Every image in `folder` (not recursive), sorted by name, and the warnings to show the user. Masks
     (`NAME.mask.png`) are never training images; with `masks` each is read into its picture's TrainImage."""
     folder = Path(folder)
-    if not folder.exists():
-        raise DataError(f"image folder {folder} does not exist; pass a folder of 3-5 .png/.jpg images")
-    if not folder.is_dir():
-        raise DataError(f"{folder} is a file, not a folder; put the training images in a folder and pass that")
-    try:
-        everything = sorted(folder.iterdir())
-        entries = [p for p in everything if p.is_file()]
-        subfolders = [p.name for p in everything if p.is_dir() and not _HIDDEN.match(p.name)]
-    except OSError as e:
-        raise DataError(f"cannot read image folder {folder}: {e.strerror or e}") from None
+    entries, subfolders = _listing(folder)
     images: list[TrainImage] = []
     warnings: list[str] = []
     skipped: list[str] = []
@@ -147,13 +138,7 @@ def load_folder(folder: str | Path, resolution: int, *, center_crop: bool = True
         warnings.append(f"skipped the subfolder(s) {', '.join(subfolders)} of {folder}: only the images directly in it "
                         "are read; pass a subfolder as another DIR to train on its images too")
     if not images:
-        if entries:
-            found = f" (found {len(entries)} file(s), none of them an image)"
-        elif subfolders:
-            found = f" (it holds only subfolders: {', '.join(subfolders)}; pass the folder the images are in)"
-        else:
-            found = " (it is empty)"
-        raise DataError(f"no images in {folder}{found}; pass a folder of 3-5 .png/.jpg images of the concept")
+        raise _no_images(folder, entries, subfolders)
     if len(images) > MANY_IMAGES:
         warnings.append(
             f"{len(images)} images in {folder}; the paper found 3-5 images work best, more rarely help"
@@ -179,6 +164,47 @@ def _mask(mask_path: Path, image_path: Path, resolution: int, center_crop: bool)
         raise DataError(f"{mask_path.name} is black all over, so nothing of {image_path.name} would be trained on; "
                         "paint the concept white")
     return grey
+
+
+def check_image_folder(folder: str | Path) -> None:
+    """DataError unless `folder` is a folder holding at least one image, told from the files' headers alone: what
+    `load_folder` would refuse, found in a moment before any model loads."""
+    folder = Path(folder)
+    entries, subfolders = _listing(folder)
+    for path in entries:
+        if _HIDDEN.match(path.name) or path.suffix.lower() in _QUIET or path.stem.endswith(MASK_SUFFIX):
+            continue
+        try:
+            with Image.open(path):
+                return
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            continue
+    raise _no_images(folder, entries, subfolders)
+
+
+def _listing(folder: Path) -> tuple[list[Path], list[str]]:
+    """The files of an image folder, sorted, and the names of its subfolders that are not hidden."""
+    if not folder.exists():
+        raise DataError(f"image folder {folder} does not exist; pass a folder of 3-5 .png/.jpg images")
+    if not folder.is_dir():
+        raise DataError(f"{folder} is a file, not a folder; put the training images in a folder and pass that")
+    try:
+        everything = sorted(folder.iterdir())
+        entries = [p for p in everything if p.is_file()]
+        subfolders = [p.name for p in everything if p.is_dir() and not _HIDDEN.match(p.name)]
+    except OSError as e:
+        raise DataError(f"cannot read image folder {folder}: {e.strerror or e}") from None
+    return entries, subfolders
+
+
+def _no_images(folder: Path, entries: list[Path], subfolders: list[str]) -> DataError:
+    if entries:
+        found = f" (found {len(entries)} file(s), none of them an image)"
+    elif subfolders:
+        found = f" (it holds only subfolders: {', '.join(subfolders)}; pass the folder the images are in)"
+    else:
+        found = " (it is empty)"
+    return DataError(f"no images in {folder}{found}; pass a folder of 3-5 .png/.jpg images of the concept")
 
 
 def _caption(image_path: Path) -> str | None:

@@ -221,13 +221,7 @@ def evaluate(
     from textinv.models.loading import load_pipeline
 
     s = settings or EvalSettings()
-    t = find_targets(paths)
-    data = data or (Path(t.data) if t.data else None)
-    if data is None:
-        raise ConfigError("pass --data DIR: the folder of training pictures to compare the samples with")
-    init_word = init_word or t.init_word
-    if not init_word:
-        raise ConfigError("the embedding does not record its init word; pass --init-word WORD (e.g. cat)")
+    t, data, init_word = check_before_loading(paths, data=data, model=model, init_word=init_word, settings=s)
     pipe = load_pipeline(model or t.model, device=device)
     toy = pipe.textinv.kind == "toy"
     if toy:  # the judge scores colour edits: the toy model knows no beaches or watercolours
@@ -254,6 +248,47 @@ def evaluate(
     if out is not None:
         out.write_eval(result.to_json())
     return result
+
+
+def check_before_loading(paths: list[Path], *, data: Path | None, model: str | None, init_word: str | None,
+                         settings: EvalSettings) -> tuple[Targets, Path, str]:
+    """What `evaluate`'s arguments already show, each in one line before any model loads: the settings (guidance,
+    seed, steps), the targets readable, each embedding's family the model's (told from the model's files: the family
+    first, before anything else is asked for), the training pictures there, an init word known. Returns the
+    targets, the pictures' folder and the init word."""
+    from textinv.generation.sampling import check_request
+    from textinv.models.peek import check_fit
+    from textinv.pictures import check_image_folder
+
+    s = settings
+    check_request(n=s.seeds, steps=s.steps, cfg=s.cfg, seed=s.seed)
+    if not 0 <= s.margin <= 1:
+        raise ConfigError(f"--margin {s.margin}: a share of the best editability, between 0 and 1 (0.1 is typical)")
+    t = find_targets(paths)
+    check_fit(model or t.model, None, [(c.file or c.label, c.embedding) for c in t.candidates if c.embedding])
+    data = data or (Path(t.data) if t.data else None)
+    if data is None:
+        raise ConfigError("pass --data DIR: the folder of training pictures to compare the samples with")
+    check_image_folder(data)
+    init_word = init_word or t.init_word
+    if not init_word:
+        raise ConfigError("the embedding does not record its init word; pass --init-word WORD (e.g. cat)")
+    return t, data, init_word
+
+
+def check_copy_best(out: Path, *, force: bool = False) -> None:
+    """Before any scoring: `--copy-best OUT` can be written (an embedding file name, not there yet unless `force`,
+    in a folder that can be written)."""
+    from textinv.atomic import check_writable
+    from textinv.errors import EmbeddingFormatError, OutputExistsError
+    from textinv.formats import EMBEDDING_SUFFIXES
+
+    if out.suffix.lower() not in EMBEDDING_SUFFIXES:
+        raise EmbeddingFormatError(f"--copy-best {out}: cannot tell the format from {out.suffix or 'no extension'!r};"
+                                   f" end the name in {', '.join(EMBEDDING_SUFFIXES)}")
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out} already exists; pass --force to overwrite it")
+    check_writable(out, "--copy-best", folder=False)
 
 
 def _initial_embedding(pipe, placeholder: str, init_word: str, n: int):

@@ -78,8 +78,16 @@ def whole_number(value) -> int | None:
     return int(value) if 0 <= value < 2**63 else None
 
 
+def name_or_none(value) -> str | None:
+    """A name field read from a file (`name`, ...): text, or None for anything else (a tensor, a list, '')."""
+    return value if isinstance(value, str) and value else None
+
+
 def text_or_none(value) -> str | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+    """A text field read from a file: text or a number as text; None for NaN and anything else (a tensor, a list)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return str(value) if isinstance(value, str | int | float) else None
 
 
 # --- textinv's metadata (safetensors `textinv.*` keys) -----------------------------------------------------

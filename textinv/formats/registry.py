@@ -82,9 +82,11 @@ def read_embedding(path: Path) -> Embedding:
     for fmt in FORMATS.values():
         if fmt.recognise(data, metadata, source):
             emb = fmt.read(data, metadata, source)
+            if not emb.tokens:
+                raise EmbeddingFormatError(f"{path}: a {fmt.name} layout holding no tokens; it is not an embedding")
             emb.path = str(path)
             return emb
-    keys = [str(k) for k, v in data.items() if not isinstance(v, torch.Tensor)] if isinstance(data, dict) else []
+    keys = [repr(k)[:40] for k, v in data.items() if not isinstance(v, torch.Tensor)] if isinstance(data, dict) else []
     raise EmbeddingFormatError(
         f"{path}: not a textual-inversion embedding (unexpected keys {', '.join(keys[:5]) or type(data).__name__})"
     )

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from textinv.config import MAX_SEED
 from textinv.errors import ConfigError, UsageError
 from textinv.hashing import sha256
 from textinv.reporting import SILENT, Reporter
@@ -146,7 +147,7 @@ class Request:
         also read the init image."""
         img2img = self.init_image is not None
         check_request(n=self.n, steps=self.steps, cfg=self.cfg, strength=self.strength if img2img else None,
-                      width=self.width, height=self.height, batch_size=self.batch_size)
+                      width=self.width, height=self.height, batch_size=self.batch_size, seed=self.seed)
         if self.scheduler is not None:
             scheduler_name(self.scheduler)
         if img2img and read_init:
@@ -154,9 +155,12 @@ class Request:
 
 
 def check_request(
-    *, n: int, steps: int, cfg: float, strength: float | None = None, width=None, height=None, batch_size=None
+    *, n: int, steps: int, cfg: float, strength: float | None = None, width=None, height=None, batch_size=None,
+    seed: int | None = None,
 ) -> None:
     """Raise UsageError for values that cannot work, before any model is loaded."""
+    if seed is not None and not 0 <= seed <= MAX_SEED:  # image i uses (seed + i) mod 2^32: a larger seed would wrap
+        raise UsageError(f"--seed {seed}: must be between 0 and {MAX_SEED} (a 32-bit seed, as train.seed)")
     if n < 1:
         raise UsageError(f"-n {n}: the number of images must be 1 or more")
     if batch_size is not None and batch_size < 1:

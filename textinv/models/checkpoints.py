@@ -16,7 +16,7 @@ import torch
 from textinv import hub
 from textinv.errors import ModelError, first_line
 from textinv.formats.container import detect_container
-from textinv.models.peek import is_sdxl_checkpoint, is_sdxl_index
+from textinv.models.peek import check_config_folder, is_sdxl_checkpoint, is_sdxl_index
 
 
 def load_single_file(
@@ -25,11 +25,8 @@ def load_single_file(
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     config = Path(model_config).expanduser() if model_config else None
-    if config is not None and not (config / "model_index.json").is_file():
-        raise ModelError(
-            f"--model-config {config}: not a diffusers model folder (no model_index.json); pass the folder of a "
-            "diffusers model of the same family, e.g. a downloaded stable-diffusion-v1-5"
-        )
+    if config is not None:
+        check_config_folder(config)
     with tempfile.TemporaryDirectory(prefix="textinv-ckpt-") as tmp:
         readable, state = _checkpoint_for_diffusers(path, Path(tmp), notes)
         from_cache = config is None
@@ -181,7 +178,7 @@ def _load_with_stand_ins(path: Path):
 
     class _Unpickler(RestrictedUnpickler):
         def find_class(self, module: str, name: str):
-            found = _allowed(module, name)
+            found = _allowed(module, name, model=True)
             if found is not None:
                 return found
             skipped.add(f"{module}.{name}")

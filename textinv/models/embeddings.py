@@ -65,6 +65,12 @@ def load_embeddings(
                     f"--token {new}: {f.name} holds {len(emb.tokens)} placeholders ({names}), not one"
                 )
             emb.tokens[0].name = new
+    seen: dict[str, tuple[Path, torch.Tensor]] = {}
+    for f, emb in loaded:  # what add_embeddings would refuse after the model loaded, said before it loads
+        for tok in emb.tokens:
+            prior = seen.setdefault(tok.name, (f, tok.vectors))
+            if prior[0] != f and not (prior[1].shape == tok.vectors.shape and torch.equal(prior[1], tok.vectors)):
+                raise _in_both(tok.name, prior[0], f)
     return loaded
 
 
@@ -85,10 +91,7 @@ def add_embeddings(pipe, embeddings: list[tuple[Path, Embedding]]) -> list[str]:
             if prior is not None:
                 if prior.vectors.shape == tok.vectors.shape and torch.equal(prior.vectors, tok.vectors):
                     continue
-                raise ModelError(
-                    f"placeholder {tok.name} is in both {Path(prior.source).name} and {path.name}; "
-                    "rename one with --token NEW (one --token per --embedding)"
-                )
+                raise _in_both(tok.name, Path(prior.source), path)
             names = [tok.name] + [f"{tok.name}_{i}" for i in range(1, tok.num_vectors)]
             ids = _add_tokens(pipe.tokenizer, te, names, tok.vectors)
             if te2 is not None:
@@ -106,6 +109,11 @@ def add_embeddings(pipe, embeddings: list[tuple[Path, Embedding]]) -> list[str]:
             )
             added.append(tok.name)
     return added
+
+
+def _in_both(placeholder: str, first: Path, second: Path) -> ModelError:
+    return ModelError(f"placeholder {placeholder} is in both {first.name} and {second.name}; "
+                      "rename one with --token NEW (one --token per --embedding)")
 
 
 def _add_tokens(tokenizer, text_encoder, names: list[str], vectors: torch.Tensor) -> list[int]:

@@ -12,7 +12,7 @@ import json
 import struct
 from pathlib import Path
 
-from textinv.errors import ConfigError
+from textinv.errors import ConfigError, ModelError, UsageError
 from textinv.formats.families import CONFIG_FOR
 
 # Token-embedding tensors in original-layout checkpoints: SD1 (CLIP-L), SD2 (OpenCLIP-H), SDXL's two encoders.
@@ -27,7 +27,11 @@ _MAX_HEADER = 100 << 20  # a real header is a few hundred kB
 
 
 def default_config(source: str | None) -> str:
-    """The packaged config for the model at `source`: sdxl-finetune for an SDXL model, else v1-finetune."""
+    """The packaged config for the model at `source`: toy for the toy model (v1-finetune's 512 px on its 32 px
+    model costs 256 times the compute, minutes a step on a CPU), sdxl-finetune for an SDXL model, else
+    v1-finetune."""
+    if source == "toy":
+        return "toy"
     return CONFIG_FOR["SDXL"] if source and peek_is_sdxl(source) else CONFIG_FOR["SD1.x"]
 
 
@@ -94,11 +98,44 @@ def text_encoder_dims(source: str | Path | None, model_config: str | Path | None
     return _from_folder(Path(location))
 
 
+def check_model(source: str | Path | None, model_config: str | Path | None = None) -> tuple[int, int | None] | None:
+    """What `--model` and `--model-config` show before anything loads: the model exists (ModelError otherwise),
+    `model_config` is a diffusers folder and is given only with a single-file model (whose configs it supplies);
+    returns the text encoders' widths when the model's files tell them (`text_encoder_dims`), else None."""
+    from textinv.models.source import resolve_source
+
+    kind, _ = resolve_source(source)
+    if model_config is not None:
+        if kind != "single-file":
+            raise UsageError(
+                f"--model-config {model_config}: only a single .ckpt/.safetensors model takes a config folder; "
+                f"{f'--model {source}' if source else 'the default model'} is a {_KIND_NAMES[kind]} with its own "
+                "configs, so drop --model-config (model.config)"
+            )
+        check_config_folder(Path(model_config))
+    return text_encoder_dims(source, model_config)
+
+
+_KIND_NAMES = {"hub": "hub model", "folder": "diffusers folder", "toy": "diffusers folder (the toy model)"}
+
+
+def check_config_folder(config: Path) -> None:
+    """ModelError unless `config` (`--model-config`) is a diffusers model folder."""
+    config = config.expanduser()
+    if not (config / "model_index.json").is_file():
+        what = "no such folder" if not config.exists() else "not a diffusers model folder (no model_index.json)"
+        raise ModelError(
+            f"--model-config {config}: {what}; pass the folder of a diffusers model of the same family, e.g. a "
+            "downloaded stable-diffusion-v1-5"
+        )
+
+
 def check_fit(source, model_config, embeddings: list) -> None:
-    """ModelError when an embedding's width is not the model's, told from the model's files alone."""
+    """ModelError when an embedding's family (its widths) is not the model's, told from the model's files alone;
+    also every `check_model` check."""
     from textinv.formats.families import check_fits
 
-    dims = text_encoder_dims(source, model_config)
+    dims = check_model(source, model_config)
     if dims is None:
         return
     for path, emb in embeddings:

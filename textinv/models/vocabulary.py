@@ -10,6 +10,9 @@ vocabulary's median is about 0.39, most trained embeddings are above the factor 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -17,6 +20,35 @@ from textinv.errors import ModelError
 
 OUTLIER_FACTOR = 3.0
 NEAREST = 5
+
+
+def inspect_files(paths: Iterable[str | Path], model: str | None = None, *, raise_errors: bool = False,
+                  on_load: Callable[[], None] | None = None) -> Iterator[dict]:
+    """`textinv inspect [--model M]`: each file described, and with `model` checked against its vocabulary. What
+    the files and the model's own files show comes first: the model exists, and each embedding's family and widths
+    fit it; the model then loads once, only when some file fits it (a load error ends the command), `on_load()`
+    called just before (the command line quiets other libraries and says what loads)."""
+    from textinv.formats.edit import describe_files, describe_read, read_files
+    from textinv.formats.families import check_fits
+    from textinv.models.loading import load_pipeline
+    from textinv.models.peek import check_model
+
+    if model is None:
+        yield from describe_files(paths, raise_errors=raise_errors)
+        return
+    dims = check_model(model)
+
+    def fits(path: Path, emb) -> None:
+        for tok in emb.tokens if dims is not None else ():
+            check_fits(path, tok.name, tok.widths, dims)
+
+    read = read_files(paths, fits=fits, raise_errors=raise_errors)
+    pipe = None
+    if any(r.embedding is not None for r in read):
+        if on_load is not None:
+            on_load()
+        pipe = load_pipeline(model)
+    yield from describe_read(read, check=lambda emb: diagnose(emb, pipe), raise_errors=raise_errors)
 
 
 def diagnose(emb, pipe, *, nearest: int = NEAREST) -> dict:

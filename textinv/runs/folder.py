@@ -193,6 +193,20 @@ class Run:
         """The newest intact state, falling back past damaged ones (said through `say`)."""
         return states.latest_state(self.path, say)
 
+    def check_resumable(self, cfg: Config) -> None:
+        """Before the model loads: the run has an intact state, holding as many learned vectors as `cfg` (its saved
+        config) makes: one line, not a traceback, when config.yaml was edited after the run started."""
+        state = self.latest_state(lambda _: None)  # the warnings are said when it is loaded
+        p = cfg.personalization
+        held, wanted = state["learned"].shape[0], len(p.placeholder_strings) * p.num_vectors_per_token
+        if held != wanted:
+            raise ConfigError(
+                f"{self.path}: its states hold {held} learned vector(s), but {CONFIG_FILE} asks for "
+                f"{len(p.placeholder_strings)} placeholder(s) x {p.num_vectors_per_token} vector(s) = {wanted}; "
+                f"{CONFIG_FILE} was edited after the run started: put personalization back as it was, or start a "
+                "new run"
+            )
+
     # --- the final files ---------------------------------------------------------------------------------------
 
     def final_paths(self, embedding, formats: list[str], *, ema: bool = False) -> dict[Path, str]:
@@ -250,7 +264,8 @@ def resume_config(run_dir: str | Path, *, max_steps: int | None = None,
                   others: dict[str, object] | None = None) -> Config:
     """The config `textinv train --resume` continues `run_dir` with: the saved one, with `max_steps` when given.
     `others` maps the caller's other options to their values; a resume keeps the saved config, so any given one
-    (a true value) is an error. The run's image folders must still be where they were."""
+    (a true value) is an error. The run's image folders must still be where they were, and its latest intact state
+    must fit the config."""
     extra = [flag for flag, value in (others or {}).items() if value]
     if extra:
         raise ConfigError(f"--resume continues with the run's saved config; drop {', '.join(extra)} "
@@ -258,4 +273,5 @@ def resume_config(run_dir: str | Path, *, max_steps: int | None = None,
     run = Run.open(run_dir)
     cfg = run.config(max_steps=max_steps)
     run.check_image_folders(cfg)
+    run.check_resumable(cfg)
     return cfg

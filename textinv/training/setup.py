@@ -14,12 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from textinv.atomic import check_writable
 from textinv.errors import ConfigError, ModelError, UsageError
+from textinv.formats.families import family_for
 from textinv.models import peek
 from textinv.models.conditioning import Conditioning, conditioning_for, is_sdxl
 from textinv.models.loading import load_pipeline, model_family, resolve_device
 from textinv.models.tokens import SplicedEmbedding, add_placeholders, expand_placeholders, replace_module
-from textinv.pictures import TrainImage
+from textinv.pictures import TrainImage, check_image_folder
 from textinv.reporting import Reporter
 from textinv.runs import Run
 from textinv.training import data
@@ -33,9 +35,44 @@ def check_image_folders(data_cfg) -> None:
     """A new run names its image folders (`data.paths`), and each one exists: said before any model loads."""
     if not data_cfg.paths:
         raise UsageError("pass a folder of images: textinv train ./my_cat --init-word cat")
-    missing = [d for d in data_cfg.paths if not Path(d).is_dir()]
-    if missing:
-        raise UsageError(f"{missing[0]}: no such folder; pass a folder of 3-5 images of the concept")
+    for d in data_cfg.paths:
+        if Path(d).is_file():
+            raise UsageError(f"{d} is a file, not a folder; pass the folder that holds the images of the concept")
+        if not Path(d).is_dir():
+            raise UsageError(f"{d}: no such folder; pass a folder of 3-5 images of the concept")
+
+
+def check_launch(environ=os.environ) -> None:
+    """UsageError when `accelerate launch` was asked for several processes but started only this one: its simple
+    launcher (no --multi_gpu on a machine without GPUs) sets MASTER_ADDR for them and starts one process, which
+    would train alone, more slowly than asked, and without saying so."""
+    launched = "ACCELERATE_MIXED_PRECISION" in environ  # every accelerate launcher sets it
+    several = "MASTER_ADDR" in environ  # the simple launcher sets it only for several processes or machines
+    started = any(k in environ for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"))
+    if launched and several and not started:
+        raise UsageError(
+            "accelerate launch was asked for several processes but started only this one: without GPUs its launcher "
+            "starts several only with --multi_gpu (textinv then trains on CPU processes); add --multi_gpu, or drop "
+            "--num_processes to train in one process"
+        )
+
+
+def check_before_loading(cfg, *, resume: bool = False) -> None:
+    """What the config already shows, each in one line before any model loads (or another library prints): the
+    image folders hold images; the model and `model.config` exist and fit each other; the config's family is the
+    model's, told from the model's files; a new run's output folder can be written; `accelerate launch` started
+    the processes it was asked for."""
+    check_launch()
+    resolve_device(cfg.train.device)  # a device this machine does not have
+    if not resume:
+        check_image_folders(cfg.data)
+        check_writable(cfg.log.output_dir, "--out")
+    for folder in cfg.data.paths:
+        check_image_folder(folder)
+    dims = peek.check_model(cfg.model.source, cfg.model.config)
+    if dims is not None:
+        peek.check_config(cfg.model.family, dims[1] is not None, family_for(*dims),
+                          len(cfg.personalization.placeholder_strings))
 
 
 def make_accelerator(train_cfg):

@@ -42,6 +42,12 @@ class Learning:
     def load(self, state: dict[str, Any], rank: int) -> int:
         """Put a saved state back (this process's draws are entry `rank`); returns its step."""
         b = self.batches
+        if tuple(state["learned"].shape) != tuple(self.rows.shape):
+            raise ConfigError(
+                f"the run's state holds learned vectors of shape {list(state['learned'].shape)} but this model and "
+                f"config make {list(self.rows.shape)}: the config (the model or personalization) was edited after "
+                "the run started; put it back as it was, or start a new run"
+            )
         self.rows.data.copy_(state["learned"].to(self.rows.device))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
