@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from textinv import strict_yaml
-from textinv.config_bounds import UPPER_BOUNDS
+from textinv.config_bounds import MAX_LEARNING_RATE, MAX_SEED, UPPER_BOUNDS, max_batch_size
 from textinv.errors import ConfigError
 from textinv.formats import SHORTHANDS, TOOLS, WRITE_NAMES
 from textinv.formats.families import CONFIG_FOR
@@ -59,6 +59,7 @@ class DataConfig:
     flip_p: float = 0.5  # the paper code and the diffusers example both flip half the time
     repeats: int = 100
     batch_size: int = 2  # the paper code's v1-finetune.yaml
+    masks: bool = True  # a picture's NAME.mask.png beside it (white: the concept) restricts the loss to the concept
 
 
 @dataclass
@@ -73,6 +74,12 @@ class OptimConfig:
     adam_epsilon: float = 1.0e-8
     weight_decay: float = 0.01  # torch's AdamW default, which the paper code and diffusers use
     max_grad_norm: float = 0.0  # 0: no clipping
+    embedding_reg_weight: float = 0.0  # pull toward the init vectors (the paper code's key); levers: training/levers.py
+    norm_control: str = "none"  # none | vocab | cap: after each step, each vector's norm set to (vocab) or capped at
+    norm_cap: float = 1.0  # (cap) this many times the vocabulary's median norm (OneTrainer's preserve_embedding_norm)
+    max_drift: float = 0.0  # 0: off; else keep each vector within this many vocabulary median norms of its init
+    ema_decay: float = 0.0  # 0: off; else also save an EMA of the vectors, <name>-ema.pt (OneTrainer: 0.999)
+    min_snr_gamma: float = 0.0  # 0: off; else Min-SNR-gamma loss weighting (invoke-training's default: 5)
 
 
 @dataclass
@@ -120,6 +127,7 @@ CHOICES = {
     "model.family": (None, *CONFIG_FOR),  # the families with a packaged config
     "personalization.learnable_property": ("object", "style"),
     "optim.lr_scheduler": ("constant", "linear", "cosine"),
+    "optim.norm_control": ("none", "vocab", "cap"),
     "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
     "log.report_to": ("none", "tensorboard", "wandb", "all"),
 }
@@ -340,16 +348,6 @@ def apply_overrides(cfg: Config, items: list[str] | None = None, **named: Any) -
     return cfg
 
 
-MAX_SEED = 2**32 - 1  # the paper code's seed_everything (Lightning) takes 32-bit seeds; so does numpy
-MAX_LEARNING_RATE = 1.0  # the paper's rate is 5e-3; above 1 the vectors leave the embedding space in a step
-MAX_BATCH_AT_512 = 64  # images per micro-batch at 512 px; larger batches go through gradient accumulation
-
-
-def max_batch_size(resolution: int) -> int:
-    """The largest micro-batch worth trying: 64 at 512 px and below, fewer as the pixels per image grow."""
-    return max(1, min(MAX_BATCH_AT_512, int(MAX_BATCH_AT_512 * (512 / resolution) ** 2)))
-
-
 def validate(cfg: Config) -> Config:
     """Impossible values are errors here, before any model loads. Returns cfg."""
     _finite(cfg)
@@ -380,6 +378,11 @@ def validate(cfg: Config) -> Config:
               "data.repeats", "optim.gradient_accumulation_steps", "log.num_images", "log.sample_steps")
     _non_negative(cfg, "optim.lr_warmup_steps", "optim.weight_decay", "optim.max_grad_norm", "log.save_every",
                   "log.image_every", "train.seed", "log.val_loss_every", "log.eval_every", "train.early_stop")
+    _non_negative(cfg, "optim.embedding_reg_weight", "optim.min_snr_gamma", "optim.max_drift")  # issue 21's levers
+    if not cfg.optim.norm_cap > 0:
+        raise ConfigError(f"`optim.norm_cap` is {cfg.optim.norm_cap}; it must be above 0 (vocabulary median norms)")
+    if not 0.0 <= cfg.optim.ema_decay < 1.0:
+        raise ConfigError(f"`optim.ema_decay` is {cfg.optim.ema_decay}; it must be in [0, 1) (0: off; OneTrainer: 0.999)")
     _positive(cfg, "log.val_samples")
     if cfg.train.early_stop and not cfg.log.val_loss_every:
         raise ConfigError("`train.early_stop` needs the validation loss; set `log.val_loss_every` (e.g. 100)")

@@ -270,9 +270,10 @@ def _call(run, params: list[GenerationParams], init, reporter: Reporter) -> list
         reporter.advance("steps", step + 1)
         return tensors
 
+    from textinv.generation.weighting import prompt_arguments
+
     kwargs = dict(
-        prompt=p.prompt,
-        negative_prompt=p.negative or None,
+        **prompt_arguments(run, p.prompt, p.negative),  # the text, or its embeddings for (word:0.7) or > 75 tokens
         num_images_per_prompt=len(params),
         num_inference_steps=p.steps,
         guidance_scale=p.cfg,
