@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch; override for a GPU, e.g. `make install TORCH="torch --index-url ..."`.
 TORCH ?= torch==2.13.0
 
-.PHONY: install test test-slow test-all lint demo bench bench-sd fuzz gpu-check toy-model interop readers clean
+.PHONY: install test test-slow test-all lint demo bench bench-sd bench-levers fuzz gpu-check toy-model interop readers clean
 
 install: $(VENV)/.installed
 
@@ -53,6 +53,13 @@ bench-sd: install
 	$(BIN)/python bench/train_speed.py --shape sd15 --resolution 256 --steps 6 --warmup 2 --rounds 3 $(EXAMPLE)
 	$(BIN)/python bench/train_speed.py --shape sd2 --resolution 768 --steps 3 --warmup 1 --rounds 1 $(EXAMPLE)
 	$(BIN)/python bench/latent_cache.py
+
+# Identity against editability, lever by lever, on the toy model (hours on 2 shared CPU cores; resumable): the
+# README's lever table and docs/levers.png
+bench-levers: install
+	$(BIN)/python bench/levers.py choose --out bench-levers
+	$(BIN)/python bench/levers.py check --out bench-levers
+	$(BIN)/python bench/levers.py report --out bench-levers --plot docs/levers.png
 
 gpu-check: install
 	DIFFUSERS_REPO=$(DIFFUSERS_REPO) PYTHON=$(BIN)/python bench/gpu_check.sh

@@ -338,8 +338,9 @@ def test_inspect_model_loads_once_for_the_files_that_fit(tmp_path):
 
 @pytest.fixture
 def saved_run(tmp_path, pictures) -> Run:
-    cfg = cfgmod.build_config(None, ["train.max_steps=6"], **{"data.paths": [str(pictures)], "model.source": "toy",
-                                                               "log.output_dir": str(tmp_path / "logs")})
+    cfg = cfgmod.build_config(None, ["train.max_steps=6", "personalization.num_vectors_per_token=2"],  # as its states
+                              **{"data.paths": [str(pictures)], "model.source": "toy",
+                                 "log.output_dir": str(tmp_path / "logs")})
     run = Run.create(cfg)
     for step in (2, 4):
         state = {"step": step, "learned": torch.full((2, TOY_WIDTH), float(step)), "optimizer": {},
@@ -349,7 +350,7 @@ def saved_run(tmp_path, pictures) -> Run:
 
 
 def test_resume_after_editing_num_vectors_is_one_line(saved_run, no_model_loads):
-    assert "num_vectors_per_token: 2" in saved_run.config_text()  # the toy config's
+    assert "num_vectors_per_token: 2" in saved_run.config_text()  # the fixture's
     text = saved_run.config_text().replace("num_vectors_per_token: 2", "num_vectors_per_token: 3")
     (saved_run.path / "config.yaml").write_text(text)
     result = _run("train", "--resume", saved_run.path)
@@ -396,7 +397,7 @@ def test_a_state_whose_vectors_do_not_fit_the_model_is_one_line():
     from textinv.training.state import Learning
 
     rows = torch.nn.Parameter(torch.zeros(1, 32))
-    learning = Learning(rows=rows, optimizer=None, scheduler=None, scaler=None, batches=None)
+    learning = Learning(rows=rows, optimizer=None, scheduler=None, scaler=None, batches=None, levers=None)
     with pytest.raises(ConfigError, match=r"shape \[1, 64\] but this model and config make \[1, 32\]"):
         learning.load({"learned": torch.zeros(1, 64)}, 0)
 

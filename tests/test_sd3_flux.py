@@ -662,3 +662,41 @@ def test_inspect_against_the_model_checks_every_part_in_its_encoder(tiny_sd3_dir
                                                                                            "text_encoder_2"]
         assert [t["encoder"] for t in check["tokens"]] == want
         assert all(n["token"] for t in check["tokens"] for v in t["vectors"] for n in v["nearest"])
+
+
+# --- issue 21's levers on SD3 and Flux.1 -------------------------------------------------------------------------
+
+
+def test_the_levers_bound_only_the_clip_columns_when_t5_is_frozen(tiny_sd3_dir, tmp_path):
+    """max_drift acts per trained encoder against its own vocabulary; T5, frozen, has no columns in the rows."""
+    images = make_images(tmp_path / "my_cat")
+    result = _train(images, tiny_sd3_dir, tmp_path / "logs", "--set", "optim.max_drift=0.05",
+                    "--set", "personalization.num_vectors_per_token=1", "--set", "optim.learning_rate=0.5",
+                    "--set", "optim.scale_lr=false", steps=3)
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "logs").iterdir()
+    token = load_embedding(run_dir / "embeddings" / "my_cat.safetensors").tokens[0]
+    pipe = load_pipeline(str(tiny_sd3_dir))
+    for key, tokenizer, encoder in (("clip_l", pipe.tokenizer, pipe.text_encoder),
+                                    ("clip_g", pipe.tokenizer_2, pipe.text_encoder_2)):
+        table = encoder.get_input_embeddings().weight.detach()
+        bound = 0.05 * float(table.norm(dim=-1).median())
+        cat = table[tokenizer("cat", add_special_tokens=False).input_ids[0]]
+        drift = float((token.parts[key][0] - cat).norm())
+        assert 0.9 * bound <= drift <= bound * 1.0001, (key, drift, bound)  # moved, and no further than the bound
+
+
+def test_min_snr_gamma_on_a_flow_model_is_one_line(tiny_flux_dir, tmp_path):
+    images = make_images(tmp_path / "my_cat")
+    result = _train(images, tiny_flux_dir, tmp_path / "logs", "--set", "optim.min_snr_gamma=5")
+    assert result.exit_code != 0
+    assert "`optim.min_snr_gamma` weights DDPM training" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_prompt_weights_on_sd3_are_refused_in_one_line(tiny_sd3_dir, tmp_path):
+    result = _run("generate", "a photo of (cat:1.3)", "--model", tiny_sd3_dir, "-s", 2, "-W", 32, "-H", 32,
+                  "-o", tmp_path)
+    assert result.exit_code != 0
+    assert "prompt weights such as (word:0.7)" in result.output
+    assert "Traceback" not in result.output

@@ -138,8 +138,14 @@ def convert(
     ] = None,
     split: SplitOpt = False,
     force: ForceOpt = False,
+    strength: Annotated[float | None, typer.Option(help="Write a blend toward the init word: 0 gives its vectors, "
+                                                   "1 the learned ones (needs --model).", show_default=False)] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="For --strength: the model the embedding was "
+                                              "trained on (hub id, folder, checkpoint or toy).")] = None,
+    init_word: Annotated[str | None, typer.Option("--init-word", "-i", help="For --strength, when the file does "
+                                                  "not record its init word.")] = None,
 ) -> None:
-    """Convert an embedding between formats, losslessly.
+    """Convert an embedding between formats, losslessly (or, with --strength, blended toward its init word).
 
     Example: textinv convert learned_embeds.bin my_cat.pt --for a1111
     """
@@ -151,6 +157,10 @@ def convert(
         emb = load_embedding(src)
         if token:
             rename_or_pick(emb, token)
+        if strength is not None:
+            from textinv.models.strength import with_strength
+
+            emb = with_strength(emb, strength, model=model, init_word=init_word)
         written = _write(emb, dst, to, for_tool, force, split)
     print_written(written, for_tool.value if for_tool else None)
 
@@ -580,7 +590,8 @@ def demo(
         )
     info(
         f"the judge sees the concept in {result.learned_match:.0%} of '{result.learned_prompt}' and "
-        f"{result.init_match:.0%} of '{result.init_prompt}' ({result.seconds:.0f} s in all)"
+        f"{result.init_match:.0%} of '{result.init_prompt}'; editability: {result.edit_match:.0%} of "
+        f"'{result.edit_prompt}' in the colour asked for ({result.seconds:.0f} s in all)"
     )
     out.print(str(result.picture))
 
@@ -607,8 +618,8 @@ def eval_(
     seed: Annotated[int, typer.Option("--seed", "-S", help="The first seed.")] = 0,
     steps: Annotated[int, typer.Option("--steps", "-s", min=1, help="Denoising steps.")] = 50,
     cfg: Annotated[float, typer.Option("--cfg", "-C", help="Classifier-free guidance scale.")] = 7.5,
-    margin: Annotated[float, typer.Option("--margin", min=0.0, max=1.0, help="Best step: editability may fall "
-                                          "this fraction below the best checkpoint's.")] = 0.1,
+    margin: Annotated[float, typer.Option("--margin", min=0.0, max=1.0, help="Best step: the balance of identity "
+                                          "and editability may fall this fraction below the best.")] = 0.1,
     device: _ImgDevice = None,
     copy_best: Annotated[Path | None, typer.Option("--copy-best", help="Write the best step's embedding here.",
                                                    show_default=False)] = None,
@@ -617,7 +628,7 @@ def eval_(
 ) -> None:
     """Score an embedding, or every checkpoint of a run, and pick the best step. Example: textinv eval logs/cat_2024-01-01T10-00-00
 
-    Generates SEEDS images of 'a photo of *' and of edit prompts ('* on a beach', ...) for each checkpoint and the init word; identity is CLIP (and DINO) similarity to the training pictures, editability CLIP similarity to the prompt with * replaced by the init word. On --model toy the toy's judge is the identity score.
+    Generates SEEDS images of 'a photo of *' and of edit prompts ('* on a beach', 'a blue *', ...) for each checkpoint and the init word; identity is CLIP (and DINO) similarity to the training pictures, editability CLIP similarity to the prompt with * replaced by the init word. On --model toy the toy's judge scores both: the concept in 'a photo of *', the asked colour in 'a photo of a <colour> *'.
     """
     from textinv.evaluation import evaluate as evaluation
     from textinv.progress import EvalProgress

@@ -1,13 +1,9 @@
 """Training configuration: typed dataclasses are the schema (`configs/v1-finetune.yaml` shows every key with its
-default and a comment; a test keeps the two in step), a YAML file is a diff over them, flags win.
-
-Flow: `load_config(path)` (dataclass defaults <- YAML) -> `apply_overrides(cfg, ["optim.learning_rate=1e-3"])`
-(<- `--set` <- named flags) -> `validate(cfg)` (before any model loads) -> saved into the run folder by
-`textinv.runs.Run.create`, read back from it for --resume.
-
-A YAML file may start from another with `base: FILE` (a path beside it or a packaged config name) and list only
-what differs. A file in the paper code's own OmegaConf layout (`model.params.personalization_config...`) is
-translated by `textinv.paper_config`; the keys it has no use for come back as a note.
+default and a comment; a test keeps the two in step), a YAML file is a diff over them, flags win. Flow:
+`load_config(path)` (defaults <- YAML) -> `apply_overrides(cfg, ["optim.learning_rate=1e-3"])` (<- `--set` <- named
+flags) -> `validate(cfg)` (before any model loads) -> saved into the run folder by `textinv.runs.Run.create`, read
+back for --resume. A YAML file may start from another with `base: FILE` (beside it, or a packaged config's name) and
+list only what differs; the paper code's OmegaConf layout is translated by `textinv.paper_config`.
 """
 
 from __future__ import annotations
@@ -26,7 +22,7 @@ from typing import Any
 import yaml
 
 from textinv import strict_yaml
-from textinv.config_bounds import UPPER_BOUNDS
+from textinv.config_bounds import MAX_LEARNING_RATE, MAX_SEED, UPPER_BOUNDS, max_batch_size
 from textinv.errors import ConfigError
 from textinv.formats import SHORTHANDS, TOOLS, WRITE_NAMES
 from textinv.formats.families import CONFIG_FOR
@@ -60,6 +56,7 @@ class DataConfig:
     flip_p: float = 0.5  # the paper code and the diffusers example both flip half the time
     repeats: int = 100
     batch_size: int = 2  # the paper code's v1-finetune.yaml
+    masks: bool = True  # a picture's NAME.mask.png beside it (white: the concept) restricts the loss to the concept
 
 
 @dataclass
@@ -74,6 +71,12 @@ class OptimConfig:
     adam_epsilon: float = 1.0e-8
     weight_decay: float = 0.01  # torch's AdamW default, which the paper code and diffusers use
     max_grad_norm: float = 0.0  # 0: no clipping
+    embedding_reg_weight: float = 0.0  # pull toward the init vectors (the paper code's key); levers: training/levers.py
+    norm_control: str = "none"  # none | vocab | cap: after each step, each vector's norm set to (vocab) or capped at
+    norm_cap: float = 1.0  # (cap) this many times the vocabulary's median norm (OneTrainer's preserve_embedding_norm)
+    max_drift: float = 0.0  # 0: off; else keep each vector within this many vocabulary median norms of its init
+    ema_decay: float = 0.0  # 0: off; else also save an EMA of the vectors, <name>-ema.pt (OneTrainer: 0.999)
+    min_snr_gamma: float = 0.0  # 0: off; else Min-SNR-gamma loss weighting (invoke-training's default: 5)
 
 
 @dataclass
@@ -123,6 +126,7 @@ CHOICES = {
     "model.family": (None, *CONFIG_FOR),  # the families with a packaged config
     "personalization.learnable_property": ("object", "style"),
     "optim.lr_scheduler": ("constant", "linear", "cosine"),
+    "optim.norm_control": ("none", "vocab", "cap"),
     "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
     "train.weighting_scheme": ("logit_normal", "mode", "none", "sigma_sqrt", "cosmap"),  # diffusers' (objective.py)
     "log.report_to": ("none", "tensorboard", "wandb", "all"),
@@ -344,16 +348,6 @@ def apply_overrides(cfg: Config, items: list[str] | None = None, **named: Any) -
     return cfg
 
 
-MAX_SEED = 2**32 - 1  # the paper code's seed_everything (Lightning) takes 32-bit seeds; so does numpy
-MAX_LEARNING_RATE = 1.0  # the paper's rate is 5e-3; above 1 the vectors leave the embedding space in a step
-MAX_BATCH_AT_512 = 64  # images per micro-batch at 512 px; larger batches go through gradient accumulation
-
-
-def max_batch_size(resolution: int) -> int:
-    """The largest micro-batch worth trying: 64 at 512 px and below, fewer as the pixels per image grow."""
-    return max(1, min(MAX_BATCH_AT_512, int(MAX_BATCH_AT_512 * (512 / resolution) ** 2)))
-
-
 def validate(cfg: Config) -> Config:
     """Impossible values are errors here, before any model loads. Returns cfg."""
     _finite(cfg)
@@ -383,8 +377,14 @@ def validate(cfg: Config) -> Config:
     _positive(cfg, "personalization.num_vectors_per_token", "train.max_steps", "data.resolution", "data.batch_size",
               "data.repeats", "optim.gradient_accumulation_steps", "log.num_images", "log.sample_steps")
     _non_negative(cfg, "optim.lr_warmup_steps", "optim.weight_decay", "optim.max_grad_norm", "log.save_every",
-                  "log.image_every", "train.seed", "log.val_loss_every", "log.eval_every", "train.early_stop")
-    _positive(cfg, "log.val_samples", "train.flux_guidance")
+                  "log.image_every", "train.seed", "log.val_loss_every", "log.eval_every", "train.early_stop",
+                  "optim.embedding_reg_weight", "optim.min_snr_gamma", "optim.max_drift")
+    for key in ("optim.norm_cap", "train.flux_guidance"):  # reals: a cap in vocabulary median norms, a guidance
+        if not get_key(cfg, key) > 0:
+            raise ConfigError(f"`{key}` is {get_key(cfg, key)}; it must be above 0")
+    if not 0.0 <= cfg.optim.ema_decay < 1.0:
+        raise ConfigError(f"`optim.ema_decay` is {cfg.optim.ema_decay}; it must be in [0, 1) (0: off; OneTrainer: 0.999)")
+    _positive(cfg, "log.val_samples")
     if cfg.train.early_stop and not cfg.log.val_loss_every:
         raise ConfigError("`train.early_stop` needs the validation loss; set `log.val_loss_every` (e.g. 100)")
     if p.num_vectors_per_token > 75:

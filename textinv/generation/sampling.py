@@ -275,11 +275,10 @@ def _call(run, params: list[GenerationParams], init, reporter: Reporter) -> list
         reporter.advance("steps", step + 1)
         return tensors
 
-    from textinv.models.embeddings import prompt_for
+    from textinv.generation.weighting import prompt_arguments
 
     kwargs = dict(
-        prompt=prompt_for(run, p.prompt),
-        negative_prompt=prompt_for(run, p.negative) if p.negative else None,
+        **prompt_arguments(run, p.prompt, p.negative),  # the text, or its embeddings for (word:0.7) or > 75 tokens
         num_images_per_prompt=len(params),
         num_inference_steps=p.steps,
         guidance_scale=p.cfg,

@@ -1,7 +1,8 @@
 """`Run`: the run folder's one reader and writer. Every file name below is spelled here and nowhere else.
 
     config.yaml          the resolved config (what --resume reads back)
-    embeddings/          <name>-<step>.pt every save_every steps, <name>.pt (+ other formats) at the end
+    embeddings/          <name>-<step>.pt every save_every steps, <name>.pt (+ other formats) at the end; with
+                         optim.ema_decay, their EMA beside them: <name>-<step>-ema.pt, <name>-ema.pt (+ formats)
     images/              <key>_gs-<step>.png every image_every: conditioning (+ .txt: the drawn prompts) / inputs /
                          reconstruction / samples / samples_scaled / init_word, one row per placeholder; validation
     state/, state.json   the resumable states and the pointer at the latest (`textinv.runs.states`)
@@ -32,6 +33,7 @@ from textinv.runs.curves import Curve, plot_losses
 CONFIG_FILE = "config.yaml"
 EVAL_FILE = "eval.json"
 _CHECKPOINT = re.compile(r"^(?P<name>.+)-(?P<step>\d+)\.pt$")  # embeddings/<name>-<step>.pt
+_EMA = "-ema"  # embeddings/<name>-<step>-ema.pt, <name>-ema.pt: the EMA of the vectors (optim.ema_decay)
 _IMAGE_LOG = re.compile(r"^(?P<key>[a-z_]+)_gs-(?P<step>\d+)\.png$")  # images/<key>_gs-<step>.png
 
 
@@ -150,14 +152,15 @@ class Run:
 
     # --- checkpoints and states ----------------------------------------------------------------------------------
 
-    def checkpoint_path(self, step: int) -> Path:
-        return self.embeddings / f"{self.name}-{step}.pt"
+    def checkpoint_path(self, step: int, *, ema: bool = False) -> Path:
+        return self.embeddings / (f"{self.name}-{step}{_EMA}.pt" if ema else f"{self.name}-{step}.pt")
 
-    def save_checkpoint_embedding(self, step: int, embedding) -> Path:
-        """embeddings/<name>-<step>.pt (written on every process that asks: validation scores it)."""
+    def save_checkpoint_embedding(self, step: int, embedding, *, ema: bool = False) -> Path:
+        """embeddings/<name>-<step>.pt, or its EMA's <name>-<step>-ema.pt (written on every process that asks:
+        validation scores it)."""
         from textinv.formats.files import save_embedding
 
-        return save_embedding(embedding, self.checkpoint_path(step), format="pt", force=True)
+        return save_embedding(embedding, self.checkpoint_path(step, ema=ema), format="pt", force=True)
 
     def save_checkpoint(self, step: int, embedding, state: dict[str, Any]) -> None:
         """embeddings/<name>-<step>.pt, then the state (the state last: resume trusts what it points at)."""
@@ -165,11 +168,14 @@ class Run:
             self.save_checkpoint_embedding(step, embedding)
             states.save_state(self.path, step, state)
 
-    def embedding_files(self) -> list[tuple[int | None, Path]]:
-        """Every .pt in embeddings/, by name, with the step its name gives (None for a final file)."""
+    def embedding_files(self, *, ema: bool = False) -> list[tuple[int | None, Path]]:
+        """Every .pt in embeddings/ (or, with `ema`, every EMA .pt), by name, with the step its name gives (None
+        for a final file)."""
         found = []
         for f in sorted(self.embeddings.glob("*.pt")):
-            m = _CHECKPOINT.match(f.name)
+            if f.stem.endswith(_EMA) != ema:
+                continue
+            m = _CHECKPOINT.match(f.name.replace(f"{_EMA}.pt", ".pt") if ema else f.name)
             found.append((int(m["step"]) if m else None, f))
         return found
 
@@ -203,24 +209,25 @@ class Run:
 
     # --- the final files ---------------------------------------------------------------------------------------
 
-    def final_paths(self, embedding, formats: list[str]) -> dict[Path, str]:
-        """Where each final file goes -> the format or tool (`log.formats`) it is written for; two naming the same
-        file write it once. The first format's comes first."""
+    def final_paths(self, embedding, formats: list[str], *, ema: bool = False) -> dict[Path, str]:
+        """Where each final file (`ema`: each final EMA file) goes -> the format or tool (`log.formats`) it is
+        written for; two naming the same file write it once. The first format's comes first."""
         from textinv.formats.files import with_extension
 
+        stem = self.embeddings / (f"{self.name}{_EMA}" if ema else self.name)
         paths: dict[Path, str] = {}
         for fmt in formats:
-            paths.setdefault(with_extension(embedding, self.embeddings / self.name, format=fmt), fmt)
+            paths.setdefault(with_extension(embedding, stem, format=fmt), fmt)
         return paths
 
-    def write_finals(self, embedding, formats: list[str]) -> list[Path]:
-        """The final embedding in every format."""
+    def write_finals(self, embedding, formats: list[str], *, ema: bool = False) -> list[Path]:
+        """The final embedding (`ema`: its EMA) in every format."""
         if not self.main:
             return []
         from textinv.formats.files import save_embedding
 
         return [save_embedding(embedding, path, format=fmt, force=True)
-                for path, fmt in self.final_paths(embedding, formats).items()]
+                for path, fmt in self.final_paths(embedding, formats, ema=ema).items()]
 
     # --- image logs --------------------------------------------------------------------------------------------
 

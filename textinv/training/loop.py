@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -32,8 +33,9 @@ from textinv.errors import ConfigError, Interrupted, TextinvError
 from textinv.models.loading import base_model_of
 from textinv.reporting import Reporter
 from textinv.runs import Run
-from textinv.training import data, objective, setup
+from textinv.training import data, setup
 from textinv.training.image_log import log_images
+from textinv.training.objective import DDPM, min_snr_weights, weighted_mse
 from textinv.training.setup import TrainingModel
 from textinv.training.state import LearnedEmbedding, Learning, start_run
 from textinv.training.validation import Validation
@@ -74,25 +76,36 @@ class RunResult:
                 "step": self.step, "max_steps": self.max_steps, "final_loss": self.losses[-1] if self.losses else None}
 
 
-def compute_loss(denoiser, condition, noisy, timesteps, ids, target, autocast_dtype, device,
-                 weights=None) -> torch.Tensor:
+def compute_loss(denoiser, condition, noisy, timesteps, ids, target, autocast_dtype, device, *,
+                 weights: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
     """One forward pass: conditioning (with the spliced rows), the denoiser (UNet, SD3's or Flux.1's transformer),
-    MSE against the target in float32, weighted per sample when the objective weights (`training.objective`)."""
+    MSE against the target in float32, each sample's weighted by `weights` and restricted to its `mask` when given
+    (training/objective.py)."""
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         pred = denoiser(noisy, timesteps, condition(ids))
-    return objective.loss(pred, target, weights)
+    return weighted_mse(pred, target, weights=weights, mask=mask)
 
 
 @dataclass
 class Forward:
-    """The loss of one draw (noisy, timesteps, ids, target) through the training model; validation uses it too."""
+    """The loss of one draw (noisy, timesteps, ids, target, mask) through the training model, Min-SNR-weighted when
+    the optim config's `min_snr_gamma` is above 0; validation uses it too."""
 
     model: TrainingModel
+    optim: Any = None  # the optim config (None: no loss weighting)
 
-    def __call__(self, noisy, timesteps, ids, target) -> torch.Tensor:
-        m = self.model
-        return compute_loss(m.denoiser, m.condition, noisy, timesteps, ids, target, m.precision, m.device,
-                            m.objective.weights(timesteps))
+    def __post_init__(self):
+        if self.optim is not None and self.optim.min_snr_gamma and not isinstance(self.model.objective, DDPM):
+            raise ConfigError("`optim.min_snr_gamma` weights DDPM training (SD1.x, SD2.x, SDXL); this model trains "
+                              "with flow matching, weighted by `train.weighting_scheme`: set min_snr_gamma to 0")
+
+    def __call__(self, noisy, timesteps, ids, target, mask=None) -> torch.Tensor:
+        m, gamma = self.model, self.optim.min_snr_gamma if self.optim is not None else 0.0
+        weights = m.objective.weights(timesteps)
+        if gamma:
+            weights = min_snr_weights(m.objective.scheduler.alphas_cumprod, timesteps, gamma, m.prediction)
+        extra = {k: v for k, v in (("weights", weights), ("mask", mask)) if v is not None}
+        return compute_loss(m.denoiser, m.condition, noisy, timesteps, ids, target, m.precision, m.device, **extra)
 
 
 def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path | None = None) -> RunResult:
@@ -117,7 +130,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
         raise ConfigError(f"{run.path} already finished at step {step}; pass a larger --max-steps to train further")
     reporter.message(how)
     tracking = setup.start_trackers(acc, cfg.log.report_to, to_dict(cfg), run)
-    forward, log, p, max_steps = Forward(model), cfg.log, cfg.personalization, cfg.train.max_steps
+    forward, log, p, max_steps = Forward(model, cfg.optim), cfg.log, cfg.personalization, cfg.train.max_steps
     validation = Validation(run, log, cfg.train.seed, model=model, batches=batches, batch_size=cfg.data.batch_size,
                             forward=forward, embedding_at=embedding.at, reporter=reporter,
                             patience=cfg.train.early_stop)
@@ -132,7 +145,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
                 total = torch.zeros((), device=device)
                 for _ in range(accum):  # micro-steps: gradients add up locally, nothing is all-reduced
                     loss = forward(*batches.draw(batch)) / accum
-                    learning.scaler.scale(loss).backward()
+                    learning.scaler.scale(loss + learning.levers.penalty(model.learned) / accum).backward()
                     total += loss.detach()
                 value, stopping = _agree(acc, total, stop.is_set())  # one all-reduce for these, one for the gradient
                 if not math.isfinite(value):
@@ -162,7 +175,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
                 _checkpoint(run, step, embedding, learning, reporter.status)
             else:
                 reporter.message(f"the run reached step {step} but its final files were not written; writing them")
-            files = run.write_finals(embedding.at(step), formats)
+            files = _write_finals(run, step, embedding, learning, formats)
             run.plot_losses()
     except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the last checkpoint stands
         raise TrainingInterrupted(run.path, last_good, saved=False, quiet=not main) from None
@@ -191,7 +204,8 @@ def _non_finite(value: float, step: int, run: Run, last_good: int | None) -> Non
 
 
 def _update(optimizer, scheduler, scaler, learned: torch.Tensor, max_grad_norm: float) -> float:
-    """One optimizer step on the (already averaged) gradient; returns the learning rate it used."""
+    """One optimizer step on the (already averaged) gradient; returns the learning rate it used. (The levers' norm
+    control and EMA run as the optimizer's step hook: setup.make_learning.)"""
     scaler.unscale_(optimizer)
     if max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_([learned], max_grad_norm)
@@ -204,14 +218,26 @@ def _update(optimizer, scheduler, scaler, learned: torch.Tensor, max_grad_norm: 
 
 
 def _checkpoint(run: Run, step: int, embedding: LearnedEmbedding, learning: Learning, say) -> int:
-    """The embedding and the state at `step` (every process hands in its draws; the main one writes), and loss.png
-    redrawn to match (Ctrl-C's checkpoint included). `say` tells the progress what is happening."""
+    """The embedding (and its EMA) and the state at `step` (every process hands in its draws; the main one
+    writes), and loss.png redrawn to match (Ctrl-C's checkpoint included). `say` tells the progress what is
+    happening."""
     from accelerate.utils import gather_object
 
     say("saving the checkpoint")
+    ema = learning.levers.ema
+    if ema is not None and run.main:  # before the state: resume trusts what the state points at
+        run.save_checkpoint_embedding(step, embedding.at(step, ema.value), ema=True)
     run.save_checkpoint(step, embedding.at(step), learning.state(step, gather_object))
     run.plot_losses()
     return step
+
+
+def _write_finals(run: Run, step: int, embedding: LearnedEmbedding, learning: Learning, formats: list[str]):
+    """The final embedding in every format, and its EMA beside it (`<name>-ema.*`) when there is one."""
+    files = run.write_finals(embedding.at(step), formats)
+    if learning.levers.ema is not None:
+        files += run.write_finals(embedding.at(step, learning.levers.ema.value), formats, ema=True)
+    return files
 
 
 def _log_images(run: Run, step: int, model: TrainingModel, batches, images, log, p, seed: int, say) -> None:

@@ -2,7 +2,8 @@
 trained with, behind one interface so that the loop and the validation loss do not know which.
 
 - `DDPM` (SD1.x, SD2.x, SDXL): timesteps uniform over the scheduler's 1000, latents noised by diffusers'
-  DDPMScheduler, the target the noise (epsilon) or v (v-prediction), every sample weighted alike.
+  DDPMScheduler, the target the noise (epsilon) or v (v-prediction), every sample weighted alike unless
+  `optim.min_snr_gamma` is set.
 - `FlowMatching` (SD3/3.5, Flux.1): rectified flow, x_t = (1 - sigma) x_0 + sigma noise with the target
   noise - x_0, as diffusers' SD3 and Flux training scripts do. The sigmas are the model's scheduler's
   (FlowMatchEulerDiscreteScheduler: SD3's shifted by its `shift` 3.0; Flux.1's by the image size, `mu` from the
@@ -16,6 +17,21 @@ trained with, behind one interface so that the loop and the validation loss do n
 
 Every random number comes from the run's generator, in the order `timesteps` draws them, so a resumed run draws
 the same timesteps as one that never stopped.
+
+The loss of a draw is the mean squared error against the target, weighted per sample (by the objective, or by
+Min-SNR-gamma for DDPM) and per latent pixel by the pictures' masks.
+
+Min-SNR-gamma (Hang et al., "Efficient Diffusion Training via Min-SNR Weighting Strategy", arXiv:2303.09556,
+section 4.2): with SNR(t) = alpha_bar_t / (1 - alpha_bar_t), a sample's loss is weighted by min(SNR, gamma) / SNR
+for epsilon prediction and min(SNR, gamma) / (SNR + 1) for v-prediction, which caps the weight of the nearly clean
+timesteps. The same formula as diffusers' `compute_snr` (src/diffusers/training_utils.py) and the `--snr_gamma`
+block of its examples (examples/text_to_image/train_text_to_image.py), and invoke-training's
+(src/invoke_training/_shared/stable_diffusion/min_snr_weighting.py), where gamma = 5 is the default for textual
+inversion.
+
+Masks: a mask is 1 on the concept and 0 elsewhere, at the latents' size. A sample's loss is the mean of its squared
+errors over the masked latent pixels (every channel), so pixels outside the mask contribute nothing to the
+gradient, and a small concept weighs as much as a large one (OneTrainer's `normalize_masked_area_loss`).
 """
 
 from __future__ import annotations
@@ -24,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 
 LOGIT_MEAN, LOGIT_STD, MODE_SCALE = 0.0, 1.0, 1.29  # diffusers' SD3 and Flux scripts' defaults
 
@@ -105,9 +122,33 @@ def flow_matching(scheduler_config, weighting: str, latent_side: int) -> FlowMat
     return FlowMatching(sigmas=sigmas, weighting=weighting, num_train_timesteps=c.num_train_timesteps)
 
 
-def loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """The mean squared error in float32, each sample's weighted by `weights` when given."""
-    if weights is None:
-        return torch.nn.functional.mse_loss(pred.float(), target.float())
-    per_sample = ((pred.float() - target.float()) ** 2).flatten(1).mean(1)
-    return (weights.to(per_sample) * per_sample).mean()
+
+def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """The signal-to-noise ratio alpha_bar / (1 - alpha_bar) at each timestep."""
+    a = alphas_cumprod.to(timesteps.device, torch.float32)[timesteps]
+    return a / (1 - a)
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float,
+                    prediction: str) -> torch.Tensor:
+    """Each sample's loss weight: min(SNR, gamma) / SNR (epsilon) or min(SNR, gamma) / (SNR + 1) (v_prediction)."""
+    s = snr(alphas_cumprod, timesteps)
+    capped = s.clamp(max=gamma)
+    return capped / s if prediction == "epsilon" else capped / (s + 1)
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, *, weights: torch.Tensor | None = None,
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean over samples of (weight x the sample's mean squared error over its masked pixels). Without
+    weights and mask this is F.mse_loss(pred, target)."""
+    if weights is None and mask is None:
+        return F.mse_loss(pred.float(), target.float())
+    err = (pred.float() - target.float()).pow(2)
+    if mask is None:
+        per_sample = err.flatten(1).mean(dim=1)
+    else:
+        m = mask.to(err.dtype).expand_as(err)
+        per_sample = (err * m).flatten(1).sum(dim=1) / m.flatten(1).sum(dim=1).clamp(min=1e-8)
+    if weights is not None:
+        per_sample = per_sample * weights.to(per_sample)
+    return per_sample.mean()

@@ -27,6 +27,7 @@ from textinv.pictures import TrainImage, check_image_folder
 from textinv.reporting import Reporter
 from textinv.runs import Run
 from textinv.training import data
+from textinv.training.levers import Levers
 from textinv.training.objective import DDPM, Objective, flow_matching
 from textinv.training.state import Learning
 
@@ -270,28 +271,35 @@ def _objective(pipe, model_cfg, train_cfg, resolution: int) -> Objective:
 def make_batches(model: TrainingModel, images: list[TrainImage], items: list[data.Item], data_cfg, seed: int,
                  rank: int, world: int) -> data.Batches:
     """The training draws: every random one from a generator seeded by `seed`, the same on every process (see
-    data.Batches); the VAE encodes each (image, flip) once, when first drawn."""
+    data.Batches); the VAE encodes each (image, flip) once, when first drawn; the pictures' masks at latent size
+    when `data.masks`."""
     prompt_ids = [model.condition.tokenize([expand_placeholders(s, model.expansions) for s in it.prompts])
                   .to(model.device) for it in items]
     model.cache_text(torch.cat(prompt_ids))
     generator = torch.Generator().manual_seed(seed)
     cache = data.cache_latents(model.pipe.vae, images, model.device)
+    masks = data.latent_masks(images, cache.mean.shape[-1], model.device) if data_cfg.masks else None
     return data.Batches(items=items, prompt_ids=prompt_ids, cache=cache,
                         scaling=model.pipe.vae.config.scaling_factor, objective=model.objective,
                         shift=latent_shift(model.pipe.vae), flip_p=data_cfg.flip_p,
                         sampler=data.EpochSampler(len(items), data_cfg.repeats, generator), generator=generator,
-                        device=model.device, rank=rank, world=world)
+                        device=model.device, rank=rank, world=world, masks=masks)
 
 
 def make_learning(model: TrainingModel, batches: data.Batches, optim, lr: float, max_steps: int) -> Learning:
-    """AdamW over the learned rows only (`optim`: the optim config), its learning-rate schedule and (fp16 only)
-    the loss scaler."""
+    """AdamW over the learned rows only (`optim`: the optim config), its learning-rate schedule, (fp16 only)
+    the loss scaler, and the levers around the initial rows (training/levers.py)."""
     o = optim
     optimizer = torch.optim.AdamW([model.learned], lr=lr, betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_epsilon,
                                   weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.lr_scheduler, o.lr_warmup_steps, max_steps))
     scaler = torch.amp.GradScaler(model.device.type, enabled=model.precision == torch.float16)
-    return Learning(rows=model.learned, optimizer=optimizer, scheduler=scheduler, scaler=scaler, batches=batches)
+    learning = [(c, b.weight) for c, b in zip(model.condition.columns(), model.bases, strict=True) if c is not None]
+    levers = Levers.from_config(o, model.learned, [c for c, _ in learning], [table for _, table in learning])
+    # after every optimizer step that is taken (fp16 skips the steps whose gradient overflowed)
+    optimizer.register_step_post_hook(lambda *_: levers.after_step(model.learned))
+    return Learning(rows=model.learned, optimizer=optimizer, scheduler=scheduler, scaler=scaler, batches=batches,
+                    levers=levers)
 
 
 def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
