@@ -113,6 +113,9 @@ def print_description(desc: dict) -> None:
     for t in desc["tokens"]:
         dim = f"{t['dim']}+{t['dim_2']}" if "dim_2" in t else str(t["dim"])
         norm = f"{t['norm']}" + (f" / {t['norm_2']}" if "norm_2" in t else "")
+        if "parts" in t:  # SD3, Flux.1: name each part, the T5 one is not a CLIP
+            dim = " + ".join(f"{key} {width}" for key, width in t["parts"].items())
+            norm += f" / {t['norm_t5']}"
         table.add_row(t["name"], str(t["vectors"]), dim, t["dtype"], norm)
     out.print(table)
 
@@ -144,6 +147,8 @@ def print_written(written: list, for_tool: str | None) -> None:
                 out.print(f"{TOOLS[for_tool]}: run", markup=False)
                 out.print("  " + w.steps[for_tool].replace("\n", "\n  "), markup=False, highlight=False)
             out.print(f"{TOOLS[for_tool]}: use [bold]{escape(w.triggers.get(for_tool, '?'))}[/bold] in the prompt")
+            if w.loads:  # SD3, Flux.1: which parts the tool takes
+                info(f"  {TOOLS[for_tool]} loads {escape(w.loads)}")
         elif w.triggers:
             info("  loads in " + "; ".join(f"{TOOLS[t]} as {escape(word)}" + (" (--for it prints a step)"
                                                                             if t in w.steps else "")

@@ -1,13 +1,9 @@
 """Training configuration: typed dataclasses are the schema (`configs/v1-finetune.yaml` shows every key with its
-default and a comment; a test keeps the two in step), a YAML file is a diff over them, flags win.
-
-Flow: `load_config(path)` (dataclass defaults <- YAML) -> `apply_overrides(cfg, ["optim.learning_rate=1e-3"])`
-(<- `--set` <- named flags) -> `validate(cfg)` (before any model loads) -> saved into the run folder by
-`textinv.runs.Run.create`, read back from it for --resume.
-
-A YAML file may start from another with `base: FILE` (a path beside it or a packaged config name) and list only
-what differs. A file in the paper code's own OmegaConf layout (`model.params.personalization_config...`) is
-translated by `textinv.paper_config`; the keys it has no use for come back as a note.
+default and a comment; a test keeps the two in step), a YAML file is a diff over them, flags win. Flow:
+`load_config(path)` (defaults <- YAML) -> `apply_overrides(cfg, ["optim.learning_rate=1e-3"])` (<- `--set` <- named
+flags) -> `validate(cfg)` (before any model loads) -> saved into the run folder by `textinv.runs.Run.create`, read
+back for --resume. A YAML file may start from another with `base: FILE` (beside it, or a packaged config's name) and
+list only what differs; the paper code's OmegaConf layout is translated by `textinv.paper_config`.
 """
 
 from __future__ import annotations
@@ -40,7 +36,7 @@ class ModelConfig:
     source: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # hub id, diffusers folder, single file, or `toy`
     prediction_type: str | None = None  # None: whatever the model's scheduler says
     config: str | None = None  # for a .ckpt/.safetensors: a local diffusers folder whose configs describe it
-    family: str | None = "SD1.x"  # SD1.x | SD2.x | SDXL | None (any); checked against the model (formats/families.py)
+    family: str | None = "SD1.x"  # SD1.x | SD2.x | SDXL | SD3 | Flux.1 | None (any); checked against the model
 
 
 @dataclass
@@ -49,6 +45,7 @@ class PersonalizationConfig:
     initializer_words: list[str] = field(default_factory=lambda: ["sculpture"])  # the paper code's default
     num_vectors_per_token: int = 1
     learnable_property: str = "object"  # object | style
+    train_t5: bool = False  # SD3, Flux.1: the placeholder learns in the T5 encoder too (else its init word's rows)
 
 
 @dataclass
@@ -90,6 +87,8 @@ class TrainConfig:
     device: str = "auto"
     gradient_checkpointing: bool = False  # recompute the UNet's activations in the backward pass: less memory
     early_stop: int = 0  # patience, in validation-loss checks; 0: train to max_steps
+    weighting_scheme: str = "logit_normal"  # SD3, Flux.1: timestep density / loss weighting (training/objective.py)
+    flux_guidance: float = 1.0  # Flux.1-dev's guidance input while training (OneTrainer's default)
 
 
 @dataclass
@@ -129,6 +128,7 @@ CHOICES = {
     "optim.lr_scheduler": ("constant", "linear", "cosine"),
     "optim.norm_control": ("none", "vocab", "cap"),
     "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
+    "train.weighting_scheme": ("logit_normal", "mode", "none", "sigma_sqrt", "cosmap"),  # diffusers' (objective.py)
     "log.report_to": ("none", "tensorboard", "wandb", "all"),
 }
 # What `log.formats` takes, as `convert --to` or `--for` do; a picture is no training output.
@@ -377,10 +377,11 @@ def validate(cfg: Config) -> Config:
     _positive(cfg, "personalization.num_vectors_per_token", "train.max_steps", "data.resolution", "data.batch_size",
               "data.repeats", "optim.gradient_accumulation_steps", "log.num_images", "log.sample_steps")
     _non_negative(cfg, "optim.lr_warmup_steps", "optim.weight_decay", "optim.max_grad_norm", "log.save_every",
-                  "log.image_every", "train.seed", "log.val_loss_every", "log.eval_every", "train.early_stop")
-    _non_negative(cfg, "optim.embedding_reg_weight", "optim.min_snr_gamma", "optim.max_drift")  # issue 21's levers
-    if not cfg.optim.norm_cap > 0:
-        raise ConfigError(f"`optim.norm_cap` is {cfg.optim.norm_cap}; it must be above 0 (vocabulary median norms)")
+                  "log.image_every", "train.seed", "log.val_loss_every", "log.eval_every", "train.early_stop",
+                  "optim.embedding_reg_weight", "optim.min_snr_gamma", "optim.max_drift")
+    for key in ("optim.norm_cap", "train.flux_guidance"):  # reals: a cap in vocabulary median norms, a guidance
+        if not get_key(cfg, key) > 0:
+            raise ConfigError(f"`{key}` is {get_key(cfg, key)}; it must be above 0")
     if not 0.0 <= cfg.optim.ema_decay < 1.0:
         raise ConfigError(f"`optim.ema_decay` is {cfg.optim.ema_decay}; it must be in [0, 1) (0: off; OneTrainer: 0.999)")
     _positive(cfg, "log.val_samples")

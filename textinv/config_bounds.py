@@ -41,4 +41,6 @@ UPPER_BOUNDS: dict[str, tuple[float, str]] = {
     "optim.min_snr_gamma": (1000.0, "the SNR cap of Min-SNR weighting; 5 in invoke-training and the paper"),
     # AUTOMATIC1111's CFG Scale slider ends at 30 (stable-diffusion-webui modules/ui.py, gr.Slider maximum=30.0)
     "log.guidance_scale": (30.0, "AUTOMATIC1111's CFG slider ends there"),
+    # Flux.1-dev samples at 3.5 (FluxPipeline's default); its guidance embedder was distilled on a few units
+    "train.flux_guidance": (30.0, "Flux.1-dev samples at 3.5"),
 }

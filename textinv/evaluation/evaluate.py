@@ -292,14 +292,15 @@ def check_copy_best(out: Path, *, force: bool = False) -> None:
 
 
 def _initial_embedding(pipe, placeholder: str, init_word: str, n: int):
-    """The run's step 0: the init word's token vectors, spread over the placeholder's vectors as training does."""
+    """The run's step 0: the init word's token vectors in every encoder, spread over the placeholder's vectors as
+    training does."""
     from textinv.formats.embedding import Embedding, Token
+    from textinv.models.loading import text_encoders
     from textinv.models.tokens import init_vectors
 
-    table = pipe.text_encoder.get_input_embeddings().weight
-    vectors, _ = init_vectors(pipe.tokenizer, table, init_word, n)
-    return Embedding(tokens=[Token(name=placeholder, vectors=vectors.cpu())], step=0,
-                     init_words={placeholder: init_word})
+    parts = {key: init_vectors(tokenizer, encoder.get_input_embeddings().weight, init_word, n)[0].cpu()
+             for key, _, tokenizer, encoder in text_encoders(pipe)}
+    return Embedding(tokens=[Token.from_parts(placeholder, parts)], step=0, init_words={placeholder: init_word})
 
 
 class Evaluator:
@@ -311,7 +312,9 @@ class Evaluator:
         self.pipe, self.s, self.toy, self.reporter = pipe, s, toy, reporter
         self.scratch = None
         self.made, self.label, self.word = 0, "", ""  # images made, the candidate scored and its word: for progress
-        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        from textinv.models.denoiser import default_side
+
+        size = default_side(pipe)
         found, warnings = load_folder(data, size)
         for w in warnings:
             reporter.message(f"warning: {w}")

@@ -46,7 +46,7 @@ def _read(data, metadata, source: Source) -> Embedding:
 
 def _write(emb: Embedding, path: Path) -> None:
     tok = single_token(emb, "a1111-pt")
-    if emb.is_sdxl:  # the webui's SDXL layout, also in a .pt
+    if emb.multi_encoder:  # the webui's SDXL layout (SD3, Flux.1: + t5), also in a .pt
         data = encoder_parts(tok)
     else:
         data = string_to_param_dict(emb, {"*": tok.vectors.clone()})

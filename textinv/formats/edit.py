@@ -48,7 +48,7 @@ def merge_embeddings(
                 if name in origin or not name.strip():
                     raise EmbeddingFormatError(f"placeholder {name!r} is empty or already taken")
             origin[name] = emb.path or "another file"
-            tokens.append(Token(name, tok.vectors, tok.vectors_2, tok.source_dtype))
+            tokens.append(Token(name, tok.vectors, tok.vectors_2, tok.source_dtype, tok.t5))
             if tok.name in emb.init_words:
                 init_words[name] = emb.init_words[tok.name]
     def shared(values: set):  # what all the files agree on travels; a disagreement is dropped
@@ -130,6 +130,10 @@ def describe_embedding(emb: Embedding) -> dict:
         if t.vectors_2 is not None:
             d["dim_2"] = t.vectors_2.shape[1]
             d["norm_2"] = round(float(t.vectors_2.norm(dim=1).mean()), 4)
+        if t.t5 is not None:  # SD3, Flux.1: every part by its key, as the files name them
+            d["dim_t5"] = t.t5.shape[1]
+            d["norm_t5"] = round(float(t.t5.norm(dim=1).mean()), 4)
+            d["parts"] = {key: v.shape[1] for key, v in t.parts.items()}
         return d
 
     desc = {

@@ -9,6 +9,7 @@ Saving them, with a loaded model kept between requests, is `textinv.generation.s
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import secrets
@@ -104,6 +105,9 @@ def set_scheduler(pipe, name: str | None) -> str:
         pipe.scheduler = base
         return _SAMPLER_OF_CLASS.get(type(base).__name__, type(base).__name__.removesuffix("Scheduler"))
     key = scheduler_name(name)
+    if type(base).__name__.startswith("FlowMatch"):  # SD3, Flux.1: none of the SD schedulers samples a flow
+        raise UsageError(f"--scheduler {name}: this model samples with its flow-matching Euler scheduler; "
+                         "leave --scheduler out")
     cls_name, extra, a1111 = SCHEDULERS[key]
     try:
         pipe.scheduler = getattr(diffusers, cls_name).from_config(base.config, **extra)
@@ -195,6 +199,7 @@ def make(pipe, request: Request, *, reporter: Reporter = SILENT) -> Iterator[lis
 
     Reports the tasks `images` (of n) and `steps` (denoising steps of the current batch).
     """
+    from textinv.models.denoiser import default_side
     from textinv.models.loading import as_img2img, as_txt2img
 
     request.check(read_init=False)
@@ -208,7 +213,7 @@ def make(pipe, request: Request, *, reporter: Reporter = SILENT) -> Iterator[lis
         run = as_img2img(pipe)
     else:
         run = as_txt2img(pipe)
-        default = run.unet.config.sample_size * run.vae_scale_factor
+        default = default_side(run)
         width, height = request.width or default, request.height or default
     first = _params(run, request, width, height)
     batch = request.batch_size or default_batch_size(run.device)
@@ -282,6 +287,8 @@ def _call(run, params: list[GenerationParams], init, reporter: Reporter) -> list
     )
     if init is not None:
         kwargs.update(image=init, strength=p.strength)
+        if "height" in inspect.signature(run.__call__).parameters:  # Flux.1's img2img would make its default size
+            kwargs.update(width=p.width, height=p.height)
     else:
         kwargs.update(width=p.width, height=p.height)
     reporter.start("steps", steps)

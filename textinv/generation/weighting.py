@@ -190,7 +190,16 @@ def encode_prompts(pipe, prompt: str, negative: str) -> dict:
 
 def prompt_arguments(pipe, prompt: str, negative: str) -> dict:
     """What the pipeline call takes for the prompt: the text itself, or the embeddings when the prompt or the
-    negative prompt has weights or is too long for one chunk."""
+    negative prompt has weights or is too long for one chunk. SD3 and Flux.1 pipelines (a transformer, T5) take
+    the text, each multi-vector placeholder written out as its tokens; weights are refused there."""
+    if getattr(pipe, "transformer", None) is not None:
+        from textinv.errors import UsageError
+        from textinv.models.embeddings import prompt_for
+
+        if any(parse_weights(text) != [(text, 1.0)] for text in (prompt, negative) if text):
+            raise UsageError("prompt weights such as (word:0.7) and BREAK work with SD1.x, SD2.x and SDXL "
+                             "models only; write the prompt without them for SD3 and Flux.1")
+        return {"prompt": prompt_for(pipe, prompt), "negative_prompt": prompt_for(pipe, negative) if negative else None}
     if needs_weighting(pipe, prompt) or (negative and needs_weighting(pipe, negative)):
         return encode_prompts(pipe, prompt, negative)
     return {"prompt": prompt, "negative_prompt": negative or None}

@@ -35,7 +35,7 @@ from textinv.reporting import Reporter
 from textinv.runs import Run
 from textinv.training import data, setup
 from textinv.training.image_log import log_images
-from textinv.training.objective import min_snr_weights, weighted_mse
+from textinv.training.objective import DDPM, min_snr_weights, weighted_mse
 from textinv.training.setup import TrainingModel
 from textinv.training.state import LearnedEmbedding, Learning, start_run
 from textinv.training.validation import Validation
@@ -76,12 +76,13 @@ class RunResult:
                 "step": self.step, "max_steps": self.max_steps, "final_loss": self.losses[-1] if self.losses else None}
 
 
-def compute_loss(unet, condition, noisy, timesteps, ids, target, autocast_dtype, device, *,
+def compute_loss(denoiser, condition, noisy, timesteps, ids, target, autocast_dtype, device, *,
                  weights: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """One forward pass: conditioning (with the spliced rows), UNet, MSE against the target in float32, each
-    sample's weighted by `weights` and restricted to its `mask` when given (training/objective.py)."""
+    """One forward pass: conditioning (with the spliced rows), the denoiser (UNet, SD3's or Flux.1's transformer),
+    MSE against the target in float32, each sample's weighted by `weights` and restricted to its `mask` when given
+    (training/objective.py)."""
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        pred = unet(noisy, timesteps, **condition(ids)).sample
+        pred = denoiser(noisy, timesteps, condition(ids))
     return weighted_mse(pred, target, weights=weights, mask=mask)
 
 
@@ -93,11 +94,18 @@ class Forward:
     model: TrainingModel
     optim: Any = None  # the optim config (None: no loss weighting)
 
+    def __post_init__(self):
+        if self.optim is not None and self.optim.min_snr_gamma and not isinstance(self.model.objective, DDPM):
+            raise ConfigError("`optim.min_snr_gamma` weights DDPM training (SD1.x, SD2.x, SDXL); this model trains "
+                              "with flow matching, weighted by `train.weighting_scheme`: set min_snr_gamma to 0")
+
     def __call__(self, noisy, timesteps, ids, target, mask=None) -> torch.Tensor:
         m, gamma = self.model, self.optim.min_snr_gamma if self.optim is not None else 0.0
-        weights = min_snr_weights(m.noise_scheduler.alphas_cumprod, timesteps, gamma, m.prediction) if gamma else None
+        weights = m.objective.weights(timesteps)
+        if gamma:
+            weights = min_snr_weights(m.objective.scheduler.alphas_cumprod, timesteps, gamma, m.prediction)
         extra = {k: v for k, v in (("weights", weights), ("mask", mask)) if v is not None}
-        return compute_loss(m.pipe.unet, m.condition, noisy, timesteps, ids, target, m.precision, m.device, **extra)
+        return compute_loss(m.denoiser, m.condition, noisy, timesteps, ids, target, m.precision, m.device, **extra)
 
 
 def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path | None = None) -> RunResult:
@@ -109,14 +117,14 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
     precision = setup.resolve_precision(cfg.train.mixed_precision, device)
     images, items = data.build_items(cfg.personalization, cfg.data, reporter)
     model = setup.prepare_model(cfg.model, cfg.personalization, cfg.data.resolution, cfg.train.gradient_checkpointing,
-                                device, precision, reporter)
+                                device, precision, reporter, cfg.train)
     batches = setup.make_batches(model, images, items, cfg.data, cfg.train.seed, acc.process_index, world)
     lr, how = setup.effective_batch(cfg.optim, cfg.data.batch_size, world)
     learning = setup.make_learning(model, batches, cfg.optim, lr, cfg.train.max_steps)
     run, step = start_run(cfg, resume, acc, learning, reporter, comment=how)
-    embedding = LearnedEmbedding(model.learned, model.condition.split, cfg.personalization, run.name,
+    embedding = LearnedEmbedding(model.learned, model.parts, cfg.personalization, run.name,
                                  base_model_of(model.pipe, cfg.model.source))  # source, A1111 hash, hub commit
-    formats = setup.final_formats(cfg.log.formats, model.sdxl)
+    formats = setup.final_formats(cfg.log.formats, model.multi_encoder)
     finals = run.final_paths(embedding.at(step), formats)
     if step >= cfg.train.max_steps and all(f.exists() for f in finals):
         raise ConfigError(f"{run.path} already finished at step {step}; pass a larger --max-steps to train further")
@@ -236,7 +244,8 @@ def _log_images(run: Run, step: int, model: TrainingModel, batches, images, log,
     """The image log at `step` (`log`, `p`: the log and personalization configs), and the loss plot redrawn with it
     (main process only); `say` tells the progress which picture is being drawn."""
     if run.main:
-        log_images(run, step, model, log, p, images, batches, seed, say=say)
+        with model.on_device():
+            log_images(run, step, model, log, p, images, batches, seed, say=say)
         run.plot_losses()
 
 

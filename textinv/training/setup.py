@@ -4,10 +4,11 @@ optimizer and the trackers."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from textinv.atomic import check_writable
 from textinv.errors import ConfigError, ModelError, UsageError
 from textinv.formats.families import family_for
 from textinv.models import peek
-from textinv.models.conditioning import Conditioning, conditioning_for, is_sdxl
+from textinv.models.conditioning import Conditioning, conditioning_for, kind_of
+from textinv.models.denoiser import Denoiser, denoiser_for, latent_shift, side_multiple
 from textinv.models.loading import load_pipeline, model_family, resolve_device
 from textinv.models.tokens import SplicedEmbedding, add_placeholders, expand_placeholders, replace_module
 from textinv.pictures import TrainImage, check_image_folder
@@ -26,6 +28,7 @@ from textinv.reporting import Reporter
 from textinv.runs import Run
 from textinv.training import data
 from textinv.training.levers import Levers
+from textinv.training.objective import DDPM, Objective, flow_matching
 from textinv.training.state import Learning
 
 TRACKERS = {"none": [], "tensorboard": ["tensorboard"], "wandb": ["wandb"], "all": ["tensorboard", "wandb"]}
@@ -71,8 +74,8 @@ def check_before_loading(cfg, *, resume: bool = False) -> None:
         check_image_folder(folder)
     dims = peek.check_model(cfg.model.source, cfg.model.config)
     if dims is not None:
-        peek.check_config(cfg.model.family, dims[1] is not None, family_for(*dims),
-                          len(cfg.personalization.placeholder_strings))
+        kind = peek.model_kind(cfg.model.source) or ("sdxl" if dims[1] is not None else "sd")
+        peek.check_config(cfg.model.family, kind, family_for(*dims), len(cfg.personalization.placeholder_strings))
 
 
 def make_accelerator(train_cfg):
@@ -117,18 +120,25 @@ def effective_batch(optim, batch_size: int, processes: int) -> tuple[float, str]
     return lr, how
 
 
-def load_frozen(model_cfg, resolution: int, gradient_checkpointing: bool, device: torch.device):
-    """The float32 pipeline with every module frozen (no weight gradients), on diffusers' default SDPA attention
-    (`set_default_attn_processor` would switch SDPA off), with gradient checkpointing in the UNet if asked."""
-    pipe = load_pipeline(model_cfg.source, model_config=model_cfg.config, device=device, dtype=torch.float32)
-    for module in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None), pipe.unet, pipe.vae):
-        if module is None:  # [conditioning] only SDXL has text_encoder_2
+FROZEN_MODULES = ("text_encoder", "text_encoder_2", "text_encoder_3", "unet", "transformer", "vae")
+
+
+def load_frozen(model_cfg, resolution: int, gradient_checkpointing: bool, device: torch.device,
+                dtype: torch.dtype = torch.float32):
+    """The pipeline in `dtype` (float32; SD3 and Flux.1 load in the training precision, as their trainers do: a
+    float32 Flux.1-dev would be 48 GB) with every module frozen (no weight gradients) and the VAE in float32, on
+    diffusers' default SDPA attention (`set_default_attn_processor` would switch SDPA off), with gradient
+    checkpointing in the denoiser if asked."""
+    pipe = load_pipeline(model_cfg.source, model_config=model_cfg.config, device=device, dtype=dtype)
+    for module in (getattr(pipe, name, None) for name in FROZEN_MODULES):
+        if module is None:  # [conditioning] SDXL has text_encoder_2, SD3 text_encoder_3, SD3/Flux.1 a transformer
             continue
         module.requires_grad_(False)
         module.eval()
-    _check_resolution(resolution, pipe.unet, pipe.vae)
+    pipe.vae.to(torch.float32)
+    _check_resolution(resolution, pipe)
     if gradient_checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
+        denoiser_for(pipe).module.enable_gradient_checkpointing()
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -144,15 +154,50 @@ class TrainingModel:
     expansions: dict[str, str]
     bases: list[nn.Module]
     splices: list[SplicedEmbedding]
-    noise_scheduler: Any
-    prediction: str
+    objective: Objective
     precision: torch.dtype | None
     device: torch.device
     resolution: int
+    denoiser: Denoiser | None = None
+    offloaded: list[nn.Module] = field(default_factory=list)  # encoders moved to the CPU once their outputs are cached
+
+    @property
+    def prediction(self) -> str:
+        return self.objective.name
 
     @property
     def sdxl(self) -> bool:
-        return is_sdxl(self.pipe)
+        return kind_of(self.pipe) == "sdxl"
+
+    def parts(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each encoder's part of learned `rows`, by its key in an embedding file (`Conditioning.keys`)."""
+        return dict(zip(self.condition.keys, self.condition.split(rows), strict=True))
+
+    @property
+    def multi_encoder(self) -> bool:
+        """One part per text encoder in the embedding file (SDXL, SD3, Flux.1)."""
+        return len(self.condition.encoders) > 1
+
+    def cache_text(self, ids: torch.Tensor) -> None:
+        """Encode once what does not learn (T5, unless it does) for every prompt the run draws (`ids`), then, on a
+        GPU, move that encoder to the CPU: the steps read the cache, and image logs bring it back (`on_device`)."""
+        self.condition.cache(ids)
+        t5 = getattr(self.condition, "t5", None)
+        if t5 is not None and not self.condition.trained[-1] and self.device.type == "cuda":
+            t5.to("cpu")
+            self.offloaded.append(t5)
+            torch.cuda.empty_cache()
+
+    @contextlib.contextmanager
+    def on_device(self) -> Iterator[None]:
+        """Every encoder on the device for a pipeline call (an image log), and the offloaded ones back after."""
+        for module in self.offloaded:
+            module.to(self.device)
+        try:
+            yield
+        finally:
+            for module in self.offloaded:
+                module.to("cpu")
 
     def unsplice(self) -> None:
         """Put the frozen token tables back (the pipeline is the caller's again)."""
@@ -161,15 +206,17 @@ class TrainingModel:
 
 
 def prepare_model(model_cfg, p, resolution: int, gradient_checkpointing: bool, device: torch.device,
-                  precision: torch.dtype | None, reporter: Reporter) -> TrainingModel:
+                  precision: torch.dtype | None, reporter: Reporter, train_cfg=None) -> TrainingModel:
     """Load the model, check the config fits it, add the placeholders (`p`: the personalization config) and
-    splice one float32 Parameter of their rows into every text encoder."""
-    from diffusers import DDPMScheduler
-
-    pipe = load_frozen(model_cfg, resolution, gradient_checkpointing, device)
-    # [conditioning] one text encoder, or SDXL's two (textinv/models/conditioning.py); the config must fit the model
-    condition = conditioning_for(pipe, resolution)
-    peek.check_config(model_cfg.family, is_sdxl(pipe), model_family(pipe), len(p.placeholder_strings))
+    splice one float32 Parameter of their rows into every text encoder that learns (fixed rows into one that does
+    not). `train_cfg` (the train config section) picks SD3's and Flux.1's loss weighting and Flux.1's guidance."""
+    kind = peek.check_config_early(model_cfg.family, model_cfg.source, model_cfg.config, len(p.placeholder_strings))
+    weights = precision if precision is not None and kind in ("sd3", "flux") else None
+    pipe = load_frozen(model_cfg, resolution, gradient_checkpointing, device, weights or torch.float32)
+    # [conditioning] one text encoder, SDXL's two, SD3's three or Flux.1's two (textinv/models/conditioning.py);
+    # the config must fit the model
+    peek.check_config(model_cfg.family, kind_of(pipe), model_family(pipe), len(p.placeholder_strings))
+    condition = conditioning_for(pipe, resolution, train_t5=p.train_t5)
     bases, first_ids, vectors = [], [], []
     for k, (tokenizer, text_encoder) in enumerate(condition.encoders):  # a row for each placeholder in each encoder
         base = text_encoder.get_input_embeddings()
@@ -181,24 +228,44 @@ def prepare_model(model_cfg, p, resolution: int, gradient_checkpointing: bool, d
         bases.append(base)
         first_ids.append(first_id)
         vectors.append(vecs)
+    denoiser = denoiser_for(pipe, guidance=train_cfg.flux_guidance if train_cfg else 1.0)
     if precision is not None:  # cast the frozen weights once rather than on every op of every step
         for _, text_encoder in condition.encoders:
             text_encoder.to(precision)
-        pipe.unet.to(precision)  # the VAE stays float32: fp16 VAEs are known to overflow
-    # [conditioning] one float32 Parameter whatever the precision; each encoder's splice reads its columns of it
-    learned = nn.Parameter(torch.cat(vectors, dim=1).to(device))
-    splices = [SplicedEmbedding(base, learned, first_id, columns)
-               for base, first_id, columns in zip(bases, first_ids, condition.columns(), strict=True)]
+        denoiser.module.to(precision)  # the VAE stays float32: fp16 VAEs are known to overflow
+    # [conditioning] one float32 Parameter whatever the precision; each learning encoder's splice reads its columns
+    learned = nn.Parameter(torch.cat([v for v, t in zip(vectors, condition.trained, strict=True) if t], 1).to(device))
+    condition.frozen = {k: v.to(device) for k, (v, t) in enumerate(zip(vectors, condition.trained, strict=True))
+                        if not t}
+    splices = [SplicedEmbedding(base, learned if columns is not None else
+                                nn.Parameter(condition.frozen[k], requires_grad=False), first_id, columns or slice(None))
+               for k, (base, first_id, columns) in enumerate(zip(bases, first_ids, condition.columns(), strict=True))]
     for (_, text_encoder), base, spliced in zip(condition.encoders, bases, splices, strict=True):
         replace_module(text_encoder, base, spliced)
+    objective = _objective(pipe, model_cfg, train_cfg, resolution)
+    return TrainingModel(pipe=pipe, condition=condition, learned=learned, expansions=expansions, bases=bases,
+                         splices=splices, objective=objective, precision=precision, device=device,
+                         resolution=resolution, denoiser=denoiser)
+
+
+def _objective(pipe, model_cfg, train_cfg, resolution: int) -> Objective:
+    """DDPM (epsilon or v, as the model's scheduler or `model.prediction_type` says), or flow matching for SD3 and
+    Flux.1 (their schedulers' sigmas, `train.weighting_scheme`)."""
+    from diffusers import DDPMScheduler
+
+    if kind_of(pipe) in ("sd3", "flux"):
+        if model_cfg.prediction_type is not None:
+            raise ConfigError(f"`model.prediction_type` is {model_cfg.prediction_type}, but this model is trained "
+                              "with flow matching; leave it null")
+        vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        weighting = train_cfg.weighting_scheme if train_cfg else "logit_normal"
+        return flow_matching(pipe.scheduler.config, weighting, resolution // vae_factor)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     prediction = model_cfg.prediction_type or noise_scheduler.config.prediction_type
     if prediction not in ("epsilon", "v_prediction"):
         raise ModelError(f"the model predicts {prediction!r}; textinv trains epsilon and v_prediction models")
     noise_scheduler.register_to_config(prediction_type=prediction)
-    return TrainingModel(pipe=pipe, condition=condition, learned=learned, expansions=expansions, bases=bases,
-                         splices=splices, noise_scheduler=noise_scheduler, prediction=prediction,
-                         precision=precision, device=device, resolution=resolution)
+    return DDPM(noise_scheduler, prediction)
 
 
 def make_batches(model: TrainingModel, images: list[TrainImage], items: list[data.Item], data_cfg, seed: int,
@@ -208,12 +275,13 @@ def make_batches(model: TrainingModel, images: list[TrainImage], items: list[dat
     when `data.masks`."""
     prompt_ids = [model.condition.tokenize([expand_placeholders(s, model.expansions) for s in it.prompts])
                   .to(model.device) for it in items]
+    model.cache_text(torch.cat(prompt_ids))
     generator = torch.Generator().manual_seed(seed)
     cache = data.cache_latents(model.pipe.vae, images, model.device)
     masks = data.latent_masks(images, cache.mean.shape[-1], model.device) if data_cfg.masks else None
     return data.Batches(items=items, prompt_ids=prompt_ids, cache=cache,
-                        scaling=model.pipe.vae.config.scaling_factor, noise_scheduler=model.noise_scheduler,
-                        prediction=model.prediction, flip_p=data_cfg.flip_p,
+                        scaling=model.pipe.vae.config.scaling_factor, objective=model.objective,
+                        shift=latent_shift(model.pipe.vae), flip_p=data_cfg.flip_p,
                         sampler=data.EpochSampler(len(items), data_cfg.repeats, generator), generator=generator,
                         device=model.device, rank=rank, world=world, masks=masks)
 
@@ -226,7 +294,8 @@ def make_learning(model: TrainingModel, batches: data.Batches, optim, lr: float,
                                   weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.lr_scheduler, o.lr_warmup_steps, max_steps))
     scaler = torch.amp.GradScaler(model.device.type, enabled=model.precision == torch.float16)
-    levers = Levers.from_config(o, model.learned, model.condition.columns(), [b.weight for b in model.bases])
+    learning = [(c, b.weight) for c, b in zip(model.condition.columns(), model.bases, strict=True) if c is not None]
+    levers = Levers.from_config(o, model.learned, [c for c, _ in learning], [table for _, table in learning])
     # after every optimizer step that is taken (fp16 skips the steps whose gradient overflowed)
     optimizer.register_step_post_hook(lambda *_: levers.after_step(model.learned))
     return Learning(rows=model.learned, optimizer=optimizer, scheduler=scheduler, scaler=scaler, batches=batches,
@@ -247,10 +316,10 @@ def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
-def final_formats(formats: list[str], sdxl: bool) -> list[str]:
-    """[conditioning] an SDXL .pt holds {clip_l, clip_g} and nothing else: the .safetensors, which also keeps the
-    placeholder and the metadata, is the run's embedding."""
-    return list(dict.fromkeys(["safetensors", *formats])) if sdxl else formats
+def final_formats(formats: list[str], multi_encoder: bool) -> list[str]:
+    """[conditioning] an SDXL .pt holds {clip_l, clip_g} (SD3: + t5, Flux.1: {clip_l, t5}) and nothing else: the
+    .safetensors, which also keeps the placeholder and the metadata, is the run's embedding."""
+    return list(dict.fromkeys(["safetensors", *formats])) if multi_encoder else formats
 
 
 def start_trackers(acc, report_to: str, hparams: dict[str, dict[str, Any]], run: Run) -> bool:
@@ -269,10 +338,7 @@ def start_trackers(acc, report_to: str, hparams: dict[str, dict[str, Any]], run:
     return True
 
 
-def _check_resolution(resolution: int, unet, vae) -> None:
-    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    unet_factor = 2 ** (len(unet.config.block_out_channels) - 1)
-    if resolution % (vae_factor * unet_factor):
-        raise ConfigError(
-            f"resolution {resolution} does not fit this model: it must be a multiple of {vae_factor * unet_factor}"
-        )
+def _check_resolution(resolution: int, pipe) -> None:
+    multiple = side_multiple(pipe)
+    if resolution % multiple:
+        raise ConfigError(f"resolution {resolution} does not fit this model: it must be a multiple of {multiple}")

@@ -85,11 +85,11 @@ def start_run(cfg, resume: str | Path | None, acc, learning: Learning, reporter:
 @dataclass
 class LearnedEmbedding:
     """The learned rows as the run's Embedding at a step: one token per placeholder of `p` (the personalization
-    config); `split` is the conditioning's (SDXL: clip_l's and clip_g's columns); `base_model` is what
-    `models.base_model_of` says of the model."""
+    config); `split` gives each encoder's part of the rows by its key (`TrainingModel.parts`: SDXL's clip_l and
+    clip_g columns, SD3's and Flux.1's t5 too); `base_model` is what `models.base_model_of` says of the model."""
 
     rows: torch.Tensor
-    split: Callable[[torch.Tensor], list[torch.Tensor]]
+    split: Callable[[torch.Tensor], dict[str, torch.Tensor]]
     p: Any
     name: str
     base_model: dict
@@ -100,8 +100,7 @@ class LearnedEmbedding:
 
         n, p, base = self.p.num_vectors_per_token, self.p, self.base_model
         parts = self.split((self.rows if rows is None else rows).detach().float().cpu())
-        tokens = [Token(name=placeholder, vectors=parts[0][i * n:(i + 1) * n].clone(),
-                        vectors_2=parts[1][i * n:(i + 1) * n].clone() if len(parts) > 1 else None)
+        tokens = [Token.from_parts(placeholder, {key: v[i * n:(i + 1) * n].clone() for key, v in parts.items()})
                   for i, placeholder in enumerate(p.placeholder_strings)]
         return Embedding(tokens=tokens, name=self.name, step=step, base_model=base["base_model"],
                          base_model_hash=base["base_model_hash"],
