@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 # The CPU build of torch; override for a GPU, e.g. `make install TORCH="torch --index-url ..."`.
 TORCH ?= torch==2.13.0
 
-.PHONY: install test test-slow test-all lint demo bench bench-sd bench-sdxl gpu-check gpu-check-sdxl toy-model interop readers clean
+.PHONY: install test test-slow test-all lint demo bench bench-sd bench-sdxl bench-levers fuzz gpu-check gpu-check-sdxl \
+	toy-model interop readers clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +31,12 @@ lint: install
 demo: install
 	$(BIN)/textinv demo
 
+# Every reader of files from elsewhere, fuzzed with Hypothesis: FUZZ_EXAMPLES inputs per target, each in a fresh
+# worker whose peak memory is measured (tests/test_fuzz.py runs the same targets with small budgets in `make test`).
+FUZZ_EXAMPLES ?= 2000
+fuzz: install
+	$(BIN)/python bench/fuzz.py --examples $(FUZZ_EXAMPLES)
+
 # The example script for the comparisons comes from a git clone of huggingface/diffusers (DIFFUSERS_REPO=...).
 DIFFUSERS_REPO ?=
 EXAMPLE := $(if $(DIFFUSERS_REPO),--diffusers-repo $(DIFFUSERS_REPO))
@@ -47,6 +54,13 @@ bench-sd: install
 	$(BIN)/python bench/train_speed.py --shape sd15 --resolution 256 --steps 6 --warmup 2 --rounds 3 $(EXAMPLE)
 	$(BIN)/python bench/train_speed.py --shape sd2 --resolution 768 --steps 3 --warmup 1 --rounds 1 $(EXAMPLE)
 	$(BIN)/python bench/latent_cache.py
+
+# Identity against editability, lever by lever, on the toy model (hours on 2 shared CPU cores; resumable): the
+# README's lever table and docs/levers.png
+bench-levers: install
+	$(BIN)/python bench/levers.py choose --out bench-levers
+	$(BIN)/python bench/levers.py check --out bench-levers
+	$(BIN)/python bench/levers.py report --out bench-levers --plot docs/levers.png
 
 # SDXL's shape on random weights (13 GB of float32 weights: builds in about 11 GB of memory and 6 minutes on first
 # use); the example cannot run at 1024 px in float32 on a 24 GiB machine (README "At SDXL's size")

@@ -84,3 +84,25 @@ def tiny_dino_dir(tmp_path_factory) -> Path:
     ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_dir(tmp_path_factory) -> Path:
+    """A tiny SD3-shaped pipeline saved as a diffusers folder: CLIP encoders 32 and 64 wide (with projections), a
+    T5 encoder 48 wide with a sentencepiece tokenizer built with `tokenizers`, an MMDiT, a 16-channel VAE; 32 px."""
+    from textinv.toy.pipeline import build_sd3_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-sd3")
+    build_sd3_pipeline(TINY_WORDS, folder, seed=0)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_dir(tmp_path_factory) -> Path:
+    """A tiny Flux.1-dev-shaped pipeline saved as a diffusers folder: a CLIP encoder 32 wide, a T5 encoder 48 wide, a
+    guidance-distilled transformer over packed 16-channel latents; 32 px."""
+    from textinv.toy.pipeline import build_flux_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-flux")
+    build_flux_pipeline(TINY_WORDS, folder, seed=0)
+    return folder

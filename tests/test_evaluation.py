@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from textinv import config as cfgmod
 from textinv.cli import app
-from textinv.evaluation.evaluate import Row, best_row
+from textinv.evaluation.evaluate import TOY_EDIT_PROMPTS, Row, best_row
 from textinv.formats.embedding import Embedding, Token
 from textinv.formats.files import load_embedding, save_embedding
 
@@ -22,16 +22,27 @@ def _row(step, identity, editability, baseline=False):
                editability=editability)
 
 
-def test_best_step_is_the_highest_identity_whose_editability_holds():
+def test_best_step_is_the_highest_identity_among_the_balanced_checkpoints():
+    """Issue 21 changed the rule: it weighs identity and editability alike (each as a fraction of the best
+    checkpoint's), so a checkpoint that gave up either one loses; the old rule (editability within 10% of the
+    best) picked step 100 here and step 0 in the toy case below."""
     rows = [
         _row(None, 0.50, 0.40, baseline=True),  # the init word: never picked
-        _row(0, 0.60, 0.30),
-        _row(100, 0.70, 0.29),  # within 10% of 0.30
-        _row(200, 0.80, 0.26),  # best identity, but editability fell below 0.27
-        _row(300, 0.70, 0.28),  # ties with step 100: the earlier step wins
+        _row(0, 0.60, 0.30),  # balance min(0.75, 1) = 0.75
+        _row(100, 0.70, 0.29),  # min(0.875, 0.967) = 0.875
+        _row(200, 0.80, 0.26),  # min(1, 0.867) = 0.867: within 10% of the best balance, and the best identity
+        _row(300, 0.70, 0.28),  # 0.875, ties with step 100: the earlier step wins
     ]
-    assert best_row(rows, margin=0.1).step == 100
-    assert best_row(rows, margin=0.2).step == 200  # a looser margin lets step 200 in
+    assert best_row(rows, margin=0.1).step == 200
+    assert best_row(rows, margin=0.0).step == 100  # only the best balance: 100 and 300, the earlier wins
+
+
+def test_on_toy_like_scores_the_best_step_keeps_both():
+    """Shares as the toy judge gives them: step 0 is the init word (editable, not the concept), the last step the
+    concept that ignores the colour asked for."""
+    rows = [_row(None, 0.0, 1.0, baseline=True), _row(0, 0.0, 0.95), _row(50, 0.5, 0.8), _row(100, 0.9, 0.65),
+            _row(150, 1.0, 0.3)]
+    assert best_row(rows).step == 100
 
 
 def test_without_editability_the_best_is_the_highest_identity():
@@ -88,7 +99,7 @@ def test_eval_of_a_run_scores_step_0_every_checkpoint_and_the_init_word(fake_run
         assert (fake_run / r["grid"]).is_file()
     expected = best_row([Row(**r) for r in first["rows"]], first["settings"]["margin"])
     assert first["best"]["step"] == expected.step
-    assert "editability is at least 90%" in first["rule"]
+    assert "balance" in first["rule"] and "at least 90% of the best balance" in first["rule"]
     assert json.loads((fake_run / "eval.json").read_text()) == first
 
     # step 0 is the init word's vectors: with one vector, the same images as the init word's baseline
@@ -140,7 +151,46 @@ def test_on_the_toy_model_identity_rises_with_training_and_the_best_step_is_not_
     ident = [by_label[k]["identity"] for k in ("step 0", "step 150", "step 300")]
     assert ident[0] <= 0.25 and ident[2] >= 0.75 and ident[2] > ident[0], ident
     assert out["best"]["step"] in (150, 300)
-    assert all(r["editability"] is None and r["identity_clip"] is None for r in out["rows"])
-    assert out["settings"]["edit_prompts"] == []
+    # issue 21: the toy judge measures editability too (the concept's shape in the colour asked for)
+    assert all(r["identity_clip"] is None and 0 <= r["editability"] <= 1 for r in out["rows"])
+    assert by_label["init word (triangle)"]["editability"] >= 0.8  # the init word obeys the colour
+    assert out["settings"]["edit_prompts"] == list(TOY_EDIT_PROMPTS)
     assert any("toy" in n and "CLIP" in n for n in out["notes"])
-    assert "editability was not measured" in out["rule"]
+    assert "balance" in out["rule"]
+
+
+def test_on_the_toy_model_eval_measures_editability_with_colour_edits(tmp_path):
+    from textinv.toy import proof, world
+
+    concept = proof.write_concept(tmp_path / "pics")
+    emb = Embedding([Token("*", torch.zeros(1, 64))], init_words={"*": "triangle"})
+    path = save_embedding(emb, tmp_path / "e.safetensors")
+    out = json.loads(_eval([str(path), "--model", "toy", "--data", str(concept), "--seeds", "1", "--steps", "2",
+                            "--json"]).stdout)
+    assert out["settings"]["edit_prompts"] == list(TOY_EDIT_PROMPTS)
+    for row in out["rows"]:
+        assert set(row["per_prompt"]) == set(TOY_EDIT_PROMPTS)
+        assert row["editability"] == pytest.approx(sum(row["per_prompt"].values()) / len(TOY_EDIT_PROMPTS))
+        assert all(v * (len(world.COLOURS) - 1) == int(v * (len(world.COLOURS) - 1)) for v in row["per_prompt"].values())
+    assert any("editability the share" in n for n in out["notes"])
+
+
+def test_on_the_toy_model_eval_progress_counts_every_colour_edit(tmp_path):
+    """The progress's total is the images eval makes: the colour edits are one prompt per other colour."""
+    from textinv.evaluation.evaluate import EvalSettings, evaluate
+    from textinv.reporting import Reporter
+    from textinv.toy import proof
+
+    class Counting(Reporter):
+        def start(self, task, total, *, done=0, note=""):
+            self.total = total
+
+        def advance(self, task, done, **values):
+            self.done = done
+
+    concept = proof.write_concept(tmp_path / "pics")
+    emb = Embedding([Token("*", torch.zeros(1, 64))], init_words={"*": "triangle"})
+    path = save_embedding(emb, tmp_path / "e.safetensors")
+    seen = Counting()
+    evaluate([path], data=concept, model="toy", settings=EvalSettings(seeds=1, steps=2), reporter=seen)
+    assert seen.done == seen.total == 2 * (1 + len(TOY_EDIT_PROMPTS) * 5)  # init word + the file; 5 other colours

@@ -33,11 +33,12 @@ def test_the_widths_name_the_family(dims, family, text):
 
 
 def test_the_config_offers_the_families_with_a_packaged_config():
-    assert CONFIG_FOR == {"SD1.x": "v1-finetune", "SD2.x": "v2-finetune", "SDXL": "sdxl-finetune"}
-    assert config.CHOICES["model.family"] == (None, "SD1.x", "SD2.x", "SDXL")
+    assert CONFIG_FOR == {"SD1.x": "v1-finetune", "SD2.x": "v2-finetune", "SDXL": "sdxl-finetune",
+                          "SD3": "sd3-finetune", "Flux.1": "flux-finetune"}  # issue 22 added SD3 and Flux.1
+    assert config.CHOICES["model.family"] == (None, "SD1.x", "SD2.x", "SDXL", "SD3", "Flux.1")
     for family, name in CONFIG_FOR.items():  # each packaged config says the family it is for
         assert config.load_config(name).model.family == family
-    with pytest.raises(ConfigError, match=r"it must be one of .*SD1\.x \| SD2\.x \| SDXL"):
+    with pytest.raises(ConfigError, match=r"it must be one of .*SD1\.x \| SD2\.x \| SDXL \| SD3 \| Flux\.1"):
         config.build_config(None, ["model.family=textinv toy"])
     assert {f.name for f in FAMILIES} - set(CONFIG_FOR) == {"textinv toy"}
 

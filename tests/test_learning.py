@@ -1,5 +1,6 @@
-"""Proof that training learns: an embedding taught, through `textinv train` and the shipped configs/toy.yaml,
-the one (colour, shape) pair the toy model never saw, draws it; its init word does not."""
+"""Proof that training learns: an embedding taught, through `textinv train` and the shipped configs/toy.yaml, a
+(colour, shape) pair the toy model never saw, draws it; its init word does not; and (issue 21) it stays editable:
+asked for the concept in another colour, the model draws its shape in that colour."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from textinv.cli import app
-from textinv.toy import proof
+from textinv.toy import proof, world
 
 runner = CliRunner()
 
@@ -23,3 +24,24 @@ def test_an_embedding_learns_a_pair_the_toy_model_never_saw(tmp_path):
     match = proof.judge_embedding(embedding, samples=16)
     assert match.learned >= 0.75, match
     assert match.init <= 0.30, match
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="not reached yet (issue 21): on 2026-12-07 these pictures (seed 5) gave "
+                   "identity 25% / editability 70% with configs/toy.yaml; the bench's seeds 0-2 gave 92% / 61% on "
+                   "average (README, Identity and editability)")
+def test_default_toy_training_reaches_the_identity_and_editability_targets_on_an_unseen_concept(tmp_path):
+    """Issue 21's target for the packaged toy config: identity >= 90% and editability >= 60%, on the last held-out
+    concept, from pictures of a seed neither the other tests nor bench/levers.py used, judged with edit templates
+    other than the eval's and the bench's. (While the shipped model holds out one concept, this is the one the
+    defaults were chosen on; with the rebuilt model of world.py's note it becomes one they were not.)"""
+    concept = world.HELD_OUT[-1]
+    folder = proof.write_concept(tmp_path / "concept", concept=concept, seed=5)
+    result = runner.invoke(app, ["--quiet", "train", str(folder), "--init-word", concept[1], "--config", "toy",
+                                 "--name", "target", "--output-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    (embedding,) = (tmp_path / "runs").glob("target_*/embeddings/target.pt")
+    match = proof.judge_embedding(embedding, init_word=concept[1], concept=concept, samples=16, edits=True,
+                                  templates=("a good photo of a {colour} {}", "the photo of the {colour} {}"))
+    assert match.learned >= 0.9, match
+    assert match.edits >= 0.6, match

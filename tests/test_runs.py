@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 
 import pytest
 import torch
@@ -69,6 +70,7 @@ def test_open_refuses_a_folder_that_is_not_a_run_in_one_line(tmp_path):
 
 
 def test_the_config_for_a_resume(run, pictures):
+    run.save_checkpoint(2, _embedding(2), _state(2))  # issue 25: resume_config checks the state before any load
     assert resume_config(run.path).train.max_steps == 6
     assert resume_config(run.path, max_steps=9, others={"--name": None, "--gradient-checkpointing": False}) \
         .train.max_steps == 9
@@ -155,7 +157,8 @@ def test_the_latest_state_falls_back_past_a_damaged_one(run, damage):
     state = run.latest_state(said.append)
     assert state["step"] == 2 and torch.equal(state["learned"], torch.full((1, 8), 2.0))
     assert len(said) == 1 and said[0].startswith("warning: state-000004.pt is ")
-    assert said[0].endswith("damaged; resuming from state-000002.pt (step 2)")
+    assert said[0].endswith("; resuming from state-000002.pt (step 2)")
+    assert not re.search(r"(file|empty|entries) damaged", said[0])  # issue 25: `is empty damaged` was the old grammar
 
 
 def test_no_state_or_a_hostile_one_is_one_clear_error(run, tmp_path):

@@ -26,6 +26,7 @@ from textinv.generation.metadata import read_parameters
 from textinv.hashing import embedding_hash
 from textinv.models import peek, tokens
 from textinv.models.conditioning import SDXLConditioning, conditioning_for, is_sdxl
+from textinv.models.denoiser import denoiser_for
 from textinv.models.embeddings import add_embeddings
 from textinv.models.loading import load_pipeline
 from textinv.training import loop as trainmod
@@ -124,8 +125,8 @@ def test_the_gradient_reaches_both_encoders_new_rows_and_nothing_else(tiny_sdxl_
     ids = torch.cat([cond.tokenize(["a photo of <new>"]), cond.tokenize(["a photo of cat"])])
     assert ids.shape == (2, 2, 77) and not torch.equal(ids[:, 0], ids[:, 1])  # the two tokenizers pad differently
     noisy = torch.randn(2, 4, 16, 16)
-    loss = trainmod.compute_loss(pipe.unet, cond, noisy, torch.tensor([10, 500]), ids, torch.randn_like(noisy), None,
-                                 torch.device("cpu"))
+    loss = trainmod.compute_loss(denoiser_for(pipe), cond, noisy, torch.tensor([10, 500]), ids, torch.randn_like(noisy),
+                                 None, torch.device("cpu"))
     loss.backward()
     assert learned.grad[0, :32].abs().sum() > 0 and learned.grad[0, 32:].abs().sum() > 0  # clip_l and clip_g
     frozen = [p for m in (pipe.text_encoder, pipe.text_encoder_2, pipe.unet, pipe.vae) for p in m.parameters()
@@ -313,8 +314,8 @@ def test_sdxl_learning_check_on_the_sdxl_toy(tmp_path):
     from textinv.toy.sdxl import build_sdxl_toy
 
     build_sdxl_toy(tmp_path / "sdxl-toy", steps=300, batch=32)
-    world.write_concept(tmp_path / "train", *world.HELD_OUT, n=4, seed=0)
-    world.write_concept(tmp_path / "held", *world.HELD_OUT, n=4, seed=1)
+    world.write_concept(tmp_path / "train", *world.HELD_OUT[0], n=4, seed=0)
+    world.write_concept(tmp_path / "held", *world.HELD_OUT[0], n=4, seed=1)
     for colour, shape in (("red", "circle"), ("blue", "square"), ("green", "cross"), ("orange", "circle")):
         world.write_concept(tmp_path / "other", colour, shape, n=1, seed=2)
     cfg = build_config(None, ["data.resolution=32", "data.batch_size=8", "optim.gradient_accumulation_steps=1",

@@ -21,7 +21,7 @@ FLOORS = [
     ("formats", ["textinv.formats"]),
     ("concepts", ["textinv.concepts"]),
     ("models", ["textinv.models"]),
-    ("config", ["textinv.config", "textinv.paper_config"]),
+    ("config", ["textinv.config", "textinv.paper_config", "textinv.config_bounds"]),
     ("runs", ["textinv.runs"]),
     ("generation", ["textinv.generation"]),
     ("evaluation", ["textinv.evaluation"]),

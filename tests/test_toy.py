@@ -25,11 +25,20 @@ def test_world_is_deterministic_and_varied():
     assert corners.min() > 200 and (corners.max(axis=1) - corners.min(axis=1)).max() <= 20
 
 
-def test_world_has_six_colours_four_shapes_and_one_held_out_pair():
+def test_world_has_six_colours_four_shapes_and_held_out_pairs():
     assert len(world.COLOURS) >= 6 and len(world.SHAPES) >= 4
     assert len(world.pairs()) == len(world.COLOURS) * len(world.SHAPES)
-    assert world.HELD_OUT in world.pairs() and world.HELD_OUT not in world.pairs(include_held_out=False)
-    assert [(c, s) for _, c, s in world.sample(3, only=world.HELD_OUT)] == [world.HELD_OUT] * 3
+    # the demo's pair first; held-out pairs of different colours and shapes (issue 21)
+    assert world.HELD_OUT[0] == ("purple", "triangle")
+    n = len(world.HELD_OUT)
+    assert len({c for c, _ in world.HELD_OUT}) == n and len({s for _, s in world.HELD_OUT}) == n
+    seen = world.pairs(include_held_out=False)
+    assert len(seen) == len(world.pairs()) - n
+    for pair in world.HELD_OUT:
+        assert pair in world.pairs() and pair not in seen
+        # every colour edit of a held-out concept (its shape in another colour) is a pair the model saw
+        assert all((c, pair[1]) in seen for c in world.COLOURS if c != pair[0])
+    assert [(c, s) for _, c, s in world.sample(3, only=world.HELD_OUT[0])] == [world.HELD_OUT[0]] * 3
     assert world.caption("red", "circle") == "a photo of a red circle"
 
 
@@ -77,7 +86,7 @@ def test_judge_on_a_blank_or_noisy_picture():
     assert accuracy([], "red", "circle") == 0.0
 
 
-def test_build_runs_end_to_end_on_a_tiny_shape(tmp_path):
+def test_build_runs_end_to_end_on_a_tiny_shape(tmp_path, monkeypatch):
     from diffusers import StableDiffusionPipeline
 
     from textinv.toy.build import BuildConfig, build
@@ -86,8 +95,12 @@ def test_build_runs_end_to_end_on_a_tiny_shape(tmp_path):
     shape = PipelineShape(resolution=32).__dict__
     cfg = BuildConfig(images=48, vae_steps=2, vae_batch=4, unet_steps=2, unet_batch=4, warmup=1, shape=shape)
     lines: list[str] = []
+    # the several held-out pairs issue 21 asks the next build for: none of their pictures reaches the UNet
+    four = (("purple", "triangle"), ("green", "circle"), ("orange", "cross"), ("yellow", "square"))
+    monkeypatch.setattr(world, "HELD_OUT", four)
     report = build(cfg, tmp_path / "m", log=lines.append)
-    assert report["held_out"] == list(world.HELD_OUT) and report["size_bytes"] > 0
+    assert report["held_out"] == [list(p) for p in four] and report["size_bytes"] > 0
+    assert any(line.startswith("latents (40, ") for line in lines)  # 48 pictures, 2 of each of the 24 pairs, less 8
     assert any(line.startswith("unet step 1/2") for line in lines)
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "m")
     assert pipe.vae.config.scaling_factor == pytest.approx(report["scaling_factor"])
@@ -106,7 +119,7 @@ def test_shipped_model_is_small_and_loads_with_diffusers():
     assert sum(p.stat().st_size for p in files) <= 20_000_000
     assert not [p for p in files if p.suffix in (".bin", ".pt", ".ckpt")]  # safetensors only
     info = json.loads((MODEL_DIR / "training.json").read_text())
-    assert info["held_out"] == list(world.HELD_OUT)
+    assert info["held_out"] == [list(p) for p in world.HELD_OUT]
     pipe = StableDiffusionPipeline.from_pretrained(MODEL_DIR)
     pipe.set_progress_bar_config(disable=True)
     images = pipe(
@@ -197,7 +210,8 @@ def test_demo_runs_torch_on_one_thread_and_reports_through_the_reporter(tmp_path
     assert result.picture == tmp_path / "demo.png" and result.steps == 2
     assert sorted(p.name for p in (tmp_path / "inputs").glob("*.png")) == sorted(p.name for p in result.inputs)
     assert len(result.inputs) == 4 and result.embedding.is_file()
-    assert Image.open(result.picture).size[0] > 3 * 2 * 96  # three columns of two pictures each
+    assert Image.open(result.picture).size[0] > 4 * 2 * 96  # four columns of two pictures each (issue 21: edits)
+    assert result.edit_prompt == "a photo of a <colour> *" and 0 <= result.edit_match <= 1
     assert heard.threads == {demo.THREADS} == {1}
     assert {"train", "images", "steps"} <= set(heard.tasks)
     stages = [m for m in heard.messages if m.startswith(("wrote 4 pictures", "learned *", "generating 2 pictures"))]

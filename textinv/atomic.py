@@ -42,6 +42,23 @@ def write_error(path: Path, e: OSError) -> WriteError:
     return WriteError(f"cannot write {path}: {reason}", e.errno, e.strerror or str(e))
 
 
+def check_writable(path: str | Path, flag: str, *, folder: bool = True) -> None:
+    """DataError, before anything expensive runs, when `path` (a folder, or with `folder` False a file; it need
+    not exist yet) cannot be written: a file where a folder goes, a folder where the file goes, or the nearest
+    existing folder above it read-only. `flag` names the option in the message (`--out`)."""
+    from textinv.errors import DataError
+
+    path = Path(path)
+    if not folder and path.is_dir():
+        raise DataError(f"{flag} {path}: it is a folder; pass a file name")
+    start = path if folder else path.parent
+    existing = next((p for p in (start, *start.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise DataError(f"{flag} {path}: {existing} is a file, not a folder; pass a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"{flag} {path}: {existing} is not writable; pass a folder you can write to")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is fsynced and renamed over `path` in one step."""

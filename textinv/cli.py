@@ -7,7 +7,6 @@ import os
 import sys
 import warnings
 from enum import Enum
-from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -15,8 +14,8 @@ import typer
 from rich.markup import escape
 
 from textinv import __version__
-from textinv.cli_help import Group
 from textinv.cli_output import (
+    GlobalOptionsAnywhere,
     err,
     info,
     out,
@@ -33,7 +32,7 @@ from textinv.errors import TextinvError, UsageError
 from textinv.formats import SHORTHANDS, TOOLS, WRITE_NAMES
 
 app = typer.Typer(
-    cls=Group,
+    cls=GlobalOptionsAnywhere,
     name="textinv",
     help="Textual inversion for Stable Diffusion: teach a model a new word from a few pictures.",
     rich_markup_mode="rich",
@@ -83,26 +82,22 @@ def inspect(
     Example: textinv inspect my_cat.pt learned_embeds.bin (--model M adds checks against the model's vocabulary)
     """
     from textinv.cli_output import print_inspected
-    from textinv.formats.edit import describe_files
+    from textinv.models.vocabulary import inspect_files
 
-    check = None
-    if model is not None:
-        from textinv.models.loading import load_pipeline
-        from textinv.models.vocabulary import diagnose
-
-        quiet_libraries(state["verbose"])
-        say_loading(model)
-        with user_errors():
-            check = partial(diagnose, pipe=load_pipeline(model))
     failed = 0
-    for desc in describe_files(files, check=check):
-        if "error" in desc:
-            failed += 1
-            if as_json:
-                print_json(desc)
-            print_error(desc["error"])
-        else:
-            print_inspected(desc, as_json)
+    with user_errors():
+        def on_load() -> None:
+            quiet_libraries(state["verbose"])
+            say_loading(model)
+
+        for desc in inspect_files(files, model, raise_errors=state["debug"], on_load=on_load):
+            if "error" in desc:
+                failed += 1
+                if as_json:
+                    print_json(desc)
+                print_error(desc["error"])
+            else:
+                print_inspected(desc, as_json)
     if failed:
         raise typer.Exit(1)
 
@@ -143,8 +138,14 @@ def convert(
     ] = None,
     split: SplitOpt = False,
     force: ForceOpt = False,
+    strength: Annotated[float | None, typer.Option(help="Write a blend toward the init word: 0 gives its vectors, "
+                                                   "1 the learned ones (needs --model).", show_default=False)] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="For --strength: the model the embedding was "
+                                              "trained on (hub id, folder, checkpoint or toy).")] = None,
+    init_word: Annotated[str | None, typer.Option("--init-word", "-i", help="For --strength, when the file does "
+                                                  "not record its init word.")] = None,
 ) -> None:
-    """Convert an embedding between formats, losslessly.
+    """Convert an embedding between formats, losslessly (or, with --strength, blended toward its init word).
 
     Example: textinv convert learned_embeds.bin my_cat.pt --for a1111
     """
@@ -156,6 +157,10 @@ def convert(
         emb = load_embedding(src)
         if token:
             rename_or_pick(emb, token)
+        if strength is not None:
+            from textinv.models.strength import with_strength
+
+            emb = with_strength(emb, strength, model=model, init_word=init_word)
         written = _write(emb, dst, to, for_tool, force, split)
     print_written(written, for_tool.value if for_tool else None)
 
@@ -404,10 +409,14 @@ def _images(o: dict) -> None:
         check_out_dir(o["out_dir"])
         if o["prompt"] is None and not dream.stdin_is_terminal():
             raise UsageError('no PROMPT given and stdin is not a terminal; pass one: textinv generate "a photo of *"')
-        quiet_libraries(state["verbose"])
-        say_loading(o["model"])
+
+        def on_load() -> None:
+            quiet_libraries(state["verbose"])
+            say_loading(o["model"])
+
         session = Session.open(o["model"], model_config=o["model_config"], device=o["device"], dtype=o["dtype"],
-                               embeddings=o["embedding"] or [], tokens=o["token"], reporter=reporter)
+                               embeddings=o["embedding"] or [], tokens=o["token"], reporter=reporter,
+                               on_load=on_load)
         if o["prompt"] is not None:
             return _make(session, o, reporter)
     command = typer.main.get_command(app).commands["generate"]  # each dream> line takes this command's flags
@@ -534,7 +543,7 @@ def train(
     from textinv.progress import TrainProgress
     from textinv.runs import resume_config
     from textinv.training.loop import train as run_training
-    from textinv.training.setup import check_image_folders
+    from textinv.training.setup import check_before_loading
 
     given = {"DIR": [str(d) for d in data_dirs] if data_dirs else None, "--init-word": init_word or None,
              "--placeholder": placeholder or None, "--name": name, "--config": config, "--model": model,
@@ -542,15 +551,15 @@ def train(
              "--out": out_dir or output_dir, "--report-to": report_to,
              "--gradient-checkpointing": gradient_checkpointing or None, "--max-memory": max_memory}
     with user_errors():
+        notes: list[str] = []
         if resume is not None:  # only --max-steps may change; any other option is refused by name
             cfg = resume_config(resume, max_steps=max_steps, others=given)
         else:
-            notes: list[str] = []
             keys = {_TRAIN_KEYS[f]: v for f, v in given.items() if f in _TRAIN_KEYS}
             cfg = cfgmod.build_config(config, set_, notes=notes, **keys, **{"train.max_steps": max_steps})
-            check_image_folders(cfg.data)
-            for note in notes:
-                info(f"[yellow]note:[/yellow] {escape(note)}")
+        check_before_loading(cfg, resume=resume is not None)
+        for note in notes:
+            info(f"[yellow]note:[/yellow] {escape(note)}")
         quiet_libraries(state["verbose"])
         say_loading(cfg.model.source)
         result = run_training(cfg, reporter=TrainProgress(err, quiet=state["quiet"]), resume=resume)
@@ -586,7 +595,8 @@ def demo(
         )
     info(
         f"the judge sees the concept in {result.learned_match:.0%} of '{result.learned_prompt}' and "
-        f"{result.init_match:.0%} of '{result.init_prompt}' ({result.seconds:.0f} s in all)"
+        f"{result.init_match:.0%} of '{result.init_prompt}'; editability: {result.edit_match:.0%} of "
+        f"'{result.edit_prompt}' in the colour asked for ({result.seconds:.0f} s in all)"
     )
     out.print(str(result.picture))
 
@@ -613,8 +623,8 @@ def eval_(
     seed: Annotated[int, typer.Option("--seed", "-S", help="The first seed.")] = 0,
     steps: Annotated[int, typer.Option("--steps", "-s", min=1, help="Denoising steps.")] = 50,
     cfg: Annotated[float, typer.Option("--cfg", "-C", help="Classifier-free guidance scale.")] = 7.5,
-    margin: Annotated[float, typer.Option("--margin", min=0.0, max=1.0, help="Best step: editability may fall "
-                                          "this fraction below the best checkpoint's.")] = 0.1,
+    margin: Annotated[float, typer.Option("--margin", min=0.0, max=1.0, help="Best step: the balance of identity "
+                                          "and editability may fall this fraction below the best.")] = 0.1,
     device: _ImgDevice = None,
     copy_best: Annotated[Path | None, typer.Option("--copy-best", help="Write the best step's embedding here.",
                                                    show_default=False)] = None,
@@ -623,7 +633,7 @@ def eval_(
 ) -> None:
     """Score an embedding, or every checkpoint of a run, and pick the best step. Example: textinv eval logs/cat_2024-01-01T10-00-00
 
-    Generates SEEDS images of 'a photo of *' and of edit prompts ('* on a beach', ...) for each checkpoint and the init word; identity is CLIP (and DINO) similarity to the training pictures, editability CLIP similarity to the prompt with * replaced by the init word. On --model toy the toy's judge is the identity score.
+    Generates SEEDS images of 'a photo of *' and of edit prompts ('* on a beach', 'a blue *', ...) for each checkpoint and the init word; identity is CLIP (and DINO) similarity to the training pictures, editability CLIP similarity to the prompt with * replaced by the init word. On --model toy the toy's judge scores both: the concept in 'a photo of *', the asked colour in 'a photo of a <colour> *'.
     """
     from textinv.evaluation import evaluate as evaluation
     from textinv.progress import EvalProgress
@@ -632,6 +642,8 @@ def eval_(
                                        clip=None if clip == "none" else clip, dino=None if dino == "none" else dino)
     quiet_libraries(state["verbose"])
     with user_errors():
+        if copy_best:
+            evaluation.check_copy_best(copy_best, force=force)
         result = evaluation.evaluate(targets, data=data, model=model, init_word=init_word, settings=settings,
                                      device=device, reporter=EvalProgress(err, quiet=state["quiet"]))
         written = evaluation.copy_best(result, copy_best, force=force) if copy_best else None

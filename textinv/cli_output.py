@@ -1,5 +1,6 @@
 """What the command line prints: results (and --json) on stdout; status lines, warnings and errors (one line and an
-exit code) on stderr; the tables of `inspect`, `fetch --search` and `eval`. The commands in `cli.py` call these."""
+exit code) on stderr; the tables of `inspect`, `fetch --search` and `eval`; and the global options that choose how
+(--quiet, --verbose, --debug), before or after the command. The commands in `cli.py` call these."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import json
 import os
 import warnings
 from collections.abc import Iterator
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from textinv.cli_help import Group
 from textinv.errors import Interrupted, MetadataWarning, TextinvError
 from textinv.formats import TOOLS
 
@@ -60,7 +63,9 @@ def print_json(obj: object) -> None:
 
 
 def print_error(message: str) -> None:
-    err.print(f"[red]error:[/red] {escape(message)}")
+    """One line whatever the message holds: a name read from a file may carry line breaks (shown as \\n)."""
+    one_line = message.replace("\r", "\\r").replace("\n", "\\n")
+    err.print(f"[red]error:[/red] {escape(one_line)}")
 
 
 _python_showwarning = warnings.showwarning
@@ -108,6 +113,9 @@ def print_description(desc: dict) -> None:
     for t in desc["tokens"]:
         dim = f"{t['dim']}+{t['dim_2']}" if "dim_2" in t else str(t["dim"])
         norm = f"{t['norm']}" + (f" / {t['norm_2']}" if "norm_2" in t else "")
+        if "parts" in t:  # SD3, Flux.1: name each part, the T5 one is not a CLIP
+            dim = " + ".join(f"{key} {width}" for key, width in t["parts"].items())
+            norm += f" / {t['norm_t5']}"
         table.add_row(t["name"], str(t["vectors"]), dim, t["dtype"], norm)
     out.print(table)
 
@@ -139,6 +147,8 @@ def print_written(written: list, for_tool: str | None) -> None:
                 out.print(f"{TOOLS[for_tool]}: run", markup=False)
                 out.print("  " + w.steps[for_tool].replace("\n", "\n  "), markup=False, highlight=False)
             out.print(f"{TOOLS[for_tool]}: use [bold]{escape(w.triggers.get(for_tool, '?'))}[/bold] in the prompt")
+            if w.loads:  # SD3, Flux.1: which parts the tool takes
+                info(f"  {TOOLS[for_tool]} loads {escape(w.loads)}")
         elif w.triggers:
             info("  loads in " + "; ".join(f"{TOOLS[t]} as {escape(word)}" + (" (--for it prints a step)"
                                                                             if t in w.steps else "")
@@ -197,3 +207,36 @@ def print_eval(result) -> None:
     if result.best is not None:
         out.print(f"best: {result.best.label}" + (f" ({result.best.file})" if result.best.file else ""), markup=False)
         info(f"rule: {best_rule_text(result.settings.margin, result.rows)}")
+
+
+class GlobalOptionsAnywhere(Group):
+    """`--quiet`/`-q`, `--verbose`/`-v` and `--debug` also after the command (`textinv convert a b -q`), as users
+    type them."""
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and not any(p.name == "quiet" for p in command.params):
+            command.params.extend(_global_options())
+        return command
+
+
+def _global_options() -> list:
+    """The app's --quiet, --verbose and --debug as options of a command, hidden from its help, setting `state` when
+    given (--debug, as before the command, also shows other libraries' output)."""
+    shadow = typer.Typer(add_completion=False)
+
+    @shadow.command()
+    def options(quiet: Annotated[bool, typer.Option("--quiet", "-q", hidden=True)] = False,
+                verbose: Annotated[bool, typer.Option("--verbose", "-v", hidden=True)] = False,
+                debug: Annotated[bool, typer.Option("--debug", hidden=True)] = False) -> None:
+        pass
+
+    def given(ctx, param, value) -> None:
+        if value:
+            state.update({param.name: True}, **({"verbose": True} if param.name == "debug" else {}))
+
+    params = typer.main.get_command(shadow).params
+    for param in params:
+        param.expose_value = False
+        param.callback = given
+    return params

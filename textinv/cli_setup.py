@@ -37,18 +37,23 @@ def quiet_libraries(verbose: bool) -> None:
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """A kill (SIGTERM) ends the command as Ctrl-C does: cleanup runs, finished files stay, exit 130."""
+    """A kill (SIGTERM) or a closed terminal (SIGHUP) ends the command as Ctrl-C does: cleanup runs, finished
+    files stay, the same message, exit 130."""
     import signal
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
+    kinds = [signal.SIGTERM]
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup keeps it ignored
+        kinds.append(signal.SIGHUP)  # (and Windows has none)
     try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
+        previous = {kind: signal.signal(kind, interrupt) for kind in kinds}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for kind, handler in previous.items():
+            signal.signal(kind, handler)

@@ -1,13 +1,9 @@
 """Training configuration: typed dataclasses are the schema (`configs/v1-finetune.yaml` shows every key with its
-default and a comment; a test keeps the two in step), a YAML file is a diff over them, flags win.
-
-Flow: `load_config(path)` (dataclass defaults <- YAML) -> `apply_overrides(cfg, ["optim.learning_rate=1e-3"])`
-(<- `--set` <- named flags) -> `validate(cfg)` (before any model loads) -> saved into the run folder by
-`textinv.runs.Run.create`, read back from it for --resume.
-
-A YAML file may start from another with `base: FILE` (a path beside it or a packaged config name) and list only
-what differs. A file in the paper code's own OmegaConf layout (`model.params.personalization_config...`) is
-translated by `textinv.paper_config`; the keys it has no use for come back as a note.
+default and a comment; a test keeps the two in step), a YAML file is a diff over them, flags win. Flow:
+`load_config(path)` (defaults <- YAML) -> `apply_overrides(cfg, ["optim.learning_rate=1e-3"])` (<- `--set` <- named
+flags) -> `validate(cfg)` (before any model loads) -> saved into the run folder by `textinv.runs.Run.create`, read
+back for --resume. A YAML file may start from another with `base: FILE` (beside it, or a packaged config's name) and
+list only what differs; the paper code's OmegaConf layout is translated by `textinv.paper_config`.
 """
 
 from __future__ import annotations
@@ -26,6 +22,7 @@ from typing import Any
 import yaml
 
 from textinv import strict_yaml
+from textinv.config_bounds import MAX_LEARNING_RATE, MAX_MEMORY_GIB, MAX_SEED, UPPER_BOUNDS, max_batch_size
 from textinv.errors import ConfigError
 from textinv.formats import SHORTHANDS, TOOLS, WRITE_NAMES
 from textinv.formats.families import CONFIG_FOR
@@ -39,7 +36,7 @@ class ModelConfig:
     source: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # hub id, diffusers folder, single file, or `toy`
     prediction_type: str | None = None  # None: whatever the model's scheduler says
     config: str | None = None  # for a .ckpt/.safetensors: a local diffusers folder whose configs describe it
-    family: str | None = "SD1.x"  # SD1.x | SD2.x | SDXL | None (any); checked against the model (formats/families.py)
+    family: str | None = "SD1.x"  # SD1.x | SD2.x | SDXL | SD3 | Flux.1 | None (any); checked against the model
 
 
 @dataclass
@@ -48,6 +45,7 @@ class PersonalizationConfig:
     initializer_words: list[str] = field(default_factory=lambda: ["sculpture"])  # the paper code's default
     num_vectors_per_token: int = 1
     learnable_property: str = "object"  # object | style
+    train_t5: bool = False  # SD3, Flux.1: the placeholder learns in the T5 encoder too (else its init word's rows)
 
 
 @dataclass
@@ -58,6 +56,7 @@ class DataConfig:
     flip_p: float = 0.5  # the paper code and the diffusers example both flip half the time
     repeats: int = 100
     batch_size: int = 2  # the paper code's v1-finetune.yaml
+    masks: bool = True  # a picture's NAME.mask.png beside it (white: the concept) restricts the loss to the concept
 
 
 @dataclass
@@ -72,6 +71,12 @@ class OptimConfig:
     adam_epsilon: float = 1.0e-8
     weight_decay: float = 0.01  # torch's AdamW default, which the paper code and diffusers use
     max_grad_norm: float = 0.0  # 0: no clipping
+    embedding_reg_weight: float = 0.0  # pull toward the init vectors (the paper code's key); levers: training/levers.py
+    norm_control: str = "none"  # none | vocab | cap: after each step, each vector's norm set to (vocab) or capped at
+    norm_cap: float = 1.0  # (cap) this many times the vocabulary's median norm (OneTrainer's preserve_embedding_norm)
+    max_drift: float = 0.0  # 0: off; else keep each vector within this many vocabulary median norms of its init
+    ema_decay: float = 0.0  # 0: off; else also save an EMA of the vectors, <name>-ema.pt (OneTrainer: 0.999)
+    min_snr_gamma: float = 0.0  # 0: off; else Min-SNR-gamma loss weighting (invoke-training's default: 5)
 
 
 @dataclass
@@ -82,6 +87,8 @@ class TrainConfig:
     device: str = "auto"
     gradient_checkpointing: bool = False  # recompute the UNet's activations in the backward pass: less memory
     early_stop: int = 0  # patience, in validation-loss checks; 0: train to max_steps
+    weighting_scheme: str = "logit_normal"  # SD3, Flux.1: timestep density / loss weighting (training/objective.py)
+    flux_guidance: float = 1.0  # Flux.1-dev's guidance input while training (OneTrainer's default)
     offload: bool = False  # the VAE leaves the device once every latent is cached; image logs bring it back
     max_memory: float | None = None  # a budget in GiB: the fastest memory settings estimated to fit (training/budget.py)
 
@@ -121,7 +128,9 @@ CHOICES = {
     "model.family": (None, *CONFIG_FOR),  # the families with a packaged config
     "personalization.learnable_property": ("object", "style"),
     "optim.lr_scheduler": ("constant", "linear", "cosine"),
+    "optim.norm_control": ("none", "vocab", "cap"),
     "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
+    "train.weighting_scheme": ("logit_normal", "mode", "none", "sigma_sqrt", "cosmap"),  # diffusers' (objective.py)
     "log.report_to": ("none", "tensorboard", "wandb", "all"),
 }
 # What `log.formats` takes, as `convert --to` or `--for` do; a picture is no training output.
@@ -166,6 +175,10 @@ def _suggest(key: str) -> str:
     return f"; did you mean `{close[0]}`?" if close else "; see configs/v1-finetune.yaml for every key"
 
 
+# Keys that hold prompts: a number there is a mistake (`log.prompts: 3` for "three prompts"), not a prompt "3".
+_PROSE = ("log.prompts", "log.negative_prompt")
+
+
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Check `value` against the field's type; ints are accepted for floats and YAML scalars for lists."""
     origin = typing.get_origin(hint)
@@ -201,6 +214,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                 pass
         raise ConfigError(f"`{key}` must be a number, got {value!r}")
     if hint is str:
+        if key in _PROSE and not isinstance(value, str):
+            raise ConfigError(f"`{key}` must be text (a prompt, e.g. '* on a beach'), got {value!r}")
         if isinstance(value, bool):  # YAML 1.1 reads `no` (mixed_precision: no) as false
             return ("yes" if value else "no") if key == "train.mixed_precision" else str(value).lower()
         if isinstance(value, (str, int, float)):
@@ -300,7 +315,11 @@ def _read_yaml(p: Path, seen: tuple[Path, ...]) -> Any:
     base_path = p.parent / base if (p.parent / base).is_file() else resolve_config_path(base)
     if base_path.resolve() in seen:
         raise ConfigError(f"{p}: `base: {base}` leads back to itself")
-    return _merged(_read_yaml(base_path, (*seen, p.resolve())), data)
+    under = _read_yaml(base_path, (*seen, p.resolve()))
+    if under is not None and not isinstance(under, dict):
+        raise ConfigError(f"{p}: `base: {base}` is not a textinv config (it reads as {type(under).__name__}, not as "
+                          "sections such as model: and data:); name a config file, e.g. base: v1-finetune.yaml")
+    return _merged(under, data)
 
 
 def _merged(base: Any, over: dict) -> dict:
@@ -331,20 +350,6 @@ def apply_overrides(cfg: Config, items: list[str] | None = None, **named: Any) -
     return cfg
 
 
-MAX_SEED = 2**32 - 1  # the paper code's seed_everything (Lightning) takes 32-bit seeds; so does numpy
-MAX_LEARNING_RATE = 1.0  # the paper's rate is 5e-3; above 1 the vectors leave the embedding space in a step
-MAX_MEMORY_GIB = 4096  # train.max_memory, in GiB: more than any one machine holds
-MAX_BATCH_AT_512 = 64  # images per micro-batch at 512 px; larger batches go through gradient accumulation
-# Upper bounds of sizes that are allocated up front: 2048 px is twice SDXL's; an epoch's order (images x repeats)
-# is kept in every resumable state; image logs are made in one batch; the schedulers have 1000 timesteps.
-UPPER_BOUNDS = {"data.resolution": 2048, "data.repeats": 1000, "log.num_images": 64, "log.sample_steps": 1000}
-
-
-def max_batch_size(resolution: int) -> int:
-    """The largest micro-batch worth trying: 64 at 512 px and below, fewer as the pixels per image grow."""
-    return max(1, min(MAX_BATCH_AT_512, int(MAX_BATCH_AT_512 * (512 / resolution) ** 2)))
-
-
 def validate(cfg: Config) -> Config:
     """Impossible values are errors here, before any model loads. Returns cfg."""
     _finite(cfg)
@@ -371,11 +376,17 @@ def validate(cfg: Config) -> Config:
     for w in p.initializer_words:
         if not w.strip():
             raise ConfigError("an init word is empty; pass a word that describes the concept, e.g. --init-word cat")
-    _positive(cfg, "personalization.num_vectors_per_token", "train.max_steps", "data.resolution", "data.batch_size",
-              "data.repeats", "optim.gradient_accumulation_steps", "log.num_images", "log.sample_steps")
-    _non_negative(cfg, "optim.lr_warmup_steps", "optim.weight_decay", "optim.max_grad_norm", "log.save_every",
-                  "log.image_every", "train.seed", "log.val_loss_every", "log.eval_every", "train.early_stop")
-    _positive(cfg, "log.val_samples")
+    _at_least(cfg, 1, "personalization.num_vectors_per_token", "train.max_steps", "data.resolution",
+              "data.batch_size", "data.repeats", "optim.gradient_accumulation_steps", "log.num_images",
+              "log.sample_steps", "log.val_samples")
+    _at_least(cfg, 0, "optim.lr_warmup_steps", "optim.weight_decay", "optim.max_grad_norm", "log.save_every",
+                  "log.image_every", "train.seed", "log.val_loss_every", "log.eval_every", "train.early_stop",
+                  "optim.embedding_reg_weight", "optim.min_snr_gamma", "optim.max_drift")
+    for key in ("optim.norm_cap", "train.flux_guidance"):  # reals: a cap in vocabulary median norms, a guidance
+        if not get_key(cfg, key) > 0:
+            raise ConfigError(f"`{key}` is {get_key(cfg, key)}; it must be above 0")
+    if not 0.0 <= cfg.optim.ema_decay < 1.0:
+        raise ConfigError(f"`optim.ema_decay` is {cfg.optim.ema_decay}; it must be in [0, 1) (0: off; OneTrainer: 0.999)")
     if cfg.train.max_memory is not None and not 0 < cfg.train.max_memory <= MAX_MEMORY_GIB:
         raise ConfigError(f"`train.max_memory` is {cfg.train.max_memory}; it must be above 0 and at most "
                           f"{MAX_MEMORY_GIB} (GiB, e.g. 6 for a 6 GiB budget)")
@@ -397,9 +408,9 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.train.seed > MAX_SEED:
         raise ConfigError(f"`train.seed` is {cfg.train.seed}; it must be at most {MAX_SEED} (a 32-bit seed)")
-    for key, bound in UPPER_BOUNDS.items():
+    for key, (bound, why) in UPPER_BOUNDS.items():
         if get_key(cfg, key) > bound:
-            raise ConfigError(f"`{key}` is {get_key(cfg, key)}; it must be at most {bound}")
+            raise ConfigError(f"`{key}` is {get_key(cfg, key)}; it must be at most {bound} ({why})")
     most = max_batch_size(cfg.data.resolution)
     if cfg.data.batch_size > most:
         raise ConfigError(
@@ -408,7 +419,8 @@ def validate(cfg: Config) -> Config:
         )
     for b in ("adam_beta1", "adam_beta2"):
         if not 0.0 <= getattr(cfg.optim, b) < 1.0:
-            raise ConfigError(f"`optim.{b}` is {getattr(cfg.optim, b)}; it must be in [0, 1)")
+            raise ConfigError(f"`optim.{b}` is {getattr(cfg.optim, b)}; it must be in [0, 1) (the decay rate of one "
+                              "of AdamW's moving averages)")
     if not cfg.optim.adam_epsilon > 0:
         raise ConfigError("`optim.adam_epsilon` must be above 0")
     if cfg.log.guidance_scale < 1:
@@ -444,16 +456,10 @@ def _finite(cfg: Config) -> None:
                 raise ConfigError(f"`{section.name}.{f.name}` is {value}; it must be a finite number")
 
 
-def _positive(cfg: Config, *keys: str) -> None:
+def _at_least(cfg: Config, low: int, *keys: str) -> None:
     for key in keys:
-        if get_key(cfg, key) <= 0:
-            raise ConfigError(f"`{key}` is {get_key(cfg, key)}; it must be 1 or more")
-
-
-def _non_negative(cfg: Config, *keys: str) -> None:
-    for key in keys:
-        if get_key(cfg, key) < 0:
-            raise ConfigError(f"`{key}` is {get_key(cfg, key)}; it must not be negative")
+        if get_key(cfg, key) < low:
+            raise ConfigError(f"`{key}` is {get_key(cfg, key)}; it must {'be 1 or more' if low else 'not be negative'}")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -18,6 +18,7 @@ _IMAGE_LOGGER = "lightning.callbacks.image_logger.params."
 KEY_MAP = {
     "model.base_learning_rate": "optim.learning_rate",
     "model.params.parameterization": "model.prediction_type",
+    "model.params.embedding_reg_weight": "optim.embedding_reg_weight",
     _PERSONALIZATION + "placeholder_strings": "personalization.placeholder_strings",
     _PERSONALIZATION + "initializer_words": "personalization.initializer_words",
     _PERSONALIZATION + "num_vectors_per_token": "personalization.num_vectors_per_token",

@@ -1,6 +1,6 @@
 """Pictures in and out: the one reader for training pictures and img2img's init image (any mode, EXIF rotation
 applied, absurd sizes refused before decoding), a folder of training pictures read honestly (non-images skipped
-with a warning, captions beside them), and tensors turned back into pictures and sheets of them.
+with a warning, captions and masks beside them), and tensors turned back into pictures and sheets of them.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ _QUIET = {".txt", ".caption"}
 # takes about 1 GB while it is scaled to 8 bits.
 MAX_PIXELS = 120_000_000
 _HIDDEN = re.compile(r"^(\.|Thumbs\.db$|desktop\.ini$)", re.IGNORECASE)
+MASK_SUFFIX = ".mask"  # cat1.mask.png beside cat1.png: white where the concept is, black elsewhere
 
 
 @dataclass
@@ -34,6 +35,7 @@ class TrainImage:
     path: Path
     pixels: torch.Tensor
     caption: str | None = None  # from `<stem>.txt` beside the image; `*` or `[name]` mark the placeholder
+    mask: torch.Tensor | None = None  # from `<stem>.mask.png`: float32 [1, res, res] in [0, 1], cropped as the pixels
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -105,9 +107,83 @@ def _square_tensor(img: Image.Image, resolution: int, center_crop: bool) -> torc
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
-def load_folder(folder: str | Path, resolution: int, *, center_crop: bool = True) -> tuple[list[TrainImage], list[str]]:
-    """Every image in `folder` (not recursive), sorted by name, and the warnings to show the user."""
+def load_folder(folder: str | Path, resolution: int, *, center_crop: bool = True,
+                masks: bool = True) -> tuple[list[TrainImage], list[str]]:
+    """Every image in `folder` (not recursive), sorted by name, and the warnings to show the user. Masks
+    (`NAME.mask.png`) are never training images; with `masks` each is read into its picture's TrainImage."""
     folder = Path(folder)
+    entries, subfolders = _listing(folder)
+    images: list[TrainImage] = []
+    warnings: list[str] = []
+    skipped: list[str] = []
+    mask_files = {p.stem.removesuffix(MASK_SUFFIX): p for p in entries if p.stem.endswith(MASK_SUFFIX)}
+    for path in entries:
+        if _HIDDEN.match(path.name) or path.suffix.lower() in _QUIET or path.stem.endswith(MASK_SUFFIX):
+            continue
+        try:
+            pixels = _square_tensor(_decode(path, str(path)), resolution, center_crop)
+        except _Unreadable as e:
+            skipped.append(f"{path.name} (not readable)" if str(e) == "not readable" else path.name)
+            continue
+        mask_file = mask_files.pop(path.stem, None) if masks else None
+        mask = _mask(mask_file, path, resolution, center_crop) if mask_file else None
+        images.append(TrainImage(path=path, pixels=pixels, caption=_caption(path), mask=mask))
+    if masks and mask_files:
+        lonely = next(iter(mask_files.values()))
+        raise DataError(f"{lonely}: a mask with no picture {lonely.name.replace(MASK_SUFFIX, '')} beside it; name a "
+                        "mask after its picture (cat1.png -> cat1.mask.png)")
+    if skipped:
+        warnings.append(f"skipped {len(skipped)} file(s) in {folder} that are not images: {', '.join(skipped)}")
+    if images and subfolders:
+        warnings.append(f"skipped the subfolder(s) {', '.join(subfolders)} of {folder}: only the images directly in it "
+                        "are read; pass a subfolder as another DIR to train on its images too")
+    if not images:
+        raise _no_images(folder, entries, subfolders)
+    if len(images) > MANY_IMAGES:
+        warnings.append(
+            f"{len(images)} images in {folder}; the paper found 3-5 images work best, more rarely help"
+        )
+    return images, warnings
+
+
+def _mask(mask_path: Path, image_path: Path, resolution: int, center_crop: bool) -> torch.Tensor:
+    """The mask of `image_path` as float32 [1, res, res] in [0, 1] (its grey level; white is the concept), cropped
+    and resized as the picture is; DataError when it does not fit its picture."""
+    try:
+        mask = _decode(mask_path, str(mask_path))
+    except _Unreadable as e:
+        raise DataError(f"{mask_path}: not a readable mask ({e}); save it as a black-and-white PNG") from None
+    with Image.open(image_path) as img:
+        size = ImageOps.exif_transpose(img).size
+    if mask.size != size:
+        raise DataError(f"{mask_path.name} is {mask.size[0]}x{mask.size[1]} but its picture {image_path.name} is "
+                        f"{size[0]}x{size[1]}; a mask must have its picture's size")
+    grey = (_square_tensor(mask, resolution, center_crop).mean(dim=0, keepdim=True) + 1) / 2
+    grey = grey.clamp(0, 1)
+    if float(grey.max()) < 0.5:
+        raise DataError(f"{mask_path.name} is black all over, so nothing of {image_path.name} would be trained on; "
+                        "paint the concept white")
+    return grey
+
+
+def check_image_folder(folder: str | Path) -> None:
+    """DataError unless `folder` is a folder holding at least one image, told from the files' headers alone: what
+    `load_folder` would refuse, found in a moment before any model loads."""
+    folder = Path(folder)
+    entries, subfolders = _listing(folder)
+    for path in entries:
+        if _HIDDEN.match(path.name) or path.suffix.lower() in _QUIET or path.stem.endswith(MASK_SUFFIX):
+            continue
+        try:
+            with Image.open(path):
+                return
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            continue
+    raise _no_images(folder, entries, subfolders)
+
+
+def _listing(folder: Path) -> tuple[list[Path], list[str]]:
+    """The files of an image folder, sorted, and the names of its subfolders that are not hidden."""
     if not folder.exists():
         raise DataError(f"image folder {folder} does not exist; pass a folder of 3-5 .png/.jpg images")
     if not folder.is_dir():
@@ -118,36 +194,17 @@ def load_folder(folder: str | Path, resolution: int, *, center_crop: bool = True
         subfolders = [p.name for p in everything if p.is_dir() and not _HIDDEN.match(p.name)]
     except OSError as e:
         raise DataError(f"cannot read image folder {folder}: {e.strerror or e}") from None
-    images: list[TrainImage] = []
-    warnings: list[str] = []
-    skipped: list[str] = []
-    for path in entries:
-        if _HIDDEN.match(path.name) or path.suffix.lower() in _QUIET:
-            continue
-        try:
-            pixels = _square_tensor(_decode(path, str(path)), resolution, center_crop)
-        except _Unreadable as e:
-            skipped.append(f"{path.name} (not readable)" if str(e) == "not readable" else path.name)
-            continue
-        images.append(TrainImage(path=path, pixels=pixels, caption=_caption(path)))
-    if skipped:
-        warnings.append(f"skipped {len(skipped)} file(s) in {folder} that are not images: {', '.join(skipped)}")
-    if images and subfolders:
-        warnings.append(f"skipped the subfolder(s) {', '.join(subfolders)} of {folder}: only the images directly in it "
-                        "are read; pass a subfolder as another DIR to train on its images too")
-    if not images:
-        if entries:
-            found = f" (found {len(entries)} file(s), none of them an image)"
-        elif subfolders:
-            found = f" (it holds only subfolders: {', '.join(subfolders)}; pass the folder the images are in)"
-        else:
-            found = " (it is empty)"
-        raise DataError(f"no images in {folder}{found}; pass a folder of 3-5 .png/.jpg images of the concept")
-    if len(images) > MANY_IMAGES:
-        warnings.append(
-            f"{len(images)} images in {folder}; the paper found 3-5 images work best, more rarely help"
-        )
-    return images, warnings
+    return entries, subfolders
+
+
+def _no_images(folder: Path, entries: list[Path], subfolders: list[str]) -> DataError:
+    if entries:
+        found = f" (found {len(entries)} file(s), none of them an image)"
+    elif subfolders:
+        found = f" (it holds only subfolders: {', '.join(subfolders)}; pass the folder the images are in)"
+    else:
+        found = " (it is empty)"
+    return DataError(f"no images in {folder}{found}; pass a folder of 3-5 .png/.jpg images of the concept")
 
 
 def _caption(image_path: Path) -> str | None:

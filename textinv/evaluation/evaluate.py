@@ -7,12 +7,15 @@ prompt, the same seeds for every candidate. Scores (see `textinv.evaluation.scor
 - identity: samples of the identity prompt (`a photo of *`) against the training pictures, CLIP and (when a
   DINO model is given) DINO; on the shipped toy model, the share of those samples the toy's judge sees as the
   concept of the training pictures;
-- editability: the CLIP text-image score of the edit prompts' samples against the same prompts with the
-  placeholder replaced by the init word (as the paper does); not measured on the toy model;
+- editability: the CLIP text-image score of the edit prompts' samples (context edits and attribute edits)
+  against the same prompts with the placeholder replaced by the init word (as the paper does); on the toy model,
+  the share of the samples of `a photo of a <colour> *` (each of the world's other colours, several templates)
+  that the judge sees as the concept's shape in the colour asked for;
 - the init word itself is scored the same way as a baseline row.
 
-The best step (`best_row`): among the checkpoints whose editability is at least (1 - margin) x the best
-checkpoint editability, the one with the highest identity; ties go to the earlier step.
+The best step (`best_row`) weighs both: each checkpoint's balance is the lower of its identity and its
+editability, each as a fraction of the best checkpoint's; among the checkpoints whose balance is within `margin`
+of the best balance, the one with the highest identity; ties go to the earlier step.
 """
 
 from __future__ import annotations
@@ -31,6 +34,15 @@ EDIT_PROMPTS = (
     "a watercolor painting of {}",  # style
     "a photo of {} with a red hat",  # an added object
     "a {} made of gold",  # material
+    "a photo of a blue {}",  # attribute: colour (where textual inversion fails most: the word overrides it)
+    "a photo of a wooden {}",  # attribute: material
+)
+# The toy model's edits: the concept in each of the world's other colours, in several of the object templates the
+# toy model was trained on ({colour} is the colour asked for, {} the placeholder).
+TOY_EDIT_PROMPTS = (
+    "a photo of a {colour} {}",
+    "a rendering of a {colour} {}",
+    "a close-up photo of the {colour} {}",
 )
 DEFAULT_MARGIN = 0.1
 
@@ -67,6 +79,7 @@ class EvalSettings:
     cfg: float = 7.5
     identity_prompt: str = IDENTITY_PROMPT
     edit_prompts: tuple[str, ...] = EDIT_PROMPTS
+    toy_edit_prompts: tuple[str, ...] = TOY_EDIT_PROMPTS  # what edit_prompts become on the toy model
     margin: float = DEFAULT_MARGIN
     clip: str | None = None  # hub id or folder; None: no CLIP scores
     dino: str | None = None
@@ -86,6 +99,7 @@ class EvalResult:
     def to_json(self) -> dict:
         s = asdict(self.settings)
         s["edit_prompts"] = list(s["edit_prompts"])
+        s["toy_edit_prompts"] = list(s["toy_edit_prompts"])
         return {
             "model": self.model,
             "data": self.data,
@@ -103,20 +117,32 @@ def best_rule_text(margin: float, rows: list[Row] | None = None) -> str:
     """The best-step rule in words; without editability scores in `rows`, the part that applies."""
     if rows is not None and all(r.editability is None for r in rows):
         return "highest identity among the checkpoints (ties: the earlier step); editability was not measured"
-    return (f"highest identity among the checkpoints whose editability is at least {1 - margin:.0%} of the best "
-            "checkpoint's editability (ties: the earlier step)")
+    return ("highest identity among the checkpoints whose balance (the lower of identity and editability, each as "
+            f"a fraction of the best checkpoint's) is at least {1 - margin:.0%} of the best balance (ties: the "
+            "earlier step)")
+
+
+def balance(row: Row, top_identity: float, top_editability: float) -> float:
+    """The lower of the row's identity and editability, each as a fraction of the best checkpoint's: 1 for a
+    checkpoint as recognisable and as editable as the best, low for one that gave up either."""
+    def share(x: float | None, top: float) -> float:
+        return 0.0 if x is None else x / top if top > 0 else 1.0
+
+    return min(share(row.identity, top_identity), share(row.editability, top_editability))
 
 
 def best_row(rows: list[Row], margin: float = DEFAULT_MARGIN) -> Row | None:
-    """The checkpoint to keep: highest identity among those that kept their editability (see module doc)."""
+    """The checkpoint to keep: highest identity among the well-balanced ones (see module doc). The init word
+    (the baseline row) is never picked; without editability scores, the highest identity."""
     candidates = [r for r in rows if not r.baseline and r.identity is not None]
-    edits = [r.editability for r in candidates if r.editability is not None]
-    if edits:
-        top = max(edits)
-        floor = top - margin * abs(top)
-        candidates = [r for r in candidates if r.editability is None or r.editability >= floor]
     if not candidates:
         return None
+    edits = [r.editability for r in candidates if r.editability is not None]
+    if edits:
+        top_identity, top_edit = max(r.identity for r in candidates), max(edits)
+        scores = {id(r): balance(r, top_identity, top_edit) for r in candidates}
+        floor = (1 - margin) * max(scores.values())
+        candidates = [r for r in candidates if scores[id(r)] >= floor]
     return max(candidates, key=lambda r: (r.identity, -(r.step if r.step is not None else 0)))
 
 
@@ -195,17 +221,11 @@ def evaluate(
     from textinv.models.loading import load_pipeline
 
     s = settings or EvalSettings()
-    t = find_targets(paths)
-    data = data or (Path(t.data) if t.data else None)
-    if data is None:
-        raise ConfigError("pass --data DIR: the folder of training pictures to compare the samples with")
-    init_word = init_word or t.init_word
-    if not init_word:
-        raise ConfigError("the embedding does not record its init word; pass --init-word WORD (e.g. cat)")
+    t, data, init_word = check_before_loading(paths, data=data, model=model, init_word=init_word, settings=s)
     pipe = load_pipeline(model or t.model, device=device)
     toy = pipe.textinv.kind == "toy"
-    if toy:  # the judge scores `a photo of *` only: no edit prompts to generate
-        s = dataclasses.replace(s, edit_prompts=())
+    if toy:  # the judge scores colour edits: the toy model knows no beaches or watercolours
+        s = dataclasses.replace(s, edit_prompts=s.toy_edit_prompts)
     notes: list[str] = []
     if t.run is not None:
         t.candidates[0].embedding = _initial_embedding(pipe, t.placeholder, init_word, t.num_vectors)
@@ -230,15 +250,57 @@ def evaluate(
     return result
 
 
+def check_before_loading(paths: list[Path], *, data: Path | None, model: str | None, init_word: str | None,
+                         settings: EvalSettings) -> tuple[Targets, Path, str]:
+    """What `evaluate`'s arguments already show, each in one line before any model loads: the settings (guidance,
+    seed, steps), the targets readable, each embedding's family the model's (told from the model's files: the family
+    first, before anything else is asked for), the training pictures there, an init word known. Returns the
+    targets, the pictures' folder and the init word."""
+    from textinv.generation.sampling import check_request
+    from textinv.models.peek import check_fit
+    from textinv.pictures import check_image_folder
+
+    s = settings
+    check_request(n=s.seeds, steps=s.steps, cfg=s.cfg, seed=s.seed)
+    if not 0 <= s.margin <= 1:
+        raise ConfigError(f"--margin {s.margin}: a share of the best editability, between 0 and 1 (0.1 is typical)")
+    t = find_targets(paths)
+    check_fit(model or t.model, None, [(c.file or c.label, c.embedding) for c in t.candidates if c.embedding])
+    data = data or (Path(t.data) if t.data else None)
+    if data is None:
+        raise ConfigError("pass --data DIR: the folder of training pictures to compare the samples with")
+    check_image_folder(data)
+    init_word = init_word or t.init_word
+    if not init_word:
+        raise ConfigError("the embedding does not record its init word; pass --init-word WORD (e.g. cat)")
+    return t, data, init_word
+
+
+def check_copy_best(out: Path, *, force: bool = False) -> None:
+    """Before any scoring: `--copy-best OUT` can be written (an embedding file name, not there yet unless `force`,
+    in a folder that can be written)."""
+    from textinv.atomic import check_writable
+    from textinv.errors import EmbeddingFormatError, OutputExistsError
+    from textinv.formats import EMBEDDING_SUFFIXES
+
+    if out.suffix.lower() not in EMBEDDING_SUFFIXES:
+        raise EmbeddingFormatError(f"--copy-best {out}: cannot tell the format from {out.suffix or 'no extension'!r};"
+                                   f" end the name in {', '.join(EMBEDDING_SUFFIXES)}")
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out} already exists; pass --force to overwrite it")
+    check_writable(out, "--copy-best", folder=False)
+
+
 def _initial_embedding(pipe, placeholder: str, init_word: str, n: int):
-    """The run's step 0: the init word's token vectors, spread over the placeholder's vectors as training does."""
+    """The run's step 0: the init word's token vectors in every encoder, spread over the placeholder's vectors as
+    training does."""
     from textinv.formats.embedding import Embedding, Token
+    from textinv.models.loading import text_encoders
     from textinv.models.tokens import init_vectors
 
-    table = pipe.text_encoder.get_input_embeddings().weight
-    vectors, _ = init_vectors(pipe.tokenizer, table, init_word, n)
-    return Embedding(tokens=[Token(name=placeholder, vectors=vectors.cpu())], step=0,
-                     init_words={placeholder: init_word})
+    parts = {key: init_vectors(tokenizer, encoder.get_input_embeddings().weight, init_word, n)[0].cpu()
+             for key, _, tokenizer, encoder in text_encoders(pipe)}
+    return Embedding(tokens=[Token.from_parts(placeholder, parts)], step=0, init_words={placeholder: init_word})
 
 
 class Evaluator:
@@ -250,7 +312,9 @@ class Evaluator:
         self.pipe, self.s, self.toy, self.reporter = pipe, s, toy, reporter
         self.scratch = None
         self.made, self.label, self.word = 0, "", ""  # images made, the candidate scored and its word: for progress
-        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        from textinv.models.denoiser import default_side
+
+        size = default_side(pipe)
         found, warnings = load_folder(data, size)
         for w in warnings:
             reporter.message(f"warning: {w}")
@@ -265,7 +329,9 @@ class Evaluator:
             if self.concept.colour is None or self.concept.shape is None:
                 raise DataError(f"the toy judge sees no one colour and shape in {data}; pass toy-world pictures")
             notes.append(f"toy model: identity is the share of samples the toy's judge sees as a "
-                         f"{self.concept.colour} {self.concept.shape}; CLIP and DINO are skipped")
+                         f"{self.concept.colour} {self.concept.shape}, editability the share of 'a photo of a "
+                         f"<colour> *' samples (every other colour) it sees as a {self.concept.shape} of that "
+                         "colour; CLIP and DINO are skipped")
             return
         from textinv.evaluation.scoring import load_clip, load_dino
 
@@ -289,8 +355,13 @@ class Evaluator:
         return save_embedding(emb, Path(self.scratch.name) / f"candidate-{index}.pt", force=True)
 
     def images_per_candidate(self) -> int:
-        """The images `score` makes for one candidate: the identity prompt's, and the edit prompts' with CLIP."""
-        prompts = 1 + (len(self.s.edit_prompts) if self.clip is not None and not self.toy else 0)
+        """The images `score` makes for one candidate: the identity prompt's, and the edit prompts' with CLIP (on
+        the toy model, each edit prompt once per colour other than the concept's)."""
+        if self.toy:
+            from textinv.toy import world
+
+            return (1 + len(self.s.edit_prompts) * (len(world.COLOURS) - 1)) * self.s.seeds
+        prompts = 1 + (len(self.s.edit_prompts) if self.clip is not None else 0)
         return prompts * self.s.seeds
 
     def _images(self, prompt: str) -> list:
@@ -303,6 +374,20 @@ class Evaluator:
         self.made += len(images)
         self.reporter.advance("eval", self.made)
         return images
+
+    def _toy_edits(self, template: str, word: str, sheet: list) -> float:
+        """The share of `template`'s samples, over every colour but the concept's, that the toy judge sees as the
+        concept's shape in the colour asked for; each colour's samples become a row of `sheet`."""
+        from textinv.toy import world
+        from textinv.toy.judge import Verdict, judge
+
+        right = total = 0
+        for colour in (c for c in world.COLOURS if c != self.concept.colour):
+            images = self._images(template.format(word, colour=colour))
+            sheet.append(images)
+            right += sum(judge(im) == Verdict(colour, self.concept.shape) for im in images)
+            total += len(images)
+        return right / total
 
     def score(self, cand: Candidate, index: int, init_word: str, run: Run | None = None) -> Row:
         """Score one candidate; with a `run`, its contact sheet is written into the run's eval grids."""
@@ -325,6 +410,10 @@ class Evaluator:
             from textinv.toy.judge import judge
 
             row.identity = sum(judge(im) == self.concept for im in samples) / len(samples)
+            for template in self.s.edit_prompts:
+                row.per_prompt[template] = self._toy_edits(template, word, sheet)
+            if row.per_prompt:
+                row.editability = sum(row.per_prompt.values()) / len(row.per_prompt)
         else:
             if self.clip is not None:
                 row.identity = row.identity_clip = image_similarity(self.clip.image_features(samples), self.ref_clip)

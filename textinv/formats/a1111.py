@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from textinv.atomic import torch_save
-from textinv.formats.common import Source, encoder_parts, single_token
+from textinv.formats.common import Source, encoder_parts, name_or_none, single_token
 from textinv.formats.consumers import DIFFUSERS_PICKLE
 from textinv.formats.embedding import Embedding
 from textinv.formats.paper import from_string_to_param, string_to_param_dict
@@ -35,17 +35,18 @@ def _recognise(data, metadata, source: Source) -> bool:
 
 
 def _read(data, metadata, source: Source) -> Embedding:
-    ids = list((data.get("string_to_token") or {}).values())
+    tokens = data.get("string_to_token")
+    ids = list(tokens.values()) if isinstance(tokens, dict) else []
     # The webui always stores '*' with the plain int 265; its prompt word is the file's stem. Ours stores the id
     # as a tensor and the placeholder in `name`.
     ours = bool(ids) and not isinstance(ids[0], int)
-    name = str(data.get("name") or source.path.stem) if ours else source.path.stem
+    name = (name_or_none(data.get("name")) or source.path.stem) if ours else source.path.stem
     return from_string_to_param(data, [name], source, "a1111-pt")
 
 
 def _write(emb: Embedding, path: Path) -> None:
     tok = single_token(emb, "a1111-pt")
-    if emb.is_sdxl:  # the webui's SDXL layout, also in a .pt
+    if emb.multi_encoder:  # the webui's SDXL layout (SD3, Flux.1: + t5), also in a .pt
         data = encoder_parts(tok)
     else:
         data = string_to_param_dict(emb, {"*": tok.vectors.clone()})

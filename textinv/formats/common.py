@@ -16,8 +16,12 @@ from textinv.formats.embedding import Embedding, Token
 MAX_VECTORS = 1024  # per token; A1111 allows 75
 # The key each text encoder's vectors go under in a file that holds one tensor per encoder, in the order a Token
 # keeps them (`vectors`, `vectors_2`): SDXL's CLIP-L and OpenCLIP-bigG, as AUTOMATIC1111, kohya and diffusers
-# write them. A family with more encoders (SD3: clip_l, clip_g, t5) extends this tuple and Token's parts.
+# write them. SD3 adds a T5-XXL part and Flux.1 has CLIP-L and T5-XXL: OneTrainer keys that part `t5`
+# (modules/modelSaver/stableDiffusion3/StableDiffusion3EmbeddingSaver.py:33, flux/FluxEmbeddingSaver.py:31),
+# ComfyUI reads it as `t5xxl` (comfy/text_encoders/sd3_clip.py:37, flux.py:12, `embedding_key`).
 ENCODER_KEYS = ("clip_l", "clip_g")
+T5_KEY = "t5"  # OneTrainer's, and diffusers' advanced Flux script's
+COMFYUI_T5_KEY = "t5xxl"
 META_PREFIX = "textinv."  # our keys in safetensors metadata
 PT_META_KEY = "textinv"  # our key in a .pt dict (A1111 / paper layout): a dict of strings, see `pt_metadata`
 _JSON_KEYS = ("placeholders", "init_words", "extra", "num_vectors")
@@ -40,15 +44,17 @@ def warn(message: str) -> None:
     warnings.warn(message, MetadataWarning, stacklevel=3)
 
 
-def token(name: str, value, path: Path, value_2=None) -> Token:
+def token(name: str, value, path: Path, value_2=None, t5=None) -> Token:
     vectors = vectors_of(name, value, path)
     vectors_2 = vectors_of(name, value_2, path) if value_2 is not None else None
-    if vectors_2 is not None and vectors_2.shape[0] != vectors.shape[0]:
-        raise EmbeddingFormatError(
-            f"{path}: token {name!r} has {vectors.shape[0]} clip_l vectors but {vectors_2.shape[0]} clip_g vectors"
-        )
+    t5_vectors = vectors_of(name, t5, path) if t5 is not None else None
+    for key, other in (("clip_g", vectors_2), ("t5", t5_vectors)):
+        if other is not None and other.shape[0] != vectors.shape[0]:
+            raise EmbeddingFormatError(
+                f"{path}: token {name!r} has {vectors.shape[0]} clip_l vectors but {other.shape[0]} {key} vectors"
+            )
     dtype = str(value.dtype).removeprefix("torch.") if isinstance(value, torch.Tensor) else "float32"
-    return Token(name, vectors, vectors_2, source_dtype=dtype)
+    return Token(name, vectors, vectors_2, source_dtype=dtype, t5=t5_vectors)
 
 
 def vectors_of(name: str, value, path: Path) -> torch.Tensor:
@@ -78,8 +84,16 @@ def whole_number(value) -> int | None:
     return int(value) if 0 <= value < 2**63 else None
 
 
+def name_or_none(value) -> str | None:
+    """A name field read from a file (`name`, ...): text, or None for anything else (a tensor, a list, '')."""
+    return value if isinstance(value, str) and value else None
+
+
 def text_or_none(value) -> str | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+    """A text field read from a file: text or a number as text; None for NaN and anything else (a tensor, a list)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return str(value) if isinstance(value, str | int | float) else None
 
 
 # --- textinv's metadata (safetensors `textinv.*` keys) -----------------------------------------------------
@@ -198,13 +212,14 @@ def single_token(emb: Embedding, fmt: str) -> Token:
     return emb.tokens[0]
 
 
-def encoder_parts(tok: Token) -> dict[str, torch.Tensor]:
-    """A multi-encoder token's vectors by encoder key ({clip_l: [n, 768], clip_g: [n, 1280]} for SDXL), each a
-    contiguous copy, ready for torch.save or safetensors."""
-    parts = (tok.vectors, tok.vectors_2)
-    return {key: v.contiguous().clone() for key, v in zip(ENCODER_KEYS, parts, strict=True)}
+def encoder_parts(tok: Token, t5_key: str = T5_KEY) -> dict[str, torch.Tensor]:
+    """A multi-encoder token's vectors by encoder key ({clip_l: [n, 768], clip_g: [n, 1280]} for SDXL, + t5 for
+    SD3, {clip_l, t5} for Flux.1; the T5 part under `t5_key`), each a contiguous copy, ready for torch.save or
+    safetensors."""
+    return {(t5_key if key == T5_KEY else key): v.contiguous().clone() for key, v in tok.parts.items()}
 
 
 def require_single_encoder(emb: Embedding, fmt: str) -> None:
-    if emb.is_sdxl:
-        raise EmbeddingFormatError(f"the {fmt} format cannot hold an SDXL embedding; write .safetensors instead")
+    if emb.multi_encoder:
+        what = {"SD3": "an SD3", "Flux.1": "a Flux.1"}.get(emb.architecture or "", "an SDXL")
+        raise EmbeddingFormatError(f"the {fmt} format cannot hold {what} embedding; write .safetensors instead")

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from textinv.formats import T5_TOOLS, T5_TRIGGERS
 from textinv.formats.embedding import Embedding
 
 
@@ -111,3 +112,23 @@ DIFFUSERS_EMB_PARAMS = (
 
 # A concept folder (SD1.x/SD2.x only): diffusers finds learned_embeds.bin in it (load_textual_inversion_state_dicts)
 DIFFUSERS_FOLDER = _diffusers("")[1:]
+
+
+# FluxPipeline's `load_textual_inversion` (its TextualInversionLoaderMixin) takes one encoder per call, as for SDXL:
+# clip_l into text_encoder, t5 into text_encoder_2 with tokenizer_2 (diffusers 0.42.1
+# examples/advanced_diffusion_training/README_flux.md, "Inference" with `--enable_t5_ti`).
+FLUX_CALLS = (
+    'from safetensors.torch import load_file\nstate = load_file("{file}")\n'
+    'pipe.load_textual_inversion(state["clip_l"], token="{dtoken}", text_encoder=pipe.text_encoder, '
+    "tokenizer=pipe.tokenizer)\n"
+    'pipe.load_textual_inversion(state["t5"], token="{dtoken}", text_encoder=pipe.text_encoder_2, '
+    "tokenizer=pipe.tokenizer_2)"
+)
+_T5_STEPS = {("Flux.1", "diffusers"): FLUX_CALLS}
+
+
+def t5_usage(layout: str, architecture: str) -> dict[str, Usage]:
+    """tool -> how an SD3 or Flux.1 (`architecture`) embedding written in `layout` is triggered there: the tools
+    `formats.T5_TOOLS` says load that layout, with the step each needs."""
+    return {tool: Usage(T5_TRIGGERS[tool], _T5_STEPS.get((architecture, tool), ""))
+            for tool, entry in T5_TOOLS[architecture].items() if isinstance(entry, tuple) and entry[0] == layout}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -50,13 +51,13 @@ def _too_large(what: str) -> EmbeddingFormatError:
     return EmbeddingFormatError(f"{what}; embeddings are kilobytes, so this file is refused unread")
 
 
-def check_zip(path: Path) -> None:
-    """Refuse a zip whose records declare more than an embedding could hold, or are compressed (torch never
-    compresses; a compressed record is how a small file inflates to gigabytes)."""
+def check_zip(path: Path, limit: int = MAX_DECODED_BYTES) -> None:
+    """Refuse a zip whose records declare more than `limit` (what an embedding could hold), or are compressed
+    (torch never compresses; a compressed record is how a small file inflates to gigabytes)."""
     try:
         with zipfile.ZipFile(path) as z:
             infos = z.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as e:  # (a zip version from the future)
         raise EmbeddingFormatError(f"the file is truncated or corrupt ({first_line(e, 160)}); download it again") from None
     if len(infos) > MAX_RECORDS:
         raise _too_large(f"the zip holds {len(infos)} records")
@@ -67,7 +68,7 @@ def check_zip(path: Path) -> None:
             "this is not a torch file (it may be a decompression bomb)"
         )
     declared = sum(i.file_size for i in infos)
-    if declared > MAX_DECODED_BYTES:
+    if declared > limit:
         raise _too_large(f"its zip records declare {declared / 2**20:.0f} MiB")
 
 
@@ -81,13 +82,18 @@ def _read_legacy(path: Path):
 
 
 def _read_pickle(path: Path):
-    from textinv.safe_pickle import load_torch_file
+    from textinv.safe_pickle import load_torch_file, too_much
 
     try:
         return load_torch_file(path), {}
     except TextinvError:
         raise
-    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError, MemoryError) as e:
+    except (RuntimeError, MemoryError) as e:  # a storage the file declares that torch could not even allocate
+        asked = re.search(r"allocate (\d+) bytes", str(e))
+        if isinstance(e, MemoryError) or asked:
+            raise too_much(int(asked[1]) if asked else None, "storage") from None
+        raise EmbeddingFormatError(f"the file is truncated or corrupt ({first_line(e, 160)}); download it again") from None
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
         raise EmbeddingFormatError(f"the file is truncated or corrupt ({first_line(e, 160)}); download it again") from None
     except Exception as e:  # a malformed pickle can raise almost anything
         raise EmbeddingFormatError(f"not a readable torch file ({type(e).__name__}: {first_line(e, 160)})") from None

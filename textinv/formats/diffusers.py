@@ -64,16 +64,16 @@ def _read(data, metadata, source: Source) -> Embedding:
 
 def _write_bin(emb: Embedding, path: Path) -> None:
     tok = single_token(emb, "diffusers-bin")
-    if emb.is_sdxl:
+    if emb.multi_encoder:
         data = encoder_parts(tok)
     else:  # one vector as 1-D [dim], as sd-concepts-library stores it (InvokeAI reads shape[0] as the width)
         data = {tok.name: tok.vectors[0].clone() if tok.num_vectors == 1 else tok.vectors.clone()}
     torch_save(data, path)
 
 
-def _write_safetensors(emb: Embedding, path: Path) -> None:
+def write_safetensors(emb: Embedding, path: Path) -> None:
     tok = single_token(emb, "diffusers-safetensors")
-    if emb.is_sdxl:
+    if emb.multi_encoder:
         data = encoder_parts(tok)
     else:
         data = {tok.name: tok.vectors.contiguous()}
@@ -144,7 +144,7 @@ FORMATS = [
         description="diffusers learned_embeds.safetensors ({token: [n, dim]}; SDXL: clip_l + clip_g)",
         recognise=lambda data, metadata, source: not source.pickled and _all_tensors(data),
         read=_read,
-        write=_write_safetensors,
+        write=write_safetensors,
         extension=".safetensors",
         loads_in={"a1111": "{stem}", "comfyui": "embedding:{stem}", "kohya": "{stem}"},
         loads_if={

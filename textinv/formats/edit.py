@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from textinv.errors import EmbeddingFormatError, TextinvError
@@ -47,7 +48,7 @@ def merge_embeddings(
                 if name in origin or not name.strip():
                     raise EmbeddingFormatError(f"placeholder {name!r} is empty or already taken")
             origin[name] = emb.path or "another file"
-            tokens.append(Token(name, tok.vectors, tok.vectors_2, tok.source_dtype))
+            tokens.append(Token(name, tok.vectors, tok.vectors_2, tok.source_dtype, tok.t5))
             if tok.name in emb.init_words:
                 init_words[name] = emb.init_words[tok.name]
     def shared(values: set):  # what all the files agree on travels; a disagreement is dropped
@@ -83,6 +84,11 @@ def rename_token(emb: Embedding, new_name: str, old_name: str | None = None) -> 
             tok = emb.token(old_name)
         except KeyError:
             raise TextinvError(f"no token {old_name!r} in the embedding") from None
+    if not new_name.strip():
+        raise TextinvError(f"the new name for {tok.name!r} is empty; give a word such as <my-cat>")
+    if new_name != tok.name and new_name in [t.name for t in emb.tokens]:
+        raise TextinvError(f"the embedding already has a token {new_name!r}; renaming {tok.name!r} to it would "
+                           "leave two tokens of one name: pick another name")
     if tok.name in emb.init_words:
         emb.init_words[new_name] = emb.init_words.pop(tok.name)
     tok.name = new_name
@@ -124,6 +130,10 @@ def describe_embedding(emb: Embedding) -> dict:
         if t.vectors_2 is not None:
             d["dim_2"] = t.vectors_2.shape[1]
             d["norm_2"] = round(float(t.vectors_2.norm(dim=1).mean()), 4)
+        if t.t5 is not None:  # SD3, Flux.1: every part by its key, as the files name them
+            d["dim_t5"] = t.t5.shape[1]
+            d["norm_t5"] = round(float(t.t5.norm(dim=1).mean()), 4)
+            d["parts"] = {key: v.shape[1] for key, v in t.parts.items()}
         return d
 
     desc = {
@@ -141,19 +151,57 @@ def describe_embedding(emb: Embedding) -> dict:
     return {k: v for k, v in desc.items() if v is not None}
 
 
-def describe_files(
-    paths: Iterable[str | Path], *, check: Callable[[Embedding], dict] | None = None
-) -> Iterator[dict]:
-    """`textinv inspect`, one file at a time: `describe_embedding`, with `check(emb)` (the model check, e.g.
-    `models.vocabulary.diagnose` against a loaded model) under "model_check"; a file that cannot be read or
-    checked gives {"path", "error"} instead, and the files after it are still described."""
+@dataclass
+class Read:
+    """One file of `inspect`: its embedding, or the error reading (or fitting) it gave."""
+
+    path: str | Path  # as given
+    embedding: Embedding | None
+    error: TextinvError | None = None
+
+
+def read_files(
+    paths: Iterable[str | Path], *, fits: Callable[[Path, Embedding], None] | None = None, raise_errors: bool = False
+) -> list[Read]:
+    """Every file read (and passed to `fits`, e.g. a model-family check told from the model's files), each one's
+    error kept so the files after it are still read; `raise_errors` (--debug) raises the first instead."""
+    read = []
     for path in paths:
         try:
             emb = load_embedding(path)
-            desc = describe_embedding(emb)
-            if check is not None:
-                desc["model_check"] = check(emb)
+            if fits is not None:
+                fits(Path(path), emb)
+            read.append(Read(path, emb))
         except TextinvError as e:
-            yield {"path": str(path), "error": str(e)}
-            continue
-        yield desc
+            if raise_errors:
+                raise
+            read.append(Read(path, None, e))
+    return read
+
+
+def describe_files(
+    paths: Iterable[str | Path], *, check: Callable[[Embedding], dict] | None = None, raise_errors: bool = False
+) -> Iterator[dict]:
+    """`textinv inspect`, one file at a time: `describe_embedding`, with `check(emb)` (the model check, e.g.
+    `models.vocabulary.diagnose` against a loaded model) under "model_check"; a file that cannot be read or checked
+    gives {"path", "error"} instead, and the files after it are still described; `raise_errors` (--debug) raises
+    instead."""
+    return describe_read(read_files(paths, raise_errors=raise_errors), check=check, raise_errors=raise_errors)
+
+
+def describe_read(
+    read: list[Read], *, check: Callable[[Embedding], dict] | None = None, raise_errors: bool = False
+) -> Iterator[dict]:
+    """`describe_files` of files already read by `read_files`."""
+    for r in read:
+        error = r.error
+        if error is None:
+            try:
+                desc = describe_embedding(r.embedding)
+                if check is not None:
+                    desc["model_check"] = check(r.embedding)
+            except TextinvError as e:
+                if raise_errors:
+                    raise
+                error = e
+        yield {"path": str(r.path), "error": str(error)} if error is not None else desc

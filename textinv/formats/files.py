@@ -36,7 +36,7 @@ def save_embedding(
     from textinv.formats.registry import resolve, write_embedding
 
     path = Path(path)
-    fmt = resolve(for_tool or format, emb, path)
+    fmt = resolve(for_tool or format, emb, path, tool=for_tool is not None)
     if path.exists() and not force:
         raise OutputExistsError(f"{path} already exists; pass --force to overwrite it")
     return write_embedding(emb, path, fmt)
@@ -46,7 +46,7 @@ def output_format(emb: Embedding, path: str | Path, *, format: str | None = None
     """The `formats.Format` record `save_embedding` would write, e.g. for its extension or trigger words."""
     from textinv.formats.registry import resolve
 
-    return resolve(for_tool or format, emb, Path(path))
+    return resolve(for_tool or format, emb, Path(path), tool=for_tool is not None)
 
 
 def with_extension(emb: Embedding, path: str | Path, *, format: str | None = None, for_tool: str | None = None) -> Path:
@@ -89,6 +89,7 @@ class Written:
     triggers: dict[str, str]
     steps: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    loads: str | None = None  # SD3, Flux.1 with --for TOOL: what of it the tool loads ('clip_l and t5xxl')
 
 
 def write_files(
@@ -97,6 +98,8 @@ def write_files(
 ) -> list[Written]:
     """What `convert` and `merge` write: `emb` to `path` (the extension added if it has none), or with `split` one
     file per token; each with the words that trigger it in the tools that load it."""
+    from textinv.formats.registry import parts_loaded
+
     if format is not None and for_tool is not None:
         raise UsageError("--to and --for both choose the layout; give one")
     choice = {"format": format, "for_tool": for_tool}
@@ -105,10 +108,11 @@ def write_files(
         dst = with_extension(part, dst, **choice)
         part, notes = _as_the_tool_takes_it(part, dst, for_tool)
         dst = save_embedding(part, dst, force=force, **choice)
-        usage = output_format(part, dst, **choice).usage(dst, part)
-        written.append(Written(dst, output_format(part, dst, **choice).name, part,
-                               {t: u.trigger for t, u in usage.items()},
-                               {t: u.step for t, u in usage.items() if u.step}, notes))
+        fmt = output_format(part, dst, **choice)
+        usage = fmt.usage(dst, part)
+        loads = parts_loaded(part, for_tool) if for_tool else None
+        written.append(Written(dst, fmt.name, part, {t: u.trigger for t, u in usage.items()},
+                               {t: u.step for t, u in usage.items() if u.step}, notes, loads))
     return written
 
 
@@ -127,7 +131,7 @@ def _as_the_tool_takes_it(emb: Embedding, dst: Path, for_tool: str | None) -> tu
     old, new = emb.tokens[0].name, diffusers_token(emb, dst)
     if new == old:
         return emb, []
-    renamed = Embedding([Token(new, t.vectors, t.vectors_2, t.source_dtype) for t in emb.tokens], name=emb.name,
+    renamed = Embedding([Token(new, t.vectors, t.vectors_2, t.source_dtype, t.t5) for t in emb.tokens], name=emb.name,
                         step=emb.step, base_model=emb.base_model, base_model_hash=emb.base_model_hash,
                         init_words={new: emb.init_words[old]} if old in emb.init_words else {},
                         extra=dict(emb.extra))

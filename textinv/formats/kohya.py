@@ -44,7 +44,7 @@ def _read(fmt: str):
 
 def _write(emb: Embedding, path: Path) -> None:
     tok = single_token(emb, "kohya")
-    if emb.is_sdxl:
+    if emb.multi_encoder:
         data = encoder_parts(tok)
     else:
         data = {"emb_params": tok.vectors.contiguous()}

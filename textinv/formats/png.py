@@ -11,7 +11,14 @@ from pathlib import Path
 
 from textinv.atomic import atomic_write
 from textinv.formats.a1111 import A1111_STAR_ID
-from textinv.formats.common import PT_META_KEY, Source, pt_metadata, require_single_encoder, single_token
+from textinv.formats.common import (
+    PT_META_KEY,
+    Source,
+    name_or_none,
+    pt_metadata,
+    require_single_encoder,
+    single_token,
+)
 from textinv.formats.embedding import Embedding
 from textinv.formats.paper import from_string_to_param
 from textinv.formats.record import Format
@@ -22,7 +29,7 @@ def _recognise(data, metadata, source: Source) -> bool:
 
 
 def _read(data, metadata, source: Source) -> Embedding:
-    names = [str(data.get("name") or source.path.stem)] if len(data["string_to_param"]) == 1 else None
+    names = [name_or_none(data.get("name")) or source.path.stem] if len(data["string_to_param"]) == 1 else None
     return from_string_to_param(data, names or [str(k) for k in data["string_to_param"]], source, "a1111-png")
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from textinv.formats.common import Source
-from textinv.formats.consumers import Conditional, Usage, diffusers_token, invokeai_can_trigger
+from textinv.formats.consumers import Conditional, Usage, diffusers_token, invokeai_can_trigger, t5_usage
 from textinv.formats.embedding import Embedding
 
 
@@ -40,11 +40,14 @@ class Format:
     def usage(self, path: Path, emb: Embedding) -> dict[str, Usage]:
         """tool -> how `emb`, once written to `path` in this layout, is triggered there (and any step first), for
         each tool that loads it."""
-        found = {tool: Usage(word) for tool, word in self.loads_in.items()}
-        for tool in self.loads_if:
-            held = next((c for c in self.conditions(tool) if c.holds(emb)), None)
-            if held is not None:
-                found[tool] = Usage(held.trigger, held.step)
+        if emb.architecture is not None:  # SD3, Flux.1: the tools `formats.T5_TOOLS` names for this layout, whatever
+            found = t5_usage(self.name, emb.architecture)  # the rest of the record says of CLIP-only files
+        else:
+            found = {tool: Usage(word) for tool, word in self.loads_in.items()}
+            for tool in self.loads_if:
+                held = next((c for c in self.conditions(tool) if c.holds(emb)), None)
+                if held is not None:
+                    found[tool] = Usage(held.trigger, held.step)
         if "invokeai" in found and not invokeai_can_trigger(path):
             del found["invokeai"]  # its prompt parser cannot match `<stem>` (see consumers.INVOKEAI_NAME)
         names = dict(stem=path.stem, token=emb.tokens[0].name, dtoken=diffusers_token(emb, path), file=path.name)

@@ -18,11 +18,14 @@ from textinv.formats import (
     FOR_TOOL,
     RENAMED_FOR,
     SHORTHANDS,
+    T5_TOOLS,
     TOOLS,
     WRITE_NAMES,
     a1111,
+    comfyui,
     diffusers,
     kohya,
+    onetrainer,
     paper,
     png,
     sdxl,
@@ -34,9 +37,12 @@ from textinv.formats.record import Format
 
 __all__ = ["FORMATS", "TOOLS", "Format", "detect_container", "read_embedding", "resolve", "write_embedding"]
 
-_ALL = {f.name: f for family in (a1111, paper, png, sdxl, kohya, diffusers) for f in family.FORMATS}
-# The order records are tried on a file: the most specific layouts first, plain {token: tensor} last.
-_ORDER = ["xl-inversion-list", "a1111-png", "a1111-pt", "paper-pt", "sdxl-pt", "kohya-sdxl", "sdxl-safetensors",
+_ALL = {f.name: f for family in (a1111, paper, png, sdxl, kohya, diffusers, onetrainer, comfyui)
+        for f in family.FORMATS}
+# The order records are tried on a file: the most specific layouts first, plain {token: tensor} last; a T5 part
+# (onetrainer, comfyui-t5) before the CLIP-only multi-encoder layouts, which would drop it.
+_ORDER = ["xl-inversion-list", "a1111-png", "a1111-pt", "paper-pt", "onetrainer", "comfyui-t5", "sdxl-pt",
+          "kohya-sdxl", "sdxl-safetensors",
           "xl-inversion", "emb_params-pt", "kohya", "a1111-safetensors", "diffusers-bin", "diffusers-safetensors",
           "sd-concepts-folder"]
 FORMATS: dict[str, Format] = {name: _ALL[name] for name in _ORDER}
@@ -82,9 +88,11 @@ def read_embedding(path: Path) -> Embedding:
     for fmt in FORMATS.values():
         if fmt.recognise(data, metadata, source):
             emb = fmt.read(data, metadata, source)
+            if not emb.tokens:
+                raise EmbeddingFormatError(f"{path}: a {fmt.name} layout holding no tokens; it is not an embedding")
             emb.path = str(path)
             return emb
-    keys = [str(k) for k, v in data.items() if not isinstance(v, torch.Tensor)] if isinstance(data, dict) else []
+    keys = [repr(k)[:40] for k, v in data.items() if not isinstance(v, torch.Tensor)] if isinstance(data, dict) else []
     raise EmbeddingFormatError(
         f"{path}: not a textual-inversion embedding (unexpected keys {', '.join(keys[:5]) or type(data).__name__})"
     )
@@ -100,10 +108,11 @@ def _refuse_non_embeddings(data, path: Path) -> None:
     if not isinstance(data, dict) or "string_to_param" in data:
         return
     keys = [str(k) for k in data]
-    if "t5xxl" in data:
+    if any(k in data for k in ("t5xxl", "t5")) and "clip_l" not in data:
         raise EmbeddingFormatError(
-            f"{path}: a T5-XXL prompt embedding (for Flux/Chroma), not a CLIP textual-inversion embedding; "
-            "textinv supports SD1.x, SD2.x and SDXL"
+            f"{path}: a T5-XXL prompt embedding with no CLIP part (for Flux/Chroma in ComfyUI), not a CLIP "
+            "textual-inversion embedding; textinv reads T5 vectors beside their clip_l part (SD3 and Flux.1 files "
+            "as OneTrainer and ComfyUI write them)"
         )
     if any(k.startswith(_LORA_PREFIXES) or any(p in k for p in _LORA_PARTS) for k in keys):
         raise EmbeddingFormatError(
@@ -119,8 +128,9 @@ def _refuse_non_embeddings(data, path: Path) -> None:
 # --- writing ---------------------------------------------------------------------------------------------
 
 
-def resolve(choice: str | None, emb: Embedding, path: Path) -> Format:
-    """The record to write: a format name, an extension shorthand, a tool from TOOLS, or (None) the extension."""
+def resolve(choice: str | None, emb: Embedding, path: Path, *, tool: bool = False) -> Format:
+    """The record to write: a format name, an extension shorthand, a tool from TOOLS (`tool`: `choice` is one even
+    where a format has its name, as kohya), or (None) the extension."""
     if choice is None:
         suffix = path.suffix.lower()
         choice = suffix.removeprefix(".") if suffix in EMBEDDING_SUFFIXES else None
@@ -129,7 +139,8 @@ def resolve(choice: str | None, emb: Embedding, path: Path) -> Format:
                 f"{path}: cannot tell the output format from {path.suffix or 'no extension'!r}; "
                 f"use .pt, .bin, .safetensors or .png, --to {'|'.join(WRITABLE)}, or --for {'|'.join(TOOLS)}"
             )
-    name = FOR_TOOL.get(choice) or SHORTHANDS.get(choice) or choice
+    as_tool = tool or (choice in TOOLS and choice not in FORMATS)
+    name = (_for_t5_tool(choice, emb) if as_tool else None) or FOR_TOOL.get(choice) or SHORTHANDS.get(choice) or choice
     if name == "a1111-pt" and choice == "pt" and len(emb.tokens) > 1:
         name = "paper-pt"
     fmt = FORMATS.get(name)
@@ -138,6 +149,26 @@ def resolve(choice: str | None, emb: Embedding, path: Path) -> Format:
             f"cannot write {choice!r}; the formats are {', '.join(WRITABLE)} and the tools {', '.join(TOOLS)}"
         )
     return fmt
+
+
+def _for_t5_tool(choice: str, emb: Embedding) -> str | None:
+    """The layout `--for TOOL` writes for an SD3 or Flux.1 embedding (`formats.T5_TOOLS`); a tool that would
+    misread one is refused. None for a CLIP-only embedding or a choice that is not a tool."""
+    if emb.architecture is None or choice not in TOOLS:
+        return None
+    entry = T5_TOOLS[emb.architecture][choice]
+    if isinstance(entry, str):
+        able = [t for t, e in T5_TOOLS[emb.architecture].items() if isinstance(e, tuple)]
+        what = "an SD3" if emb.architecture == "SD3" else "a Flux.1"
+        raise EmbeddingFormatError(f"--for {choice}: not for {what} embedding: {entry}; the tools that load one are "
+                                   f"{', '.join(able)}")
+    return entry[0]
+
+
+def parts_loaded(emb: Embedding, tool: str) -> str | None:
+    """What `tool` loads of an SD3 or Flux.1 embedding written `--for` it, e.g. 'clip_l and t5xxl'; None else."""
+    entry = T5_TOOLS[emb.architecture].get(tool) if emb.architecture else None
+    return entry[1] if isinstance(entry, tuple) else None
 
 
 def write_embedding(emb: Embedding, path: Path, fmt: Format) -> Path:
@@ -176,6 +207,20 @@ def readme_table() -> str:
         tools = [*fmt.loads_in, *(t for t in fmt.loads_if if t not in fmt.loads_in)]
         lines.append(f"| {names} | {ext} | {fmt.description} | {_loads_cell(fmt, tools) or '–'} | "
                      f"{', '.join(f'`{t}`' for t in pick[name]) or '–'} |")
+    return "\n".join(lines)
+
+
+def t5_tools_table() -> str:
+    """The README's table of what each tool loads of an SD3 or Flux.1 embedding, from `formats.T5_TOOLS`."""
+    lines = ["| `--for` | SD3 (clip_l, clip_g, t5) | Flux.1 (clip_l, t5) |", "|---|---|---|"]
+
+    def cell(entry) -> str:
+        if isinstance(entry, str):
+            return f"refused: {entry}"
+        return f"`{entry[0]}`: loads {entry[1]}"
+
+    for tool in TOOLS:
+        lines.append(f"| `{tool}` | {cell(T5_TOOLS['SD3'][tool])} | {cell(T5_TOOLS['Flux.1'][tool])} |")
     return "\n".join(lines)
 
 

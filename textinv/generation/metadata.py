@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from textinv import __version__
-from textinv.errors import DataError
+from textinv.errors import DataError, first_line
 from textinv.generation.metadata_rules import a1111_misreads, dream_misreads, invoke_prompt, invokeai_misreads
 from textinv.hashing import MODEL_HASH_DIGITS
 
@@ -147,11 +147,15 @@ def png_info(p: GenerationParams):
 
 def read_parameters(path: str | Path) -> dict[str, str]:
     """The A1111 `parameters` of a PNG as a dict: 'Prompt', 'Negative prompt', 'Steps', 'Seed', ... (strings)."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(path) as im:
-        text = im.info.get("parameters")
-    if text is None:
+    try:
+        with Image.open(path) as im:
+            text = im.info.get("parameters")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        why = "" if str(path) in str(e) else f" ({first_line(e, 160)})"
+        raise DataError(f"{path}: not a readable PNG{why}") from None
+    if not isinstance(text, str):
         raise DataError(f"{path}: carries no generation parameters")
     *head, last = text.split("\n")
     out: dict[str, str] = {}
@@ -164,5 +168,14 @@ def read_parameters(path: str | Path) -> dict[str, str]:
     out["Prompt"] = "\n".join(prompt_lines)
     for m in re.finditer(r'\s*([\w \-/]+): ("(?:\\.|[^"])*"|[^,]*)(?:,|$)', last):
         value = m.group(2)
-        out[m.group(1).strip()] = json.loads(value) if value.startswith('"') else value.strip()
+        out[m.group(1).strip()] = _unquoted(value) if value.startswith('"') else value.strip()
     return out
+
+
+def _unquoted(value: str) -> str:
+    """A value AUTOMATIC1111 quoted (JSON string syntax); a malformed one is kept as written."""
+    try:
+        text = json.loads(value)
+    except ValueError:
+        return value
+    return text if isinstance(text, str) else value

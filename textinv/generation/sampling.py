@@ -9,6 +9,7 @@ Saving them, with a loaded model kept between requests, is `textinv.generation.s
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import secrets
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from textinv.config import MAX_SEED
 from textinv.errors import ConfigError, UsageError
 from textinv.hashing import sha256
 from textinv.reporting import SILENT, Reporter
@@ -103,6 +105,9 @@ def set_scheduler(pipe, name: str | None) -> str:
         pipe.scheduler = base
         return _SAMPLER_OF_CLASS.get(type(base).__name__, type(base).__name__.removesuffix("Scheduler"))
     key = scheduler_name(name)
+    if type(base).__name__.startswith("FlowMatch"):  # SD3, Flux.1: none of the SD schedulers samples a flow
+        raise UsageError(f"--scheduler {name}: this model samples with its flow-matching Euler scheduler; "
+                         "leave --scheduler out")
     cls_name, extra, a1111 = SCHEDULERS[key]
     try:
         pipe.scheduler = getattr(diffusers, cls_name).from_config(base.config, **extra)
@@ -146,7 +151,7 @@ class Request:
         also read the init image."""
         img2img = self.init_image is not None
         check_request(n=self.n, steps=self.steps, cfg=self.cfg, strength=self.strength if img2img else None,
-                      width=self.width, height=self.height, batch_size=self.batch_size)
+                      width=self.width, height=self.height, batch_size=self.batch_size, seed=self.seed)
         if self.scheduler is not None:
             scheduler_name(self.scheduler)
         if img2img and read_init:
@@ -154,9 +159,12 @@ class Request:
 
 
 def check_request(
-    *, n: int, steps: int, cfg: float, strength: float | None = None, width=None, height=None, batch_size=None
+    *, n: int, steps: int, cfg: float, strength: float | None = None, width=None, height=None, batch_size=None,
+    seed: int | None = None,
 ) -> None:
     """Raise UsageError for values that cannot work, before any model is loaded."""
+    if seed is not None and not 0 <= seed <= MAX_SEED:  # image i uses (seed + i) mod 2^32: a larger seed would wrap
+        raise UsageError(f"--seed {seed}: must be between 0 and {MAX_SEED} (a 32-bit seed, as train.seed)")
     if n < 1:
         raise UsageError(f"-n {n}: the number of images must be 1 or more")
     if batch_size is not None and batch_size < 1:
@@ -191,6 +199,7 @@ def make(pipe, request: Request, *, reporter: Reporter = SILENT) -> Iterator[lis
 
     Reports the tasks `images` (of n) and `steps` (denoising steps of the current batch).
     """
+    from textinv.models.denoiser import default_side
     from textinv.models.loading import as_img2img, as_txt2img
 
     request.check(read_init=False)
@@ -204,7 +213,7 @@ def make(pipe, request: Request, *, reporter: Reporter = SILENT) -> Iterator[lis
         run = as_img2img(pipe)
     else:
         run = as_txt2img(pipe)
-        default = run.unet.config.sample_size * run.vae_scale_factor
+        default = default_side(run)
         width, height = request.width or default, request.height or default
     first = _params(run, request, width, height)
     batch = request.batch_size or default_batch_size(run.device)
@@ -266,9 +275,10 @@ def _call(run, params: list[GenerationParams], init, reporter: Reporter) -> list
         reporter.advance("steps", step + 1)
         return tensors
 
+    from textinv.generation.weighting import prompt_arguments
+
     kwargs = dict(
-        prompt=p.prompt,
-        negative_prompt=p.negative or None,
+        **prompt_arguments(run, p.prompt, p.negative),  # the text, or its embeddings for (word:0.7) or > 75 tokens
         num_images_per_prompt=len(params),
         num_inference_steps=p.steps,
         guidance_scale=p.cfg,
@@ -277,6 +287,8 @@ def _call(run, params: list[GenerationParams], init, reporter: Reporter) -> list
     )
     if init is not None:
         kwargs.update(image=init, strength=p.strength)
+        if "height" in inspect.signature(run.__call__).parameters:  # Flux.1's img2img would make its default size
+            kwargs.update(width=p.width, height=p.height)
     else:
         kwargs.update(width=p.width, height=p.height)
     reporter.start("steps", steps)

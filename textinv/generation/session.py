@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from textinv.atomic import atomic_write
+from textinv.atomic import atomic_write, check_writable
 from textinv.errors import DataError
 from textinv.generation import sampling
 from textinv.generation.metadata import png_info
 from textinv.generation.sampling import GeneratedImage, Request
 from textinv.models.embeddings import add_embeddings, check_prompt, load_embeddings
-from textinv.models.loading import load_pipeline
+from textinv.models.loading import load_pipeline, resolve_device, resolve_dtype
 from textinv.models.source import DEFAULT_MODEL
 from textinv.pictures import contact_sheet
 from textinv.reporting import SILENT, Reporter
@@ -54,12 +55,17 @@ class Session:
         embeddings: list[str | Path] = (),
         tokens: list[str] | None = None,
         reporter: Reporter = SILENT,
+        on_load: Callable[[], None] | None = None,
     ) -> Session:
-        """Read the embeddings, check that they fit the model from its config alone, then load the model."""
+        """Read the embeddings, check that they fit the model from its config alone, then load the model
+        (`on_load()` called just before: the command line quiets other libraries and says what loads)."""
         from textinv.models.peek import check_fit
 
         embs = load_embeddings(list(embeddings), tokens=tokens)
         check_fit(model, model_config, embs)
+        resolve_dtype(dtype, resolve_device(device))  # an unknown --device or --dtype, said before the load
+        if on_load is not None:
+            on_load()
         reporter.message(f"loading model {model or os.environ.get('TEXTINV_MODEL') or DEFAULT_MODEL}")
         pipe = load_pipeline(model, model_config=model_config, device=device, dtype=dtype)
         for note in pipe.textinv.warnings:
@@ -105,12 +111,7 @@ class Session:
 def check_out_dir(out_dir: str | Path) -> None:
     """DataError when images cannot be written into `out_dir` (it need not exist yet): checked before the model
     loads, so a wrong --out costs a second."""
-    out_dir = Path(out_dir)
-    existing = next((p for p in (out_dir, *out_dir.parents) if p.exists()), Path("."))
-    if not existing.is_dir():
-        raise DataError(f"--out {out_dir}: {existing} is a file, not a folder; pass a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise DataError(f"--out {out_dir}: {existing} is not writable; pass a folder you can write to")
+    check_writable(out_dir, "--out")
 
 
 def next_index(out_dir: Path) -> int:

@@ -16,32 +16,34 @@ import torch
 from textinv import hub
 from textinv.errors import ModelError, first_line
 from textinv.formats.container import detect_container
-from textinv.models.peek import is_sdxl_checkpoint, is_sdxl_index
+from textinv.models.peek import check_config_folder, kind_of_checkpoint, kind_of_index
+
+# The diffusers pipeline that reads a single file of each architecture (`models.peek.KINDS`). SD3.5's and Flux.1's
+# files often leave out their text encoders: --model-config names the folder they come from.
+_PIPELINES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
+              "sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline"}
 
 
 def load_single_file(
     path: Path, model_config: str | Path | None, torch_dtype: torch.dtype, notes: list[str]
 ):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    import diffusers
 
     config = Path(model_config).expanduser() if model_config else None
-    if config is not None and not (config / "model_index.json").is_file():
-        raise ModelError(
-            f"--model-config {config}: not a diffusers model folder (no model_index.json); pass the folder of a "
-            "diffusers model of the same family, e.g. a downloaded stable-diffusion-v1-5"
-        )
+    if config is not None:
+        check_config_folder(config)
     with tempfile.TemporaryDirectory(prefix="textinv-ckpt-") as tmp:
         readable, state = _checkpoint_for_diffusers(path, Path(tmp), notes)
         from_cache = config is None
         if config is None:
             config = _cached_config_for(path, state)  # None: online, let diffusers fetch it
         if config is not None:
-            is_xl = is_sdxl_index(json.loads((config / "model_index.json").read_text()))
+            kind = kind_of_index(json.loads((config / "model_index.json").read_text()))
         else:
-            is_xl = is_sdxl_checkpoint(state)
-        pipe_cls = StableDiffusionXLPipeline if is_xl else StableDiffusionPipeline
+            kind = kind_of_checkpoint(state)
+        pipe_cls = getattr(diffusers, _PIPELINES[kind])
         kwargs: dict = {"torch_dtype": torch_dtype}
-        if pipe_cls is StableDiffusionPipeline:
+        if kind == "sd":
             kwargs.update(safety_checker=None, requires_safety_checker=False)
         if config is not None:
             kwargs.update(config=str(config), local_files_only=True)
@@ -181,7 +183,7 @@ def _load_with_stand_ins(path: Path):
 
     class _Unpickler(RestrictedUnpickler):
         def find_class(self, module: str, name: str):
-            found = _allowed(module, name)
+            found = _allowed(module, name, model=True)
             if found is not None:
                 return found
             skipped.add(f"{module}.{name}")

@@ -16,8 +16,8 @@ from textinv.formats.families import check_fits
 from textinv.formats.files import load_embedding
 from textinv.hashing import embedding_hash
 from textinv.models.info import LoadedToken, ModelInfo
-from textinv.models.loading import encoder_widths
-from textinv.models.tokens import as_word
+from textinv.models.loading import encoder_widths, text_encoders
+from textinv.models.tokens import as_word, expand_placeholders
 
 # Words a user means as placeholders: `<cat-toy>` (sd-concepts) or a bare `*` (the paper code).
 _PLACEHOLDER_LIKE = re.compile(r"<[^<>\s]+>|" + as_word(r"\*"))
@@ -65,6 +65,12 @@ def load_embeddings(
                     f"--token {new}: {f.name} holds {len(emb.tokens)} placeholders ({names}), not one"
                 )
             emb.tokens[0].name = new
+    seen: dict[str, tuple[Path, torch.Tensor]] = {}
+    for f, emb in loaded:  # what add_embeddings would refuse after the model loaded, said before it loads
+        for tok in emb.tokens:
+            prior = seen.setdefault(tok.name, (f, tok.vectors))
+            if prior[0] != f and not (prior[1].shape == tok.vectors.shape and torch.equal(prior[1], tok.vectors)):
+                raise _in_both(tok.name, prior[0], f)
     return loaded
 
 
@@ -72,10 +78,14 @@ def add_embeddings(pipe, embeddings: list[tuple[Path, Embedding]]) -> list[str]:
     """Add each placeholder to the tokenizer(s) and text encoder(s); returns the placeholders now usable.
 
     A placeholder with n vectors becomes tokens `name`, `name_1` ... `name_{n-1}` (diffusers' convention), and
-    diffusers' pipelines expand `name` in a prompt to all of them. Loading the same file again is a no-op.
+    diffusers' pipelines expand `name` in a prompt to all of them (`prompt_for` does it for SD3's, which has no
+    textual-inversion loader). Each part goes into its own encoder: SDXL's clip_l and clip_g, SD3's and Flux.1's
+    t5 into T5-XXL as well, spliced into its tokenizer and embedding table as the CLIP ones are (diffusers'
+    SD3 pipeline loads none, FluxPipeline's `load_textual_inversion` only one encoder per call). Loading the same
+    file again is a no-op.
     """
     info: ModelInfo = pipe.textinv
-    te, te2 = pipe.text_encoder, getattr(pipe, "text_encoder_2", None)
+    encoders = text_encoders(pipe)
     dims = encoder_widths(pipe)
     added: list[str] = []
     for path, emb in embeddings:
@@ -85,17 +95,16 @@ def add_embeddings(pipe, embeddings: list[tuple[Path, Embedding]]) -> list[str]:
             if prior is not None:
                 if prior.vectors.shape == tok.vectors.shape and torch.equal(prior.vectors, tok.vectors):
                     continue
-                raise ModelError(
-                    f"placeholder {tok.name} is in both {Path(prior.source).name} and {path.name}; "
-                    "rename one with --token NEW (one --token per --embedding)"
-                )
+                raise _in_both(tok.name, Path(prior.source), path)
             names = [tok.name] + [f"{tok.name}_{i}" for i in range(1, tok.num_vectors)]
-            ids = _add_tokens(pipe.tokenizer, te, names, tok.vectors)
-            if te2 is not None:
-                ids_2 = _add_tokens(pipe.tokenizer_2, te2, names, tok.vectors_2)
-                if ids_2 != ids:  # both tokenizers share CLIP's vocabulary in every SDXL checkpoint
+            ids = None
+            for key, _, tokenizer, encoder in encoders:
+                part_ids = _add_tokens(tokenizer, encoder, names, tok.parts[key])
+                if ids is None:
+                    ids = part_ids
+                elif key == "clip_g" and part_ids != ids:  # both CLIP tokenizers share CLIP's vocabulary
                     raise ModelError(
-                        f"{tok.name}: the two SDXL tokenizers gave different ids; the model is inconsistent"
+                        f"{tok.name}: the two CLIP tokenizers gave different ids; the model is inconsistent"
                     )
             info.embeddings[tok.name] = LoadedToken(
                 placeholder=tok.name,
@@ -106,6 +115,11 @@ def add_embeddings(pipe, embeddings: list[tuple[Path, Embedding]]) -> list[str]:
             )
             added.append(tok.name)
     return added
+
+
+def _in_both(placeholder: str, first: Path, second: Path) -> ModelError:
+    return ModelError(f"placeholder {placeholder} is in both {first.name} and {second.name}; "
+                      "rename one with --token NEW (one --token per --embedding)")
 
 
 def _add_tokens(tokenizer, text_encoder, names: list[str], vectors: torch.Tensor) -> list[int]:
@@ -122,6 +136,17 @@ def _add_tokens(tokenizer, text_encoder, names: list[str], vectors: torch.Tensor
     with torch.no_grad():
         weight[ids] = vectors.to(device=weight.device, dtype=weight.dtype)
     return ids
+
+
+def prompt_for(pipe, prompt: str) -> str:
+    """The prompt as the pipeline should get it: each multi-vector placeholder written as all its tokens, for a
+    pipeline that does not do it itself (diffusers' TextualInversionLoaderMixin does; SD3's has none)."""
+    info = getattr(pipe, "textinv", None)
+    if info is None or hasattr(pipe, "maybe_convert_prompt"):
+        return prompt
+    expansions = {name: " ".join([name] + [f"{name}_{i}" for i in range(1, len(t.token_ids))])
+                  for name, t in info.embeddings.items() if len(t.token_ids) > 1}
+    return expand_placeholders(prompt, expansions)
 
 
 def check_prompt(pipe, prompt: str) -> list[str]:

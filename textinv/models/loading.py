@@ -17,8 +17,10 @@ from textinv.errors import ConfigError, ModelError, first_line
 from textinv.formats.families import family_for
 from textinv.hashing import model_hash
 from textinv.models.checkpoints import load_single_file
+from textinv.models.conditioning import kind_of
 from textinv.models.info import ModelInfo
 from textinv.models.source import DEFAULT_MODEL, resolve_source
+from textinv.models.tokens import pool_at_end_of_text
 
 _DTYPES = {
     "fp16": torch.float16,
@@ -74,7 +76,7 @@ def load_pipeline(
     dtype: str | torch.dtype | None = None,
     img2img: bool = False,
 ):
-    """Load a Stable Diffusion (1.x, 2.x or XL) pipeline, on `device` in `dtype`, ready to generate.
+    """Load a Stable Diffusion (1.x, 2.x, XL, 3/3.5) or Flux.1 pipeline, on `device` in `dtype`, ready to generate.
 
     Args:
         source: hub id, diffusers folder, `.ckpt`/`.safetensors` file or 'toy'; None reads $TEXTINV_MODEL, then
@@ -98,6 +100,7 @@ def load_pipeline(
         name = "toy" if kind == "toy" else Path(location).name
     pipe.to(dev)
     pipe.set_progress_bar_config(disable=True)
+    pool_at_end_of_text(pipe)
     revision = _cached_revision(location) if kind == "hub" else None
     pipe.textinv = ModelInfo(name=name, source=location, kind=kind, family=model_family(pipe), warnings=notes,
                              revision=revision)
@@ -149,14 +152,33 @@ def _variant(pipe, kind: str, auto_cls: str):
     return out
 
 
-def encoder_widths(pipe) -> tuple[int, int | None]:
-    """The token-embedding widths of a loaded pipeline's text encoder and of its second one (SDXL), else None."""
+def encoder_widths(pipe) -> tuple[int | None, ...]:
+    """The token-embedding widths of a loaded pipeline's text encoders, as `formats.families` takes them: the first
+    and the second (SDXL's CLIP-G, Flux.1's T5) or None; SD3's three, the T5 one None when it was left out."""
     te2 = getattr(pipe, "text_encoder_2", None)
-    return _width(pipe.text_encoder), _width(te2) if te2 is not None else None
+    widths = (_width(pipe.text_encoder), _width(te2) if te2 is not None else None)
+    if kind_of(pipe) == "sd3":
+        te3 = pipe.text_encoder_3
+        return (*widths, _width(te3) if te3 is not None else None)
+    return widths
+
+
+def text_encoders(pipe) -> list[tuple[str, str, object, object]]:
+    """(part key, attribute, tokenizer, text encoder) of each text encoder `pipe` has, in order: the part key is
+    the one an embedding's `Token.parts` keeps its vectors under (clip_l first; SDXL's and SD3's clip_g; SD3's and
+    Flux.1's t5). SD3's T5 is left out when the model has none."""
+    found = []
+    for k, key in enumerate(("clip_l", "t5") if kind_of(pipe) == "flux" else ("clip_l", "clip_g", "t5")):
+        suffix = f"_{k + 1}" if k else ""
+        encoder = getattr(pipe, f"text_encoder{suffix}", None)
+        if encoder is not None:
+            found.append((key, f"text_encoder{suffix}", getattr(pipe, f"tokenizer{suffix}"), encoder))
+    return found
 
 
 def model_family(pipe) -> str:
-    """SD1.x (768-dim text), SD2.x (1024) or SDXL (two encoders), from the text encoders' widths."""
+    """SD1.x (768-dim text), SD2.x (1024), SDXL (768+1280), SD3 (+4096) or Flux.1 (768+4096), from the text
+    encoders' widths."""
     return family_for(*encoder_widths(pipe))
 
 
@@ -176,12 +198,16 @@ def _load_folder(folder: Path, torch_dtype: torch.dtype):
 
 
 def _no_safety_checker(folder: Path) -> dict:
-    """Skip the NSFW checker (as InvokeAI's --no-nsfw_checker and AUTOMATIC1111 do): it is a 1.2 GB model."""
+    """Skip the NSFW checker (as InvokeAI's --no-nsfw_checker and AUTOMATIC1111 do): it is a 1.2 GB model. A
+    component the folder saved as absent (`[null, null]`: SD3 saved without its T5 encoder) is passed as None, as
+    diffusers needs to load such a folder."""
     try:
         index = json.loads((folder / "model_index.json").read_text())
     except (OSError, ValueError):
         return {}
-    return {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in index else {}
+    absent = {k: None for k, v in index.items() if not k.startswith("_") and v in ([None, None], None)
+              and k in ("text_encoder_3", "tokenizer_3")}
+    return absent | ({"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in index else {})
 
 
 def _cached_revision(repo_id: str) -> str | None:

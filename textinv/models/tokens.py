@@ -44,10 +44,35 @@ class SplicedEmbedding(nn.Module):
         return torch.where(new.unsqueeze(-1), rows.to(out.dtype), out)
 
 
+def pool_at_end_of_text(pipe) -> None:
+    """Make every CLIP text encoder of `pipe` pool its output at the end-of-text token, whatever ids the prompt
+    holds. Stable Diffusion's published CLIP configs say `eos_token_id: 2`, for which transformers pools at the
+    highest token id (transformers 5.25 models/clip/modeling_clip.py:551-560, kept from before its PR #24773): with
+    a placeholder added to the tokenizer that is the placeholder's position, so SDXL's `text_embeds`, SD3's pooled
+    vector and Flux.1's would be read off the placeholder. ComfyUI pools at the last attended token, the end of text
+    (comfy/clip_model.py:133-136), and AUTOMATIC1111 keeps the original ids (the end-of-text one is the highest);
+    setting the real id makes transformers take its first position (modeling_clip.py:561-570), in training and in
+    generation alike."""
+    for tok_name, te_name in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")):
+        encoder = getattr(pipe, te_name, None)
+        text_model = getattr(encoder, "text_model", encoder)  # the module that pools (WithProjection wraps one)
+        eos = getattr(getattr(pipe, tok_name, None), "eos_token_id", None)
+        if text_model is not None and getattr(text_model, "eos_token_id", None) == 2 and eos not in (None, 2):
+            text_model.eos_token_id = eos
+
+
 def replace_module(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
-    """Put `new` wherever `old` sits inside `root`. (transformers 5's `set_input_embeddings` on CLIPTextModel sets an
-    attribute the forward pass never reads, so the swap is done by identity here.)"""
-    places = [(m, name) for m in root.modules() for name, child in m.named_children() if child is old and m is not new]
+    """Put `new` wherever `old` sits inside `root`, and wherever a twin of it does: another embedding table holding
+    the very same weight (transformers 5's T5EncoderModel looks tokens up in `encoder.embed_tokens`, a module of its
+    own tied to `shared`, which `get_input_embeddings` returns). (transformers 5's `set_input_embeddings` on
+    CLIPTextModel sets an attribute the forward pass never reads, so the swap is done by identity here.) Undoing it
+    puts `old` back in every place, the twins' too: the same weight, looked up the same way."""
+
+    def is_old(child: nn.Module) -> bool:
+        return child is old or (isinstance(child, nn.Embedding) and isinstance(old, nn.Embedding)
+                                and child.weight is old.weight)
+
+    places = [(m, name) for m in root.modules() for name, child in m.named_children() if is_old(child) and m is not new]
     if not places:
         raise ModelError("cannot find the token-embedding table in this text encoder")
     for module, name in places:

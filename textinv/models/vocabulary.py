@@ -10,33 +10,64 @@ vocabulary's median is about 0.39, most trained embeddings are above the factor 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
 from textinv.errors import ModelError
+from textinv.models.loading import text_encoders
 
 OUTLIER_FACTOR = 3.0
 NEAREST = 5
 
 
+def inspect_files(paths: Iterable[str | Path], model: str | None = None, *, raise_errors: bool = False,
+                  on_load: Callable[[], None] | None = None) -> Iterator[dict]:
+    """`textinv inspect [--model M]`: each file described, and with `model` checked against its vocabulary. What
+    the files and the model's own files show comes first: the model exists, and each embedding's family and widths
+    fit it; the model then loads once, only when some file fits it (a load error ends the command), `on_load()`
+    called just before (the command line quiets other libraries and says what loads)."""
+    from textinv.formats.edit import describe_files, describe_read, read_files
+    from textinv.formats.families import check_fits
+    from textinv.models.loading import load_pipeline
+    from textinv.models.peek import check_model
+
+    if model is None:
+        yield from describe_files(paths, raise_errors=raise_errors)
+        return
+    dims = check_model(model)
+
+    def fits(path: Path, emb) -> None:
+        for tok in emb.tokens if dims is not None else ():
+            check_fits(path, tok.name, tok.widths, dims)
+
+    read = read_files(paths, fits=fits, raise_errors=raise_errors)
+    pipe = None
+    if any(r.embedding is not None for r in read):
+        if on_load is not None:
+            on_load()
+        pipe = load_pipeline(model)
+    yield from describe_read(read, check=lambda emb: diagnose(emb, pipe), raise_errors=raise_errors)
+
+
 def diagnose(emb, pipe, *, nearest: int = NEAREST) -> dict:
     """{"model", "tokens": [{"name", "encoder", "vocab_median_norm", "vectors": [...]}], "warnings": [...]}."""
-    encoders = [("", pipe.tokenizer, pipe.text_encoder)]
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        encoders.append(("_2", pipe.tokenizer_2, pipe.text_encoder_2))
     out: dict = {"model": pipe.textinv.name, "tokens": [], "warnings": []}
     for tok in emb.tokens:
         init_word = emb.init_words.get(tok.name)
-        for suffix, tokenizer, encoder in encoders:
-            vectors = tok.vectors if not suffix else tok.vectors_2
+        for key, name, tokenizer, encoder in text_encoders(pipe):
+            vectors = tok.parts.get(key)
             if vectors is None:
                 continue
-            table = encoder.get_input_embeddings().weight.detach().float().cpu()
+            # T5-XXL's table has rows past its tokenizer (32128 for 32100 tokens): the vocabulary is the tokenizer's
+            table = encoder.get_input_embeddings().weight.detach().float().cpu()[:len(tokenizer)]
             if vectors.shape[1] != table.shape[1]:
-                raise ModelError(f"{tok.name} has {vectors.shape[1]}-dim vectors but the model's text encoder"
-                                 f"{suffix} has {table.shape[1]}; pass the --model it was trained for")
+                raise ModelError(f"{tok.name} has {vectors.shape[1]}-dim vectors but the model's {name} has "
+                                 f"{table.shape[1]}; pass the --model it was trained for")
             entry = _diagnose_vectors(tok.name, vectors.float(), table, tokenizer, init_word, nearest)
-            entry["encoder"] = f"text_encoder{suffix}"
+            entry["encoder"] = name
             out["tokens"].append(entry)
             out["warnings"] += entry.pop("warnings")
     return out
@@ -77,7 +108,7 @@ def _diagnose_vectors(name: str, vectors: torch.Tensor, table: torch.Tensor, tok
             "index": i,
             "norm": round(norm, 4),
             "norm_percentile": round(float((norms < norm).float().mean()) * 100, 1),
-            "nearest": [{"token": w.removesuffix("</w>"), "cosine": round(float(c), 4)}
+            "nearest": [{"token": w.removesuffix("</w>").removeprefix("▁"), "cosine": round(float(c), 4)}
                         for w, c in zip(words, top.values.tolist(), strict=True)],
         }
         if init is not None:

@@ -1,7 +1,8 @@
 """`Run`: the run folder's one reader and writer. Every file name below is spelled here and nowhere else.
 
     config.yaml          the resolved config (what --resume reads back)
-    embeddings/          <name>-<step>.pt every save_every steps, <name>.pt (+ other formats) at the end
+    embeddings/          <name>-<step>.pt every save_every steps, <name>.pt (+ other formats) at the end; with
+                         optim.ema_decay, their EMA beside them: <name>-<step>-ema.pt, <name>-ema.pt (+ formats)
     images/              <key>_gs-<step>.png every image_every: conditioning (+ .txt: the drawn prompts) / inputs /
                          reconstruction / samples / samples_scaled / init_word, one row per placeholder; validation
     state/, state.json   the resumable states and the pointer at the latest (`textinv.runs.states`)
@@ -32,6 +33,7 @@ from textinv.runs.curves import Curve, plot_losses
 CONFIG_FILE = "config.yaml"
 EVAL_FILE = "eval.json"
 _CHECKPOINT = re.compile(r"^(?P<name>.+)-(?P<step>\d+)\.pt$")  # embeddings/<name>-<step>.pt
+_EMA = "-ema"  # embeddings/<name>-<step>-ema.pt, <name>-ema.pt: the EMA of the vectors (optim.ema_decay)
 _IMAGE_LOG = re.compile(r"^(?P<key>[a-z_]+)_gs-(?P<step>\d+)\.png$")  # images/<key>_gs-<step>.png
 
 
@@ -150,14 +152,15 @@ class Run:
 
     # --- checkpoints and states ----------------------------------------------------------------------------------
 
-    def checkpoint_path(self, step: int) -> Path:
-        return self.embeddings / f"{self.name}-{step}.pt"
+    def checkpoint_path(self, step: int, *, ema: bool = False) -> Path:
+        return self.embeddings / (f"{self.name}-{step}{_EMA}.pt" if ema else f"{self.name}-{step}.pt")
 
-    def save_checkpoint_embedding(self, step: int, embedding) -> Path:
-        """embeddings/<name>-<step>.pt (written on every process that asks: validation scores it)."""
+    def save_checkpoint_embedding(self, step: int, embedding, *, ema: bool = False) -> Path:
+        """embeddings/<name>-<step>.pt, or its EMA's <name>-<step>-ema.pt (written on every process that asks:
+        validation scores it)."""
         from textinv.formats.files import save_embedding
 
-        return save_embedding(embedding, self.checkpoint_path(step), format="pt", force=True)
+        return save_embedding(embedding, self.checkpoint_path(step, ema=ema), format="pt", force=True)
 
     def save_checkpoint(self, step: int, embedding, state: dict[str, Any]) -> None:
         """embeddings/<name>-<step>.pt, then the state (the state last: resume trusts what it points at)."""
@@ -165,11 +168,14 @@ class Run:
             self.save_checkpoint_embedding(step, embedding)
             states.save_state(self.path, step, state)
 
-    def embedding_files(self) -> list[tuple[int | None, Path]]:
-        """Every .pt in embeddings/, by name, with the step its name gives (None for a final file)."""
+    def embedding_files(self, *, ema: bool = False) -> list[tuple[int | None, Path]]:
+        """Every .pt in embeddings/ (or, with `ema`, every EMA .pt), by name, with the step its name gives (None
+        for a final file)."""
         found = []
         for f in sorted(self.embeddings.glob("*.pt")):
-            m = _CHECKPOINT.match(f.name)
+            if f.stem.endswith(_EMA) != ema:
+                continue
+            m = _CHECKPOINT.match(f.name.replace(f"{_EMA}.pt", ".pt") if ema else f.name)
             found.append((int(m["step"]) if m else None, f))
         return found
 
@@ -187,26 +193,41 @@ class Run:
         """The newest intact state, falling back past damaged ones (said through `say`)."""
         return states.latest_state(self.path, say)
 
+    def check_resumable(self, cfg: Config) -> None:
+        """Before the model loads: the run has an intact state, holding as many learned vectors as `cfg` (its saved
+        config) makes: one line, not a traceback, when config.yaml was edited after the run started."""
+        state = self.latest_state(lambda _: None)  # the warnings are said when it is loaded
+        p = cfg.personalization
+        held, wanted = state["learned"].shape[0], len(p.placeholder_strings) * p.num_vectors_per_token
+        if held != wanted:
+            raise ConfigError(
+                f"{self.path}: its states hold {held} learned vector(s), but {CONFIG_FILE} asks for "
+                f"{len(p.placeholder_strings)} placeholder(s) x {p.num_vectors_per_token} vector(s) = {wanted}; "
+                f"{CONFIG_FILE} was edited after the run started: put personalization back as it was, or start a "
+                "new run"
+            )
+
     # --- the final files ---------------------------------------------------------------------------------------
 
-    def final_paths(self, embedding, formats: list[str]) -> dict[Path, str]:
-        """Where each final file goes -> the format or tool (`log.formats`) it is written for; two naming the same
-        file write it once. The first format's comes first."""
+    def final_paths(self, embedding, formats: list[str], *, ema: bool = False) -> dict[Path, str]:
+        """Where each final file (`ema`: each final EMA file) goes -> the format or tool (`log.formats`) it is
+        written for; two naming the same file write it once. The first format's comes first."""
         from textinv.formats.files import with_extension
 
+        stem = self.embeddings / (f"{self.name}{_EMA}" if ema else self.name)
         paths: dict[Path, str] = {}
         for fmt in formats:
-            paths.setdefault(with_extension(embedding, self.embeddings / self.name, format=fmt), fmt)
+            paths.setdefault(with_extension(embedding, stem, format=fmt), fmt)
         return paths
 
-    def write_finals(self, embedding, formats: list[str]) -> list[Path]:
-        """The final embedding in every format."""
+    def write_finals(self, embedding, formats: list[str], *, ema: bool = False) -> list[Path]:
+        """The final embedding (`ema`: its EMA) in every format."""
         if not self.main:
             return []
         from textinv.formats.files import save_embedding
 
         return [save_embedding(embedding, path, format=fmt, force=True)
-                for path, fmt in self.final_paths(embedding, formats).items()]
+                for path, fmt in self.final_paths(embedding, formats, ema=ema).items()]
 
     # --- image logs --------------------------------------------------------------------------------------------
 
@@ -243,7 +264,8 @@ def resume_config(run_dir: str | Path, *, max_steps: int | None = None,
                   others: dict[str, object] | None = None) -> Config:
     """The config `textinv train --resume` continues `run_dir` with: the saved one, with `max_steps` when given.
     `others` maps the caller's other options to their values; a resume keeps the saved config, so any given one
-    (a true value) is an error. The run's image folders must still be where they were."""
+    (a true value) is an error. The run's image folders must still be where they were, and its latest intact state
+    must fit the config."""
     extra = [flag for flag, value in (others or {}).items() if value]
     if extra:
         raise ConfigError(f"--resume continues with the run's saved config; drop {', '.join(extra)} "
@@ -251,4 +273,5 @@ def resume_config(run_dir: str | Path, *, max_steps: int | None = None,
     run = Run.open(run_dir)
     cfg = run.config(max_steps=max_steps)
     run.check_image_folders(cfg)
+    run.check_resumable(cfg)
     return cfg

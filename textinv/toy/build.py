@@ -6,7 +6,7 @@ trained on the toy world from a fixed seed, saved as a diffusers folder of safet
 The order is the one Stable Diffusion was built in: the VAE first (on every pair), then the UNet on its
 latents, conditioned on the text encoder's outputs. The text encoder stays as initialised (random and frozen):
 its outputs already tell the words apart, and freezing it lets every caption be encoded once, before the loop,
-instead of every step. The held-out pair (world.HELD_OUT) is never shown to the UNet.
+instead of every step. The held-out pairs (world.HELD_OUT) are never shown to the UNet.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def toy_shape() -> PipelineShape:
 @dataclass
 class BuildConfig:
     seed: int = 0
-    images: int = 9600  # rendered pictures, 400 per pair; the VAE sees all pairs, the UNet all but the held-out one
+    images: int = 9600  # rendered pictures, 400 per pair; the VAE sees all pairs, the UNet all but the held-out ones
     vae_steps: int = 1000
     vae_batch: int = 64
     vae_lr: float = 2e-3
@@ -157,8 +157,8 @@ def build(
     freeze_posterior(vae)
     vae.save_pretrained(Path(out_dir) / "vae", safe_serialization=True)  # to look at while the UNet trains
 
-    # Latents of the UNet's pictures (every pair but the held-out one), scaled to unit variance as SD's are.
-    keep = [i for i, label in enumerate(labels) if label != world.HELD_OUT]
+    # Latents of the UNet's pictures (every pair but the held-out ones), scaled to unit variance as SD's are.
+    keep = [i for i, label in enumerate(labels) if label not in world.HELD_OUT]
     with torch.no_grad():
         latents = torch.cat([vae.encode(pixels[keep[i:i + 256]]).latent_dist.mean for i in range(0, len(keep), 256)])
     scale = float(1.0 / latents.std())
@@ -213,7 +213,7 @@ def build(
     size = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
     report = {
         "config": asdict(cfg),
-        "held_out": list(world.HELD_OUT),
+        "held_out": [list(pair) for pair in world.HELD_OUT],
         "parameters": n_params,
         "vae_seconds": round(vae_seconds),
         "vae_from": str(vae_from) if vae_from else None,

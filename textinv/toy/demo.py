@@ -1,8 +1,9 @@
 """`textinv demo`: the whole loop on the shipped toy model, on the CPU, in a few minutes.
 
-Writes 4 pictures of the pair the toy model never saw (a purple triangle), learns `*` from them with the shipped
-`configs/toy.yaml`, generates with the init word and with `*`, and puts the three side by side. No printing here:
-progress and one line per stage go to the `textinv.reporting.Reporter` the caller passes.
+Writes 4 pictures of a pair the toy model never saw (a purple triangle), learns `*` from them with the shipped
+`configs/toy.yaml`, generates with the init word, with `*`, and with `*` in other colours (`a photo of a green *`:
+does the learned word still obey the prompt?), and puts the four side by side. No printing here: progress and one
+line per stage go to the `textinv.reporting.Reporter` the caller passes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ PLACEHOLDER = "*"
 # The init word names the shape but not the colour: training has to find the colour the model was never told.
 INIT_WORD = "triangle"
 CONFIG = "toy"  # the packaged textinv/configs/toy.yaml
+EDIT_PROMPT = f"a photo of a <colour> {PLACEHOLDER}"  # the edit row: the learned word in the world's other colours
 CELL = 96  # each 32 px picture is shown 3x, without smoothing
 # The toy model's tensors are small: on 2 cores shared with other work, generation ran 2.8x slower with 2 torch
 # threads than with 1, and training 1.7-4x (toy/build.py). One thread is the choice that does not collapse under
@@ -41,12 +43,14 @@ class DemoResult:
     init_match: float  # share of init-word samples the judge sees as the concept
     learned_match: float  # share of learned-token samples the judge sees as the concept
     seconds: float
+    edit_prompt: str = ""  # the edit template, e.g. "a photo of a <colour> *"
+    edit_match: float = 0.0  # share of the edits the judge sees as the concept's shape in the colour asked for
 
 
 def run_demo(
     out_dir: str | Path,
     *,
-    concept: tuple[str, str] = world.HELD_OUT,
+    concept: tuple[str, str] = world.HELD_OUT[0],
     init_word: str = INIT_WORD,
     samples: int = 4,
     max_steps: int | None = None,
@@ -62,7 +66,7 @@ def run_demo(
     from textinv.generation.sampling import txt2img
     from textinv.models.embeddings import add_embeddings, load_embeddings
     from textinv.models.loading import load_pipeline
-    from textinv.toy.judge import accuracy
+    from textinv.toy.judge import accuracy, judge
     from textinv.training.loop import train
 
     with _torch_threads(threads):
@@ -95,10 +99,15 @@ def run_demo(
         add_embeddings(pipe, load_embeddings([result.embedding_path]))
         after = [g.image for g in txt2img(pipe, learned_prompt, n=samples, steps=gen.sample_steps,
                                           cfg=gen.guidance_scale, seed=seed, reporter=reporter)]
+        others = [c for c in world.COLOURS if c != colour][:samples]
+        say(f"generating '{EDIT_PROMPT}' for {', '.join(others)}")
+        edits = [txt2img(pipe, EDIT_PROMPT.replace("<colour>", c), n=1, steps=gen.sample_steps,
+                         cfg=gen.guidance_scale, seed=seed + i)[0].image for i, c in enumerate(others)]
 
         picture = out / "demo.png"
-        side_by_side([[Image.open(p) for p in inputs], before, after],
-                     ["training pictures", f"'{init_prompt}'", f"'{learned_prompt}'"]).save(picture)
+        side_by_side([[Image.open(p) for p in inputs], before, after, edits],
+                     ["training pictures", f"'{init_prompt}'", f"'{learned_prompt}'",
+                      f"'{EDIT_PROMPT}'"]).save(picture)
         return DemoResult(
             picture=picture,
             inputs=inputs,
@@ -110,6 +119,8 @@ def run_demo(
             init_match=accuracy(before, colour, shape),
             learned_match=accuracy(after, colour, shape),
             seconds=time.perf_counter() - t0,
+            edit_prompt=EDIT_PROMPT,
+            edit_match=sum(judge(im).matches(c, shape) for im, c in zip(edits, others, strict=True)) / len(edits),
         )
 
 

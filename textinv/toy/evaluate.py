@@ -1,7 +1,7 @@
 """How well the toy model draws what it is asked: `python -m textinv.toy.evaluate` (after `make toy-model`).
 
 For each (colour, shape) pair, generates `a photo of a <colour> <shape>` and asks the judge; writes the figures to
-evaluation.json beside the model. The held-out pair is reported apart: the model was never told its name.
+evaluation.json beside the model. The held-out pairs are reported apart: the model was never told their names.
 """
 
 from __future__ import annotations
@@ -33,15 +33,15 @@ def evaluate(model: str | Path = MODEL_DIR, *, samples: int = 8, steps: int = 25
             "colour": sum(v.colour == colour for v in verdicts) / samples,
             "shape": sum(v.shape == shape for v in verdicts) / samples,
         }
-    held_out = " ".join(world.HELD_OUT)
-    seen = [v for k, v in pairs.items() if k != held_out]
+    held_out = [" ".join(pair) for pair in world.HELD_OUT]
+    seen = [v for k, v in pairs.items() if k not in held_out]
     return {
         "samples_per_pair": samples,
         "steps": steps,
         "guidance": guidance,
         "seen_pairs": {key: round(sum(v[key] for v in seen) / len(seen), 3) for key in ("both", "colour", "shape")},
         "seen_pairs_with_majority_right": sum(v["both"] > 0.5 for v in seen),
-        "held_out": pairs[held_out],
+        "held_out": {k: pairs[k] for k in held_out},
         "pairs": pairs,
         "seconds": round(time.time() - t0),
     }

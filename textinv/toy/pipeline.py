@@ -146,3 +146,97 @@ def build_sdxl_pipeline(
     if folder:
         pipe.save_pretrained(folder, safe_serialization=True)
     return pipe
+
+
+T5_DIM = 48  # the tiny T5's width: unlike the tiny CLIPs' (32, 64), so every part's width tells its encoder
+
+
+def _t5(words: list[str], folder: Path | None, width: int = T5_DIM):
+    """A tiny T5 encoder and its tokenizer; the table has spare rows past the tokenizer, as T5-XXL's 32128 rows do
+    past its 32100 tokens."""
+    from transformers import T5Config, T5EncoderModel
+
+    from textinv.toy.tokenizer import write_t5_tokenizer
+
+    tokenizer = write_t5_tokenizer(words, folder if folder else Path(_tmpdir()) / "t5")
+    config = T5Config(vocab_size=len(tokenizer) + 28, d_model=width, d_kv=8, d_ff=width * 2, num_layers=2,
+                      num_heads=2, is_encoder_decoder=False, decoder_start_token_id=0)
+    return T5EncoderModel(config), tokenizer
+
+
+def _flow_vae(shape: PipelineShape, shift: float, scale: float, channels: int = 16) -> AutoencoderKL:
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * len(shape.vae_channels),
+                         up_block_types=("UpDecoderBlock2D",) * len(shape.vae_channels),
+                         block_out_channels=shape.vae_channels, latent_channels=channels,
+                         norm_num_groups=shape.norm_groups, sample_size=shape.resolution, shift_factor=shift,
+                         scaling_factor=scale)
+
+
+def _clip_encoders(words: list[str], folder: Path | None, widths: tuple[int, ...], projection: bool,
+                   shape: PipelineShape, eos_token_id: int | None):
+    """Tiny CLIP text encoders (with the projection SD3's pooled vector needs) and their tokenizers, one per width;
+    the second tokenizer pads with "!" as OpenCLIP-bigG's does. `eos_token_id` overrides the configs' (2 is what
+    Stable Diffusion's published CLIP configs say)."""
+    from transformers import CLIPTextModelWithProjection
+
+    out = []
+    for k, width in enumerate(widths):
+        sub = "tokenizer" if k == 0 else f"tokenizer_{k + 1}"
+        tokenizer = write_clip_tokenizer(words, Path(folder) / sub if folder else Path(_tmpdir()) / sub)
+        if k:
+            tokenizer.pad_token = "!"
+        config = _text_config(tokenizer, shape, width)
+        if eos_token_id is not None:
+            config.eos_token_id = eos_token_id
+        out.append(((CLIPTextModelWithProjection if projection else CLIPTextModel)(config), tokenizer))
+    return out
+
+
+def build_sd3_pipeline(words: list[str], folder: str | Path | None = None, *, shape: PipelineShape | None = None,
+                       seed: int = 0, t5: bool = True, eos_token_id: int | None = None, latent_channels: int = 16):
+    """A random SD3-shaped pipeline: CLIP-L-like (32) and bigG-like (64) encoders with projections, a T5 encoder
+    (48; `t5=False` leaves it out, as SD3 allows), an MMDiT over 16-channel latents (`latent_channels`) in 2x2
+    patches, a VAE with a latent shift, and the flow-matching scheduler with SD3's shift of 3."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    shape = shape or PipelineShape()
+    torch.manual_seed(seed)
+    folder = Path(folder) if folder else None
+    (te, tok), (te2, tok2) = _clip_encoders(words, folder, (32, 64), True, shape, eos_token_id)
+    te3, tok3 = _t5(words, folder / "tokenizer_3" if folder else None) if t5 else (None, None)
+    latent_side = shape.resolution // 2 ** (len(shape.vae_channels) - 1)
+    transformer = SD3Transformer2DModel(sample_size=latent_side, patch_size=2, in_channels=latent_channels,
+                                        num_layers=1, attention_head_dim=8, num_attention_heads=2,
+                                        joint_attention_dim=T5_DIM, caption_projection_dim=16,
+                                        pooled_projection_dim=32 + 64, out_channels=latent_channels,
+                                        pos_embed_max_size=latent_side)
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                                    vae=_flow_vae(shape, 0.0609, 1.5305, latent_channels), text_encoder=te, tokenizer=tok,
+                                    text_encoder_2=te2, tokenizer_2=tok2, text_encoder_3=te3, tokenizer_3=tok3)
+    if folder:
+        pipe.save_pretrained(folder, safe_serialization=True)
+    return pipe
+
+
+def build_flux_pipeline(words: list[str], folder: str | Path | None = None, *, shape: PipelineShape | None = None,
+                        seed: int = 0, eos_token_id: int | None = None):
+    """A random Flux.1-dev-shaped pipeline: a CLIP-L-like encoder (32; its pooled output only), a T5 encoder (48),
+    a guidance-distilled transformer over packed 16-channel latents, a VAE with a latent shift, and the
+    flow-matching scheduler that shifts by image size, with Flux.1-dev's settings."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    shape = shape or PipelineShape()
+    torch.manual_seed(seed)
+    folder = Path(folder) if folder else None
+    ((te, tok),) = _clip_encoders(words, folder, (32,), False, shape, eos_token_id)
+    te2, tok2 = _t5(words, folder / "tokenizer_2" if folder else None)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=T5_DIM,
+                                         pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 6, 6))
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    pipe = FluxPipeline(scheduler=scheduler, vae=_flow_vae(shape, 0.1159, 0.3611), text_encoder=te, tokenizer=tok,
+                        text_encoder_2=te2, tokenizer_2=tok2, transformer=transformer)
+    if folder:
+        pipe.save_pretrained(folder, safe_serialization=True)
+    return pipe

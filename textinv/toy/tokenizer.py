@@ -80,3 +80,20 @@ def _bpe(pieces: list[str], merges: list[str]) -> list[str]:
                 i += 1
         pieces = merged
     return pieces
+
+
+def write_t5_tokenizer(words: list[str], folder: str | Path):
+    """Write a real T5 tokenizer (a sentencepiece Unigram model built with `tokenizers`, as transformers' T5Tokenizer
+    holds it) whose vocabulary is T5's specials, `words` as whole words ("▁cat") and every lowercase letter, digit and
+    a few marks as pieces, so any text tokenizes; returns the loaded tokenizer."""
+    from transformers import T5Tokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [(f"▁{w}", -1.0) for w in dict.fromkeys(w.lower() for w in words if w.strip())]
+    marks = "abcdefghijklmnopqrstuvwxyz0123456789<>-_*!.,'"
+    vocab += [(c, -5.0) for c in marks]
+    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0)
+    tokenizer.save_pretrained(str(folder))
+    return T5Tokenizer.from_pretrained(str(folder))

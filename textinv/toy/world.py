@@ -26,8 +26,11 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES = ("circle", "square", "triangle", "cross")
 
-# The pair the shipped model never saw: the learning test and the demo teach it from 4 pictures.
-HELD_OUT = ("purple", "triangle")
+# The pairs the shipped model never saw (its training.json says the same). Issue 21 asks for several, each of
+# another colour and shape so that every colour edit of one is a pair the model knows (e.g. add ("green",
+# "circle"), ("orange", "cross"), ("yellow", "square")), which needs `make toy-model` (about 30 min of one idle
+# core) and the rebuilt weights committed; until then the one pair below, the demo's, is the only unseen concept.
+HELD_OUT: tuple[tuple[str, str], ...] = (("purple", "triangle"),)
 
 # Textual inversion's prompt templates (the original paper's object list); the toy model learns all of them so
 # training prompts read as the model expects.
@@ -75,7 +78,7 @@ def vocabulary() -> list[str]:
 def pairs(*, include_held_out: bool = True) -> list[tuple[str, str]]:
     """All (colour, shape) pairs, in a fixed order."""
     every = [(c, s) for c in COLOURS for s in SHAPES]
-    return every if include_held_out else [p for p in every if p != HELD_OUT]
+    return every if include_held_out else [p for p in every if p not in HELD_OUT]
 
 
 def caption(colour: str, shape: str, template: str = TEMPLATES[0]) -> str:
@@ -95,8 +98,13 @@ class Scene:
     tint: tuple[int, int, int]  # a small shift of the colour, so no two reds are the same
 
 
-def random_scene(rng: random.Random, colour: str, shape: str) -> Scene:
-    size = rng.uniform(13, 24)
+# The renderer's range of shape sizes (the box's side, in pixels). Pictures drawn differently (smaller shapes,
+# nearer the edges) check that a measure does not rest on the world's own way of drawing (bench/learning.py).
+SIZES = (13.0, 24.0)
+
+
+def random_scene(rng: random.Random, colour: str, shape: str, sizes: tuple[float, float] = SIZES) -> Scene:
+    size = rng.uniform(*sizes)
     margin = size / 2 + 1
     grey = rng.randint(226, 250)
     background = tuple(min(255, grey + rng.randint(-6, 6)) for _ in range(3))
@@ -132,24 +140,27 @@ def render(scene: Scene) -> Image.Image:
 
 
 def sample(
-    n: int, *, seed: int = 0, include_held_out: bool = True, only: tuple[str, str] | None = None
+    n: int, *, seed: int = 0, include_held_out: bool = True, only: tuple[str, str] | None = None,
+    sizes: tuple[float, float] = SIZES,
 ) -> Iterator[tuple[Image.Image, str, str]]:
-    """`n` pictures as (image, colour, shape), cycling through the pairs (or only `only`) so each is equally common."""
+    """`n` pictures as (image, colour, shape), cycling through the pairs (or only `only`) so each is equally common;
+    shapes of a side drawn from `sizes`."""
     rng = random.Random(seed)
     choices = [only] if only else pairs(include_held_out=include_held_out)
     for i in range(n):
         colour, shape = choices[i % len(choices)]
-        yield render(random_scene(rng, colour, shape)), colour, shape
+        yield render(random_scene(rng, colour, shape, sizes)), colour, shape
 
 
-def write_concept(folder, colour: str, shape: str, *, n: int = 4, seed: int = 0) -> list:
+def write_concept(folder, colour: str, shape: str, *, n: int = 4, seed: int = 0,
+                  sizes: tuple[float, float] = SIZES) -> list:
     """Write `n` pictures of one (colour, shape) pair as PNGs into `folder` (a training folder); return the paths."""
     from pathlib import Path
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, (img, _, _) in enumerate(sample(n, seed=seed, only=(colour, shape))):
+    for i, (img, _, _) in enumerate(sample(n, seed=seed, only=(colour, shape), sizes=sizes)):
         path = folder / f"{colour}-{shape}-{i}.png"
         img.save(path)
         paths.append(path)

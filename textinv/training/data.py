@@ -62,7 +62,7 @@ def build_items(p, data, reporter: Reporter) -> tuple[list[TrainImage], list[Ite
     images: list[TrainImage] = []
     items: list[Item] = []
     for j, folder in enumerate(paths):
-        found, warnings = load_folder(folder, data.resolution, center_crop=data.center_crop)
+        found, warnings = load_folder(folder, data.resolution, center_crop=data.center_crop, masks=data.masks)
         for w in warnings:
             reporter.message(f"warning: {w}")
         own = j if len(paths) > 1 or len(p.placeholder_strings) == 1 else None
@@ -130,6 +130,20 @@ def cache_bytes(n_images: int, latent_channels: int, latent_side: int) -> int:
     return n_images * 2 * 2 * latent_channels * latent_side * latent_side * 4
 
 
+def latent_masks(images: list[TrainImage], latent_side: int, device: torch.device) -> torch.Tensor | None:
+    """Each picture's mask at the latents' size (the share of each latent pixel's area the mask covers), for the
+    picture and its mirror: [N, 2 (flip), 1, h, w], ones for a picture without a mask; None when none has one."""
+    if all(img.mask is None for img in images):
+        return None
+    side = images[0].pixels.shape[-1]
+    out = []
+    for img in images:
+        mask = img.mask if img.mask is not None else torch.ones(1, side, side)
+        small = torch.nn.functional.adaptive_avg_pool2d(mask[None], latent_side)[0]
+        out.append(torch.stack([small, small.flip(-1)]))
+    return torch.stack(out).to(device)
+
+
 def cache_latents(vae, images: list[TrainImage], device: torch.device) -> LatentCache:
     """The latent cache of `images`; pairs are encoded as they are first drawn (see LatentCache)."""
     return LatentCache(vae, images, device)
@@ -163,8 +177,9 @@ class EpochSampler:
 @dataclass
 class Batches:
     """Draws a training micro-batch: items in epoch order, a flip each, a latent sampled from the cached
-    distribution, noise, timesteps and a prompt each; every draw from the run's one generator. `noise_scheduler`
-    (diffusers' DDPMScheduler) noises the latents and gives the v target.
+    distribution, noise, timesteps and a prompt each; every draw from the run's one generator. `objective`
+    (`training.objective`: DDPM or flow matching) draws the timesteps, noises the latents and gives the target.
+    `masks` (`latent_masks`) restricts each sample's loss to its picture's mask.
 
     With several processes every one draws the whole global batch from the same generator and keeps its own
     slice, so N processes at batch b train on exactly what one process at batch N*b would."""
@@ -173,8 +188,7 @@ class Batches:
     prompt_ids: list[torch.Tensor]  # per item: [n_prompts, 77] on device
     cache: LatentCache
     scaling: float
-    noise_scheduler: Any
-    prediction: str
+    objective: Any  # training.objective.Objective
     flip_p: float
     sampler: EpochSampler
     generator: torch.Generator
@@ -182,17 +196,19 @@ class Batches:
     rank: int = 0
     world: int = 1
     drawn: dict[int, tuple[int, int]] = field(default_factory=dict)  # item -> (flip, prompt) of its latest draw
+    shift: float | None = None  # the VAE's latent shift (SD3, Flux.1: latents are (z - shift) * scaling)
+    masks: torch.Tensor | None = None  # [N images, 2 (flip), 1, h, w] on device, or None: no picture has a mask
 
-    def draw(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(noisy latents, timesteps, prompt ids, target) of this process's `batch` samples: target is the noise,
-        or v for v-prediction models."""
+    def draw(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(noisy latents, timesteps, prompt ids, target, mask or None) of this process's `batch` samples: target
+        is the noise, v for v-prediction models, or noise - latents for flow matching."""
         g, dev, n = self.generator, self.device, batch * self.world
         idx = self.sampler.take(n)
         flips = (torch.rand(n, generator=g) < self.flip_p).long()
         shape = (n, *self.cache.mean.shape[2:])
         eps = torch.randn(shape, generator=g)
         noise = torch.randn(shape, generator=g)
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,), generator=g)
+        t = self.objective.timesteps(n, g)
         choice = [int(torch.randint(0, len(self.items[i].prompts), (1,), generator=g)) for i in idx]
         for i, f, c in zip(idx, flips.tolist(), choice, strict=True):
             self.drawn.pop(i, None)  # re-insert: the dict's order is the order of the latest draws
@@ -201,8 +217,11 @@ class Batches:
         ids = torch.stack([self.prompt_ids[i][c] for i, c in zip(idx[mine], choice[mine], strict=True)])
         mean, std = self.cache.lookup([self.items[i].image for i in idx[mine]], flips[mine].tolist())
         mean, std = mean.to(dev, torch.float32), std.to(dev, torch.float32)
-        latents = (mean + std * eps[mine].to(dev)) * self.scaling
+        latents = mean + std * eps[mine].to(dev)
+        latents = (latents if self.shift is None else latents - self.shift) * self.scaling
         noise, t = noise[mine].to(dev), t[mine].to(dev)
-        noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        target = noise if self.prediction == "epsilon" else self.noise_scheduler.get_velocity(latents, noise, t)
-        return noisy, t, ids, target
+        noisy, target = self.objective.noised(latents, noise, t)
+        mask = None
+        if self.masks is not None:
+            mask = self.masks[[self.items[i].image for i in idx[mine]], flips[mine].tolist()]
+        return noisy, t, ids, target, mask

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 
 from textinv.atomic import atomic_path, write_text
+from textinv.models.denoiser import decode
 from textinv.models.tokens import expand_placeholders
 from textinv.pictures import TrainImage, described, labelled_sheet, to_pil
 from textinv.runs import Run
@@ -83,8 +84,7 @@ def log_images(run: Run, step: int, model, log, p, images: list[TrainImage], bat
                                 enabled=autocast_dtype is not None):
                 latents = pipe(prompt, guidance_scale=scale, generator=g, output_type="latent", **common).images
             # decoded outside autocast by the float32 VAE: SDXL's VAE overflows in fp16
-            z = latents.to(vae.dtype) / vae.config.scaling_factor
-            grid.append([to_pil(x) for x in vae.decode(z).sample.float().cpu()])
+            grid.append([to_pil(x) for x in decode(pipe, latents, resolution).float().cpu()])
         title = f"{key} at step {step}: guidance {scale:g}, {log.sample_steps} denoising steps"
         save(key, labelled_sheet(grid, title=title, row_labels=shown, tile_labels=[seeds] * len(grid)),
              f"step {step}; guidance {scale:g}; prompts: {'; '.join(shown)}; seeds {seed}-{seed + n - 1}")

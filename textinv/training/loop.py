@@ -24,9 +24,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from textinv.config import Config, to_dict
 from textinv.errors import ConfigError, Interrupted, TextinvError
@@ -35,6 +35,7 @@ from textinv.reporting import Reporter
 from textinv.runs import Run
 from textinv.training import data, setup
 from textinv.training.image_log import log_images
+from textinv.training.objective import DDPM, min_snr_weights, weighted_mse
 from textinv.training.setup import TrainingModel
 from textinv.training.state import LearnedEmbedding, Learning, start_run
 from textinv.training.validation import Validation
@@ -75,22 +76,36 @@ class RunResult:
                 "step": self.step, "max_steps": self.max_steps, "final_loss": self.losses[-1] if self.losses else None}
 
 
-def compute_loss(unet, condition, noisy, timesteps, ids, target, autocast_dtype, device) -> torch.Tensor:
-    """One forward pass: conditioning (with the spliced rows), UNet, MSE against the target in float32."""
+def compute_loss(denoiser, condition, noisy, timesteps, ids, target, autocast_dtype, device, *,
+                 weights: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One forward pass: conditioning (with the spliced rows), the denoiser (UNet, SD3's or Flux.1's transformer),
+    MSE against the target in float32, each sample's weighted by `weights` and restricted to its `mask` when given
+    (training/objective.py)."""
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        pred = unet(noisy, timesteps, **condition(ids)).sample
-    return F.mse_loss(pred.float(), target.float())
+        pred = denoiser(noisy, timesteps, condition(ids))
+    return weighted_mse(pred, target, weights=weights, mask=mask)
 
 
 @dataclass
 class Forward:
-    """The loss of one draw (noisy, timesteps, ids, target) through the training model; validation uses it too."""
+    """The loss of one draw (noisy, timesteps, ids, target, mask) through the training model, Min-SNR-weighted when
+    the optim config's `min_snr_gamma` is above 0; validation uses it too."""
 
     model: TrainingModel
+    optim: Any = None  # the optim config (None: no loss weighting)
 
-    def __call__(self, noisy, timesteps, ids, target) -> torch.Tensor:
-        m = self.model
-        return compute_loss(m.pipe.unet, m.condition, noisy, timesteps, ids, target, m.precision, m.device)
+    def __post_init__(self):
+        if self.optim is not None and self.optim.min_snr_gamma and not isinstance(self.model.objective, DDPM):
+            raise ConfigError("`optim.min_snr_gamma` weights DDPM training (SD1.x, SD2.x, SDXL); this model trains "
+                              "with flow matching, weighted by `train.weighting_scheme`: set min_snr_gamma to 0")
+
+    def __call__(self, noisy, timesteps, ids, target, mask=None) -> torch.Tensor:
+        m, gamma = self.model, self.optim.min_snr_gamma if self.optim is not None else 0.0
+        weights = m.objective.weights(timesteps)
+        if gamma:
+            weights = min_snr_weights(m.objective.scheduler.alphas_cumprod, timesteps, gamma, m.prediction)
+        extra = {k: v for k, v in (("weights", weights), ("mask", mask)) if v is not None}
+        return compute_loss(m.denoiser, m.condition, noisy, timesteps, ids, target, m.precision, m.device, **extra)
 
 
 def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path | None = None) -> RunResult:
@@ -102,20 +117,20 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
     precision = setup.resolve_precision(cfg.train.mixed_precision, device)
     images, items = data.build_items(cfg.personalization, cfg.data, reporter)
     model = setup.prepare_model(cfg.model, cfg.personalization, cfg.data.resolution, cfg.train.gradient_checkpointing,
-                                device, precision, reporter, setup.memory_wish(cfg.train, cfg.data))
+                                device, precision, reporter, cfg.train, setup.memory_wish(cfg.train, cfg.data))
     batches = setup.make_batches(model, images, items, cfg.data, cfg.train.seed, acc.process_index, world)
     lr, how = setup.effective_batch(cfg.optim, cfg.data.batch_size, world)
     learning = setup.make_learning(model, batches, cfg.optim, lr, cfg.train.max_steps)
     run, step = start_run(cfg, resume, acc, learning, reporter, comment=how)
-    embedding = LearnedEmbedding(model.learned, model.condition.split, cfg.personalization, run.name,
+    embedding = LearnedEmbedding(model.learned, model.parts, cfg.personalization, run.name,
                                  base_model_of(model.pipe, cfg.model.source))  # source, A1111 hash, hub commit
-    formats = setup.final_formats(cfg.log.formats, model.sdxl)
+    formats = setup.final_formats(cfg.log.formats, model.multi_encoder)
     finals = run.final_paths(embedding.at(step), formats)
     if step >= cfg.train.max_steps and all(f.exists() for f in finals):
         raise ConfigError(f"{run.path} already finished at step {step}; pass a larger --max-steps to train further")
     reporter.message(how)
     tracking = setup.start_trackers(acc, cfg.log.report_to, to_dict(cfg), run)
-    forward, log, p, max_steps = Forward(model), cfg.log, cfg.personalization, cfg.train.max_steps
+    forward, log, p, max_steps = Forward(model, cfg.optim), cfg.log, cfg.personalization, cfg.train.max_steps
     validation = Validation(run, log, cfg.train.seed, model=model, batches=batches, batch_size=cfg.data.batch_size,
                             forward=forward, embedding_at=embedding.at, reporter=reporter,
                             patience=cfg.train.early_stop)
@@ -130,7 +145,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
                 total = torch.zeros((), device=device)
                 for _ in range(accum):  # micro-steps: gradients add up locally, nothing is all-reduced
                     loss = forward(*batches.draw(batch)) / accum
-                    learning.scaler.scale(loss).backward()
+                    learning.scaler.scale(loss + learning.levers.penalty(model.learned) / accum).backward()
                     total += loss.detach()
                 value, stopping = _agree(acc, total, stop.is_set())  # one all-reduce for these, one for the gradient
                 if not math.isfinite(value):
@@ -160,7 +175,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
                 _checkpoint(run, step, embedding, learning, reporter.status)
             else:
                 reporter.message(f"the run reached step {step} but its final files were not written; writing them")
-            files = run.write_finals(embedding.at(step), formats)
+            files = _write_finals(run, step, embedding, learning, formats)
             run.plot_losses()
     except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the last checkpoint stands
         raise TrainingInterrupted(run.path, last_good, saved=False, quiet=not main) from None
@@ -189,7 +204,8 @@ def _non_finite(value: float, step: int, run: Run, last_good: int | None) -> Non
 
 
 def _update(optimizer, scheduler, scaler, learned: torch.Tensor, max_grad_norm: float) -> float:
-    """One optimizer step on the (already averaged) gradient; returns the learning rate it used."""
+    """One optimizer step on the (already averaged) gradient; returns the learning rate it used. (The levers' norm
+    control and EMA run as the optimizer's step hook: setup.make_learning.)"""
     scaler.unscale_(optimizer)
     if max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_([learned], max_grad_norm)
@@ -202,21 +218,33 @@ def _update(optimizer, scheduler, scaler, learned: torch.Tensor, max_grad_norm: 
 
 
 def _checkpoint(run: Run, step: int, embedding: LearnedEmbedding, learning: Learning, say) -> int:
-    """The embedding and the state at `step` (every process hands in its draws; the main one writes), and loss.png
-    redrawn to match (Ctrl-C's checkpoint included). `say` tells the progress what is happening."""
+    """The embedding (and its EMA) and the state at `step` (every process hands in its draws; the main one
+    writes), and loss.png redrawn to match (Ctrl-C's checkpoint included). `say` tells the progress what is
+    happening."""
     from accelerate.utils import gather_object
 
     say("saving the checkpoint")
+    ema = learning.levers.ema
+    if ema is not None and run.main:  # before the state: resume trusts what the state points at
+        run.save_checkpoint_embedding(step, embedding.at(step, ema.value), ema=True)
     run.save_checkpoint(step, embedding.at(step), learning.state(step, gather_object))
     run.plot_losses()
     return step
+
+
+def _write_finals(run: Run, step: int, embedding: LearnedEmbedding, learning: Learning, formats: list[str]):
+    """The final embedding in every format, and its EMA beside it (`<name>-ema.*`) when there is one."""
+    files = run.write_finals(embedding.at(step), formats)
+    if learning.levers.ema is not None:
+        files += run.write_finals(embedding.at(step, learning.levers.ema.value), formats, ema=True)
+    return files
 
 
 def _log_images(run: Run, step: int, model: TrainingModel, batches, images, log, p, seed: int, say) -> None:
     """The image log at `step` (`log`, `p`: the log and personalization configs), and the loss plot redrawn with it
     (main process only); `say` tells the progress which picture is being drawn."""
     if run.main:
-        with model.whole():  # [memory] an offloaded VAE comes back for the reconstructions and samples
+        with model.whole(), model.on_device():  # [memory] an offloaded VAE (and T5) come back for the log
             log_images(run, step, model, log, p, images, batches, seed, say=say)
         run.plot_losses()
 

@@ -7,23 +7,28 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from textinv.atomic import check_writable
 from textinv.errors import ConfigError, ModelError, UsageError
+from textinv.formats.families import family_for
 from textinv.models import memory, peek
-from textinv.models.conditioning import Conditioning, conditioning_for, is_sdxl
+from textinv.models.conditioning import Conditioning, conditioning_for, kind_of
+from textinv.models.denoiser import Denoiser, denoiser_for, latent_shift, side_multiple
 from textinv.models.loading import load_pipeline, model_family, resolve_device
 from textinv.models.tokens import SplicedEmbedding, add_placeholders, expand_placeholders, replace_module
-from textinv.pictures import TrainImage
+from textinv.pictures import TrainImage, check_image_folder
 from textinv.reporting import Reporter
 from textinv.runs import Run
 from textinv.training import budget, data
+from textinv.training.levers import Levers
+from textinv.training.objective import DDPM, Objective, flow_matching
 from textinv.training.state import Learning
 
 TRACKERS = {"none": [], "tensorboard": ["tensorboard"], "wandb": ["wandb"], "all": ["tensorboard", "wandb"]}
@@ -33,9 +38,44 @@ def check_image_folders(data_cfg) -> None:
     """A new run names its image folders (`data.paths`), and each one exists: said before any model loads."""
     if not data_cfg.paths:
         raise UsageError("pass a folder of images: textinv train ./my_cat --init-word cat")
-    missing = [d for d in data_cfg.paths if not Path(d).is_dir()]
-    if missing:
-        raise UsageError(f"{missing[0]}: no such folder; pass a folder of 3-5 images of the concept")
+    for d in data_cfg.paths:
+        if Path(d).is_file():
+            raise UsageError(f"{d} is a file, not a folder; pass the folder that holds the images of the concept")
+        if not Path(d).is_dir():
+            raise UsageError(f"{d}: no such folder; pass a folder of 3-5 images of the concept")
+
+
+def check_launch(environ=os.environ) -> None:
+    """UsageError when `accelerate launch` was asked for several processes but started only this one: its simple
+    launcher (no --multi_gpu on a machine without GPUs) sets MASTER_ADDR for them and starts one process, which
+    would train alone, more slowly than asked, and without saying so."""
+    launched = "ACCELERATE_MIXED_PRECISION" in environ  # every accelerate launcher sets it
+    several = "MASTER_ADDR" in environ  # the simple launcher sets it only for several processes or machines
+    started = any(k in environ for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"))
+    if launched and several and not started:
+        raise UsageError(
+            "accelerate launch was asked for several processes but started only this one: without GPUs its launcher "
+            "starts several only with --multi_gpu (textinv then trains on CPU processes); add --multi_gpu, or drop "
+            "--num_processes to train in one process"
+        )
+
+
+def check_before_loading(cfg, *, resume: bool = False) -> None:
+    """What the config already shows, each in one line before any model loads (or another library prints): the
+    image folders hold images; the model and `model.config` exist and fit each other; the config's family is the
+    model's, told from the model's files; a new run's output folder can be written; `accelerate launch` started
+    the processes it was asked for."""
+    check_launch()
+    resolve_device(cfg.train.device)  # a device this machine does not have
+    if not resume:
+        check_image_folders(cfg.data)
+        check_writable(cfg.log.output_dir, "--out")
+    for folder in cfg.data.paths:
+        check_image_folder(folder)
+    dims = peek.check_model(cfg.model.source, cfg.model.config)
+    if dims is not None:
+        kind = peek.model_kind(cfg.model.source) or ("sdxl" if dims[1] is not None else "sd")
+        peek.check_config(cfg.model.family, kind, family_for(*dims), len(cfg.personalization.placeholder_strings))
 
 
 def make_accelerator(train_cfg):
@@ -80,18 +120,25 @@ def effective_batch(optim, batch_size: int, processes: int) -> tuple[float, str]
     return lr, how
 
 
-def load_frozen(model_cfg, resolution: int, gradient_checkpointing: bool, device: torch.device):
-    """The float32 pipeline with every module frozen (no weight gradients), on diffusers' default SDPA attention
-    (`set_default_attn_processor` would switch SDPA off), with gradient checkpointing in the UNet if asked."""
-    pipe = load_pipeline(model_cfg.source, model_config=model_cfg.config, device=device, dtype=torch.float32)
-    for module in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None), pipe.unet, pipe.vae):
-        if module is None:  # [conditioning] only SDXL has text_encoder_2
+FROZEN_MODULES = ("text_encoder", "text_encoder_2", "text_encoder_3", "unet", "transformer", "vae")
+
+
+def load_frozen(model_cfg, resolution: int, gradient_checkpointing: bool, device: torch.device,
+                dtype: torch.dtype = torch.float32):
+    """The pipeline in `dtype` (float32; SD3 and Flux.1 load in the training precision, as their trainers do: a
+    float32 Flux.1-dev would be 48 GB) with every module frozen (no weight gradients) and the VAE in float32, on
+    diffusers' default SDPA attention (`set_default_attn_processor` would switch SDPA off), with gradient
+    checkpointing in the denoiser if asked."""
+    pipe = load_pipeline(model_cfg.source, model_config=model_cfg.config, device=device, dtype=dtype)
+    for module in (getattr(pipe, name, None) for name in FROZEN_MODULES):
+        if module is None:  # [conditioning] SDXL has text_encoder_2, SD3 text_encoder_3, SD3/Flux.1 a transformer
             continue
         module.requires_grad_(False)
         module.eval()
-    _check_resolution(resolution, pipe.unet, pipe.vae)
+    pipe.vae.to(torch.float32)
+    _check_resolution(resolution, pipe)
     if gradient_checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
+        denoiser_for(pipe).module.enable_gradient_checkpointing()
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -107,35 +154,71 @@ class TrainingModel:
     expansions: dict[str, str]
     bases: list[nn.Module]
     splices: list[SplicedEmbedding]
-    noise_scheduler: Any
-    prediction: str
+    objective: Objective
     precision: torch.dtype | None
     device: torch.device
     resolution: int
+    denoiser: Denoiser | None = None
+    offloaded: list[nn.Module] = field(default_factory=list)  # encoders moved to the CPU once their outputs are cached
     parked: memory.Offload | None = None  # [memory] the VAE, off the device once the latents are cached
     settled: bool = False  # [memory] the frozen weights cast and on the device
 
     @property
+    def prediction(self) -> str:
+        return self.objective.name
+
+    @property
     def sdxl(self) -> bool:
-        return is_sdxl(self.pipe)
+        return kind_of(self.pipe) == "sdxl"
+
+    def parts(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each encoder's part of learned `rows`, by its key in an embedding file (`Conditioning.keys`)."""
+        return dict(zip(self.condition.keys, self.condition.split(rows), strict=True))
+
+    @property
+    def multi_encoder(self) -> bool:
+        """One part per text encoder in the embedding file (SDXL, SD3, Flux.1)."""
+        return len(self.condition.encoders) > 1
+
+    def cache_text(self, ids: torch.Tensor) -> None:
+        """Encode once what does not learn (T5, unless it does) for every prompt the run draws (`ids`), then, on a
+        GPU, move that encoder to the CPU: the steps read the cache, and image logs bring it back (`on_device`)."""
+        self.condition.cache(ids)
+        t5 = getattr(self.condition, "t5", None)
+        if t5 is not None and not self.condition.trained[-1] and self.device.type == "cuda":
+            t5.to("cpu")
+            self.offloaded.append(t5)
+            torch.cuda.empty_cache()
+
+    @contextlib.contextmanager
+    def on_device(self) -> Iterator[None]:
+        """Every encoder on the device for a pipeline call (an image log), and the offloaded ones back after."""
+        for module in self.offloaded:
+            module.to(self.device)
+        try:
+            yield
+        finally:
+            for module in self.offloaded:
+                module.to("cpu")
 
     def whole(self):
         """[memory] A block in which the parked parts are back on the device (image logs, validation prompts)."""
         return self.parked.back() if self.parked else contextlib.nullcontext()
 
     def settle(self) -> None:
-        """[memory] Cast the frozen text encoder(s) and UNet to the training precision, one tensor at a time where
-        they were loaded, and move them to the device (a no-op once done). With offload this waits until every
-        latent is cached, so the VAE's encodes never share memory with the other weights."""
+        """[memory] Cast the frozen text encoder(s) and denoiser (UNet, SD3's or Flux.1's transformer) to the
+        training precision, one tensor at a time where they were loaded, and move them to the device (a no-op once
+        done). With offload this waits until every latent is cached, so the VAE's encodes never share memory with
+        the other weights."""
         if self.settled:
             return
         if self.precision is not None:  # cast the frozen weights once rather than on every op of every step
             for _, text_encoder in self.condition.encoders:
                 memory.cast_frozen(text_encoder, self.precision)  # the learned rows stay float32
-            memory.cast_frozen(self.pipe.unet, self.precision)  # the VAE stays float32: fp16 VAEs overflow
+            memory.cast_frozen(self.denoiser.module, self.precision)  # the VAE stays float32: fp16 VAEs overflow
         for _, text_encoder in self.condition.encoders:
             text_encoder.to(self.device)
-        self.pipe.unet.to(self.device)
+        self.denoiser.module.to(self.device)
         self.settled = True
 
     def unsplice(self) -> None:
@@ -173,28 +256,35 @@ def plan_memory(pipe, wish: MemoryWish, wanted: budget.Settings, resolution: int
 
 
 def prepare_model(model_cfg, p, resolution: int, gradient_checkpointing: bool, device: torch.device,
-                  precision: torch.dtype | None, reporter: Reporter, memory_wish: MemoryWish | None = None
-                  ) -> TrainingModel:
+                  precision: torch.dtype | None, reporter: Reporter, train_cfg=None,
+                  memory_wish: MemoryWish | None = None) -> TrainingModel:
     """Load the model, check the config fits it, add the placeholders (`p`: the personalization config) and
-    splice one float32 Parameter of their rows into every text encoder. The model loads on the CPU (memory-mapped:
-    nothing is read yet); the frozen text encoder(s) and UNet are cast there one tensor at a time and then moved
-    to `device` (TrainingModel.settle), so neither holds a float32 copy beside the cast one; with offload (or a
-    budget that chooses it) that waits until make_batches has cached every latent."""
-    from diffusers import DDPMScheduler
-
+    splice one float32 Parameter of their rows into every text encoder that learns (fixed rows into one that does
+    not). `train_cfg` (the train config section) picks SD3's and Flux.1's loss weighting and Flux.1's guidance.
+    The model loads on the CPU (memory-mapped: nothing is read yet); the frozen text encoder(s) and denoiser are
+    cast there one tensor at a time and then moved to `device` (TrainingModel.settle), so neither holds a float32
+    copy beside the cast one; with offload (or a budget that chooses it) that waits until make_batches has cached
+    every latent."""
     wish = memory_wish or MemoryWish()
+    kind = peek.check_config_early(model_cfg.family, model_cfg.source, model_cfg.config, len(p.placeholder_strings))
+    if wish.max_memory is not None and kind in ("sd3", "flux"):
+        raise ConfigError("`train.max_memory` plans SD1.x, SD2.x and SDXL runs; for SD3 and Flux.1 the packaged "
+                          "configs' settings (bf16, gradient checkpointing) are the small-memory ones: drop it")
+    weights = precision if precision is not None and kind in ("sd3", "flux") else None
     before = (memory.resident_bytes() or 0) if device.type == "cpu" else 0
     if device.type == "cpu":
         memory.return_freed_memory()
-    pipe = load_frozen(model_cfg, resolution, False, torch.device("cpu"))
+    pipe = load_frozen(model_cfg, resolution, False, torch.device("cpu"), weights or torch.float32)
     settings = plan_memory(pipe, wish, budget.Settings(precision, wish.offload, gradient_checkpointing), resolution,
                            before, device, reporter)
     precision = settings.precision
+    denoiser = denoiser_for(pipe, guidance=train_cfg.flux_guidance if train_cfg else 1.0)
     if settings.checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
-    # [conditioning] one text encoder, or SDXL's two (textinv/models/conditioning.py); the config must fit the model
-    condition = conditioning_for(pipe, resolution)
-    peek.check_config(model_cfg.family, is_sdxl(pipe), model_family(pipe), len(p.placeholder_strings))
+        denoiser.module.enable_gradient_checkpointing()
+    # [conditioning] one text encoder, SDXL's two, SD3's three or Flux.1's two (textinv/models/conditioning.py);
+    # the config must fit the model
+    peek.check_config(model_cfg.family, kind_of(pipe), model_family(pipe), len(p.placeholder_strings))
+    condition = conditioning_for(pipe, resolution, train_t5=p.train_t5)
     bases, first_ids, vectors = [], [], []
     for k, (tokenizer, text_encoder) in enumerate(condition.encoders):  # a row for each placeholder in each encoder
         base = text_encoder.get_input_embeddings()
@@ -207,30 +297,50 @@ def prepare_model(model_cfg, p, resolution: int, gradient_checkpointing: bool, d
         first_ids.append(first_id)
         vectors.append(vecs)
     pipe.vae.to(device)  # [memory] the rest moves in TrainingModel.settle, after casting
-    # [conditioning] one float32 Parameter whatever the precision; each encoder's splice reads its columns of it
-    learned = nn.Parameter(torch.cat(vectors, dim=1).to(device))
-    splices = [SplicedEmbedding(base, learned, first_id, columns)
-               for base, first_id, columns in zip(bases, first_ids, condition.columns(), strict=True)]
+    # [conditioning] one float32 Parameter whatever the precision; each learning encoder's splice reads its columns
+    learned = nn.Parameter(torch.cat([v for v, t in zip(vectors, condition.trained, strict=True) if t], 1).to(device))
+    condition.frozen = {k: v.to(device) for k, (v, t) in enumerate(zip(vectors, condition.trained, strict=True))
+                        if not t}
+    splices = [SplicedEmbedding(base, learned if columns is not None else
+                                nn.Parameter(condition.frozen[k], requires_grad=False), first_id, columns or slice(None))
+               for k, (base, first_id, columns) in enumerate(zip(bases, first_ids, condition.columns(), strict=True))]
     for (_, text_encoder), base, spliced in zip(condition.encoders, bases, splices, strict=True):
         replace_module(text_encoder, base, spliced)
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    prediction = model_cfg.prediction_type or noise_scheduler.config.prediction_type
-    if prediction not in ("epsilon", "v_prediction"):
-        raise ModelError(f"the model predicts {prediction!r}; textinv trains epsilon and v_prediction models")
-    noise_scheduler.register_to_config(prediction_type=prediction)
+    objective = _objective(pipe, model_cfg, train_cfg, resolution)
     model = TrainingModel(pipe=pipe, condition=condition, learned=learned, expansions=expansions, bases=bases,
-                          splices=splices, noise_scheduler=noise_scheduler, prediction=prediction,
-                          precision=precision, device=device, resolution=resolution,
+                          splices=splices, objective=objective, precision=precision, device=device,
+                          resolution=resolution, denoiser=denoiser,
                           parked=memory.Offload(device) if settings.offload else None)
     if not settings.offload:
         model.settle()
     return model
 
 
+def _objective(pipe, model_cfg, train_cfg, resolution: int) -> Objective:
+    """DDPM (epsilon or v, as the model's scheduler or `model.prediction_type` says), or flow matching for SD3 and
+    Flux.1 (their schedulers' sigmas, `train.weighting_scheme`)."""
+    from diffusers import DDPMScheduler
+
+    if kind_of(pipe) in ("sd3", "flux"):
+        if model_cfg.prediction_type is not None:
+            raise ConfigError(f"`model.prediction_type` is {model_cfg.prediction_type}, but this model is trained "
+                              "with flow matching; leave it null")
+        vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        weighting = train_cfg.weighting_scheme if train_cfg else "logit_normal"
+        return flow_matching(pipe.scheduler.config, weighting, resolution // vae_factor)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    prediction = model_cfg.prediction_type or noise_scheduler.config.prediction_type
+    if prediction not in ("epsilon", "v_prediction"):
+        raise ModelError(f"the model predicts {prediction!r}; textinv trains epsilon and v_prediction models")
+    noise_scheduler.register_to_config(prediction_type=prediction)
+    return DDPM(noise_scheduler, prediction)
+
+
 def make_batches(model: TrainingModel, images: list[TrainImage], items: list[data.Item], data_cfg, seed: int,
                  rank: int, world: int) -> data.Batches:
     """The training draws: every random one from a generator seeded by `seed`, the same on every process (see
-    data.Batches); the VAE encodes each (image, flip) once, when first drawn."""
+    data.Batches); the VAE encodes each (image, flip) once, when first drawn; the pictures' masks at latent size
+    when `data.masks`."""
     prompt_ids = [model.condition.tokenize([expand_placeholders(s, model.expansions) for s in it.prompts])
                   .to(model.device) for it in items]
     generator = torch.Generator().manual_seed(seed)
@@ -240,22 +350,29 @@ def make_batches(model: TrainingModel, images: list[TrainImage], items: list[dat
         cache.lookup([i for i in every for _ in (0, 1)], [f for _ in every for f in (0, 1)])
         model.parked.add(model.pipe.vae)
     model.settle()
+    model.cache_text(torch.cat(prompt_ids))  # after settle: the encoders are on the device
+    masks = data.latent_masks(images, cache.mean.shape[-1], model.device) if data_cfg.masks else None
     return data.Batches(items=items, prompt_ids=prompt_ids, cache=cache,
-                        scaling=model.pipe.vae.config.scaling_factor, noise_scheduler=model.noise_scheduler,
-                        prediction=model.prediction, flip_p=data_cfg.flip_p,
+                        scaling=model.pipe.vae.config.scaling_factor, objective=model.objective,
+                        shift=latent_shift(model.pipe.vae), flip_p=data_cfg.flip_p,
                         sampler=data.EpochSampler(len(items), data_cfg.repeats, generator), generator=generator,
-                        device=model.device, rank=rank, world=world)
+                        device=model.device, rank=rank, world=world, masks=masks)
 
 
 def make_learning(model: TrainingModel, batches: data.Batches, optim, lr: float, max_steps: int) -> Learning:
-    """AdamW over the learned rows only (`optim`: the optim config), its learning-rate schedule and (fp16 only)
-    the loss scaler."""
+    """AdamW over the learned rows only (`optim`: the optim config), its learning-rate schedule, (fp16 only)
+    the loss scaler, and the levers around the initial rows (training/levers.py)."""
     o = optim
     optimizer = torch.optim.AdamW([model.learned], lr=lr, betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_epsilon,
                                   weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.lr_scheduler, o.lr_warmup_steps, max_steps))
     scaler = torch.amp.GradScaler(model.device.type, enabled=model.precision == torch.float16)
-    return Learning(rows=model.learned, optimizer=optimizer, scheduler=scheduler, scaler=scaler, batches=batches)
+    learning = [(c, b.weight) for c, b in zip(model.condition.columns(), model.bases, strict=True) if c is not None]
+    levers = Levers.from_config(o, model.learned, [c for c, _ in learning], [table for _, table in learning])
+    # after every optimizer step that is taken (fp16 skips the steps whose gradient overflowed)
+    optimizer.register_step_post_hook(lambda *_: levers.after_step(model.learned))
+    return Learning(rows=model.learned, optimizer=optimizer, scheduler=scheduler, scaler=scaler, batches=batches,
+                    levers=levers)
 
 
 def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
@@ -272,10 +389,10 @@ def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
-def final_formats(formats: list[str], sdxl: bool) -> list[str]:
-    """[conditioning] an SDXL .pt holds {clip_l, clip_g} and nothing else: the .safetensors, which also keeps the
-    placeholder and the metadata, is the run's embedding."""
-    return list(dict.fromkeys(["safetensors", *formats])) if sdxl else formats
+def final_formats(formats: list[str], multi_encoder: bool) -> list[str]:
+    """[conditioning] an SDXL .pt holds {clip_l, clip_g} (SD3: + t5, Flux.1: {clip_l, t5}) and nothing else: the
+    .safetensors, which also keeps the placeholder and the metadata, is the run's embedding."""
+    return list(dict.fromkeys(["safetensors", *formats])) if multi_encoder else formats
 
 
 def start_trackers(acc, report_to: str, hparams: dict[str, dict[str, Any]], run: Run) -> bool:
@@ -294,10 +411,7 @@ def start_trackers(acc, report_to: str, hparams: dict[str, dict[str, Any]], run:
     return True
 
 
-def _check_resolution(resolution: int, unet, vae) -> None:
-    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    unet_factor = 2 ** (len(unet.config.block_out_channels) - 1)
-    if resolution % (vae_factor * unet_factor):
-        raise ConfigError(
-            f"resolution {resolution} does not fit this model: it must be a multiple of {vae_factor * unet_factor}"
-        )
+def _check_resolution(resolution: int, pipe) -> None:
+    multiple = side_multiple(pipe)
+    if resolution % multiple:
+        raise ConfigError(f"resolution {resolution} does not fit this model: it must be a multiple of {multiple}")

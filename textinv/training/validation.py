@@ -96,7 +96,8 @@ class Validation:
 
         log, m = self.log, self.model
         size, precision = m.resolution, m.precision
-        with torch.autocast(m.pipe.device.type, dtype=precision or torch.float32, enabled=precision is not None):
+        with m.on_device(), torch.autocast(m.pipe.device.type, dtype=precision or torch.float32,
+                                           enabled=precision is not None):
             return [g.image for g in txt2img(m.pipe, expand_placeholders(prompt, m.expansions),
                                              negative=expand_placeholders(negative, m.expansions),
                                              n=log.num_images, steps=log.sample_steps, cfg=log.guidance_scale,
