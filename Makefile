@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 # The CPU build of torch; override for a GPU, e.g. `make install TORCH="torch --index-url ..."`.
 TORCH ?= torch==2.13.0
 
-.PHONY: install test test-slow test-all lint demo bench bench-sd bench-levers fuzz gpu-check toy-model interop readers clean
+.PHONY: install test test-slow test-all lint demo bench bench-sd bench-sdxl bench-levers fuzz gpu-check gpu-check-sdxl \
+	toy-model interop readers clean
 
 install: $(VENV)/.installed
 
@@ -49,7 +50,7 @@ bench: install
 # SD-scale training on random weights (hours on 2 CPU cores; builds 4-5 GB models in /tmp on first use)
 bench-sd: install
 	$(BIN)/python bench/train_speed.py --shape sd15 --resolution 512 --steps 4 --warmup 1 --rounds 2 \
-		--programs textinv,diffusers,textinv-gc $(EXAMPLE)
+		--programs textinv,diffusers,textinv-gc,textinv-budget --max-memory 2.5 $(EXAMPLE)
 	$(BIN)/python bench/train_speed.py --shape sd15 --resolution 256 --steps 6 --warmup 2 --rounds 3 $(EXAMPLE)
 	$(BIN)/python bench/train_speed.py --shape sd2 --resolution 768 --steps 3 --warmup 1 --rounds 1 $(EXAMPLE)
 	$(BIN)/python bench/latent_cache.py
@@ -61,8 +62,19 @@ bench-levers: install
 	$(BIN)/python bench/levers.py check --out bench-levers
 	$(BIN)/python bench/levers.py report --out bench-levers --plot docs/levers.png
 
+# SDXL's shape on random weights (13 GB of float32 weights: builds in about 11 GB of memory and 6 minutes on first
+# use); the example cannot run at 1024 px in float32 on a 24 GiB machine (README "At SDXL's size")
+bench-sdxl: install
+	$(BIN)/python bench/train_speed.py --shape sdxl --resolution 256 --steps 4 --warmup 1 --rounds 2 \
+		--programs textinv,diffusers,textinv-budget --max-memory 7.5 $(EXAMPLE)
+	$(BIN)/python bench/train_speed.py --shape sdxl --resolution 1024 --steps 2 --warmup 0 --rounds 1 \
+		--programs textinv-budget --max-memory 8 $(EXAMPLE)
+
 gpu-check: install
 	DIFFUSERS_REPO=$(DIFFUSERS_REPO) PYTHON=$(BIN)/python bench/gpu_check.sh
+
+gpu-check-sdxl: install
+	SHAPE=sdxl DIFFUSERS_REPO=$(DIFFUSERS_REPO) PYTHON=$(BIN)/python bench/gpu_check.sh
 
 toy-model: install
 	$(BIN)/python -m textinv.toy.build

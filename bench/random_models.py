@@ -4,7 +4,8 @@ The cost of a step does not depend on the weights, so a random model of the real
 real one would. `small` is SD1.x's layout at a fraction of the width (fast enough for CPU rounds); `sd15` and `sd2`
 are the published architectures' configs: SD1.5 (CLIP ViT-L text encoder, 768 wide, 12 layers; the 320-1280 UNet
 with 8 heads; the 128-512 VAE) and SD2 (OpenCLIP ViT-H text encoder, 1024 wide, 23 layers as SD2 ships it; the UNet
-with head dims 5/10/20/20 and linear projections; v-prediction).
+with head dims 5/10/20/20 and linear projections; v-prediction). `sdxl` is SDXL base 1.0's (both text encoders,
+the text_time UNet, the 1024 px VAE), one folder for every resolution.
 """
 
 from __future__ import annotations
@@ -41,17 +42,36 @@ SD = {
         prediction_type="v_prediction",
     ),
 }
-SHAPES = ["small", *SD]
+# SDXL base 1.0's published configs (stabilityai/stable-diffusion-xl-base-1.0: unet/, text_encoder/, text_encoder_2/,
+# vae/, scheduler/ config.json): CLIP ViT-L and OpenCLIP ViT-bigG (32 layers, 1280 wide, projected pooled output);
+# the 320-640-1280 UNet with 1/2/10 transformer layers, 2048-wide cross-attention and the text_time embedding of
+# the pooled text and six size/crop ids; the 1024 px VAE (scaling 0.13025); Euler, 1000 steps.
+SDXL = dict(
+    text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+              hidden_act="quick_gelu", projection_dim=768),
+    text_2=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                hidden_act="gelu", projection_dim=1280),
+    unet=dict(in_channels=4, out_channels=4, block_out_channels=[320, 640, 1280], layers_per_block=2,
+              down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+              up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+              transformer_layers_per_block=[1, 2, 10], attention_head_dim=[5, 10, 20], cross_attention_dim=2048,
+              use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+              projection_class_embeddings_input_dim=2816, norm_num_groups=32),
+)
+SHAPES = ["small", *SD, "sdxl"]
 
 
 def build_model(shape: str, resolution: int) -> Path:
-    """The cached folder of a random `shape` pipeline (built on first use) with CLIP's 49,408-token vocabulary."""
-    folder = CACHE / f"{shape}-{resolution}"
+    """The cached folder of a random `shape` pipeline (built on first use) with CLIP's 49,408-token vocabulary. The
+    SDXL folder serves every resolution (its configs say 1024 px, as the real one's do)."""
+    folder = CACHE / (f"{shape}-{resolution}" if shape != "sdxl" else shape)
     if (folder / "model_index.json").is_file():
         return folder
     tmp = folder.with_suffix(".tmp")
     if shape == "small":
         _build_small(tmp, resolution)
+    elif shape == "sdxl":
+        _build_sdxl(tmp)
     else:
         _build_sd(tmp, shape, resolution)
     tmp.rename(folder)
@@ -109,3 +129,47 @@ def _build_sd(folder: Path, shape: str, resolution: int) -> None:
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
+
+
+def _build_sdxl(folder: Path) -> None:
+    """SDXL's components one at a time, each saved and dropped before the next (the UNet alone is 10 GB in float32,
+    built and written in about 11 GB)."""
+    import gc
+
+    import diffusers
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from textinv.toy.tokenizer import write_clip_tokenizer
+
+    torch.manual_seed(0)
+    for sub, pad in (("tokenizer", None), ("tokenizer_2", "!")):  # SDXL's second tokenizer pads with "!"
+        write_clip_tokenizer(WORDS, folder / sub)
+        _pad_vocab(folder / sub)
+        if pad:
+            tok = CLIPTokenizer.from_pretrained(folder / sub)
+            tok.pad_token = pad
+            tok.save_pretrained(folder / sub)
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    ids = dict(vocab_size=VOCAB, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    parts = [("text_encoder", lambda: CLIPTextModel(CLIPTextConfig(**ids, **SDXL["text"]))),
+             ("text_encoder_2", lambda: CLIPTextModelWithProjection(CLIPTextConfig(**ids, **SDXL["text_2"]))),
+             ("vae", lambda: AutoencoderKL(**dict(_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True))),
+             ("unet", lambda: UNet2DConditionModel(sample_size=128, **SDXL["unet"]))]
+    for name, make in parts:
+        module = make()
+        module.save_pretrained(folder / name, safe_serialization=True, max_shard_size="20GB")
+        del module
+        gc.collect()
+    EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                           timestep_spacing="leading", prediction_type="epsilon").save_pretrained(folder / "scheduler")
+    index = {"_class_name": "StableDiffusionXLPipeline", "_diffusers_version": diffusers.__version__,
+             "force_zeros_for_empty_prompt": True, "feature_extractor": [None, None], "image_encoder": [None, None],
+             "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+             "text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers",
+                                                                                  "CLIPTextModelWithProjection"],
+             "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
+             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))

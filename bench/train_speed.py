@@ -6,7 +6,10 @@ alternating rounds.
     python bench/train_speed.py --diffusers-repo CLONE            # + the example, taken from a diffusers clone
     python bench/train_speed.py --shape sd15 --resolution 512 --diffusers-repo CLONE --programs textinv,diffusers,textinv-gc
     python bench/train_speed.py --shape sd2 --resolution 768 --diffusers-repo CLONE
+    python bench/train_speed.py --shape sdxl --resolution 256 --diffusers-repo CLONE    # + textinv_inversion_sdxl.py
+    python bench/train_speed.py --shape sd15 --programs textinv,diffusers,textinv-budget --max-memory 3.5 ...
     bench/gpu_check.sh                                            # SD1.5 shape, 512 px, bf16, on a CUDA machine
+    SHAPE=sdxl bench/gpu_check.sh                                 # SDXL shape, 1024 px
 
 The model is random (the cost of a step does not depend on the weights), built from real diffusers/transformers
 classes of the real architectures' sizes with CLIP's 49k-token vocabulary (bench/random_models.py). Each run is a
@@ -16,6 +19,13 @@ process's launch to the end of its first optimizer step. Peak memory is the proc
 CPU (the allocator's peak on a GPU); "above the weights and libraries" subtracts the model files' size and the
 process's memory after importing torch, diffusers and transformers. This machine's speed drifts from minute to
 minute, so the rounds alternate and medians are reported.
+
+A textinv program's name may carry settings after a dash: `-gc` gradient checkpointing, `-bf16` frozen weights in
+bf16 (train.mixed_precision bf16), `-offload` the VAE offloaded once the latents are cached, `-budget`
+train.max_memory set to --max-memory; e.g. `textinv-bf16-gc`. The example's: `-gc` (--gradient_checkpointing;
+the SDXL example checkpoints only its text encoders) and `-bf16` (--mixed_precision bf16). Each run also reports
+its start-up in parts (libraries imported, model loaded, first VAE encode done, first step done), in wall and CPU
+seconds from the process's launch (CPU seconds move less with the machine's load).
 """
 
 from __future__ import annotations
@@ -33,12 +43,10 @@ from pathlib import Path
 
 import random_models
 
-DIFFUSERS_COMMIT = "58eb52c0803ea9af3abec60841c2a093bdf1f951"  # the example script as measured in the README
-EXAMPLE_PATH = "examples/textual_inversion/textual_inversion.py"
-PROGRAMS = ("textinv", "textinv-gc", "diffusers", "diffusers-gc")  # -gc: with gradient checkpointing
-# model FLOPs of one SD1.5 training sample at 512 px with cached latents: UNet forward 677 GFLOP, the backward to
-# its input (no weight gradients) 657, text encoder 26; other resolutions are scaled by pixel count (approximate)
-SD15_FLOPS_512 = 1.36e12
+DIFFUSERS_COMMIT = "58eb52c0803ea9af3abec60841c2a093bdf1f951"  # the example scripts as measured in the README
+EXAMPLE_PATHS = {"sd": "examples/textual_inversion/textual_inversion.py",
+                 "sdxl": "examples/textual_inversion/textual_inversion_sdxl.py"}
+SETTINGS = {"textinv": ("gc", "bf16", "offload", "budget"), "diffusers": ("gc", "bf16")}  # program-name suffixes
 
 
 def make_images(folder: Path, n: int = 4) -> Path:
@@ -52,14 +60,25 @@ def make_images(folder: Path, n: int = 4) -> Path:
     return folder
 
 
-def extract_example(repo: str, commit: str, into: Path) -> Path:
-    """Write diffusers' textual-inversion example, as of `commit`, from a git clone of diffusers into `into`."""
-    proc = subprocess.run(["git", "-C", repo, "show", f"{commit}:{EXAMPLE_PATH}"], capture_output=True, text=True)
+def extract_example(repo: str, commit: str, into: Path, family: str = "sd") -> Path:
+    """Write diffusers' textual-inversion example for `family` (sd or sdxl), as of `commit`, from a git clone of
+    diffusers into `into`."""
+    example = EXAMPLE_PATHS[family]
+    proc = subprocess.run(["git", "-C", repo, "show", f"{commit}:{example}"], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"cannot read {EXAMPLE_PATH} at {commit} from {repo}: {proc.stderr.strip()}")
-    path = into / "textual_inversion.py"
+        raise SystemExit(f"cannot read {example} at {commit} from {repo}: {proc.stderr.strip()}")
+    path = into / Path(example).name
     path.write_text(proc.stdout)
     return path
+
+
+def program_settings(kind: str) -> tuple[str, set[str]]:
+    """`textinv-bf16-gc` -> ("textinv", {"bf16", "gc"}); an unknown program or setting is an error."""
+    name, *flags = kind.split("-")
+    if name not in SETTINGS or not set(flags) <= set(SETTINGS[name]):
+        raise SystemExit(f"unknown program {kind}: textinv or diffusers, followed by any of "
+                         + "; ".join(f"{k}: -{' -'.join(v)}" for k, v in SETTINGS.items()))
+    return name, set(flags)
 
 
 # --- workers: one run each, in a fresh process, printing one JSON line ---------------------------------------
@@ -87,9 +106,46 @@ def _base_memory(device: str) -> float:
     return next(int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmRSS:")) / 1024
 
 
-def _result(stamps: list[float], first_wall: list[float], losses: list[float], base: float, device: str) -> dict:
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+class StartUp:
+    """When (wall clock, and CPU seconds of this process) each part of the start-up ended: libraries imported,
+    model loaded, first VAE encode done, first step done."""
+
+    def __init__(self):
+        self.marks: dict[str, tuple[float, float]] = {}
+
+    def mark(self, part: str) -> None:
+        self.marks.setdefault(part, (time.time(), _cpu()))
+
+    def wrap(self, owner, name: str, part: str) -> None:
+        """Mark `part` when `owner.name` (a module's function, a method, or a classmethod bound to `owner`) first
+        returns."""
+        original = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            out = original(*args, **kwargs)
+            self.mark(part)
+            return out
+
+        setattr(owner, name, wrapper)
+
+
+def _result(stamps: list[float], first_wall: list[float], losses: list[float], base: float, device: str,
+            start: StartUp) -> dict:
     return {"stamps": stamps, "first_step_at": first_wall[0] if first_wall else None, "losses": losses,
-            "peak_mib": _peak_memory(device), "base_mib": base}
+            "peak_mib": _peak_memory(device), "base_mib": base, "marks": start.marks}
+
+
+def _textinv_precision(mixed_precision: str, flags: set[str]) -> str:
+    """-bf16 asks for bf16; a -budget run leaves `auto` (textinv's default) where the bench says `no`, so that
+    the budget may choose bf16 weights."""
+    if "bf16" in flags:
+        return "bf16"
+    return "auto" if "budget" in flags and mixed_precision == "no" else mixed_precision
 
 
 def worker_textinv(a: argparse.Namespace) -> dict:
@@ -97,11 +153,17 @@ def worker_textinv(a: argparse.Namespace) -> dict:
 
     from textinv import config as cfgmod
     from textinv.reporting import Reporter
+    from textinv.training import data, setup
     from textinv.training.loop import train
 
+    start = StartUp()
     base = _base_memory(a.device)
+    start.mark("imported")
+    start.wrap(setup, "prepare_model", "loaded")
+    start.wrap(data.LatentCache, "lookup", "encoded")
     stamps: list[float] = []
     first_wall: list[float] = []
+    messages: list[str] = []
 
     class Stamp(Reporter):
         def advance(self, task, done, **values):
@@ -109,35 +171,55 @@ def worker_textinv(a: argparse.Namespace) -> dict:
                 torch.cuda.synchronize()
             stamps.append(time.perf_counter())
             first_wall[:] = first_wall or [time.time()]
+            start.mark("first step")
 
-    cfg = cfgmod.build_config(None, [
-        f"model.source={a.model}", f"data.paths=[{a.images}]", f"data.resolution={a.resolution}",
-        f"data.batch_size={a.batch_size}", f"train.max_steps={a.steps}", "log.save_every=0", "log.image_every=0",
-        f"log.output_dir={a.out}", "optim.learning_rate=5e-3", "optim.scale_lr=false", f"train.device={a.device}",
-        f"train.mixed_precision={a.mixed_precision}", "personalization.initializer_words=[cat]", "train.seed=0",
-        f"train.gradient_checkpointing={str(a.worker.endswith('-gc')).lower()}",
-    ])
-    result = train(cfg, reporter=Stamp())
-    return _result(stamps, first_wall, result.losses, base, a.device)
+        def message(self, text):
+            messages.append(text)
+
+    _, flags = program_settings(a.worker)
+    sets = [f"model.source={a.model}", f"data.paths=[{a.images}]", f"data.resolution={a.resolution}",
+            f"data.batch_size={a.batch_size}", f"train.max_steps={a.steps}", "log.save_every=0",
+            "log.image_every=0", f"log.output_dir={a.out}", "optim.learning_rate=5e-3", "optim.scale_lr=false",
+            f"train.device={a.device}", "personalization.initializer_words=[cat]", "train.seed=0",
+            f"train.mixed_precision={_textinv_precision(a.mixed_precision, flags)}",
+            f"train.gradient_checkpointing={str('gc' in flags).lower()}", f"train.offload={str('offload' in flags).lower()}"]
+    if "budget" in flags:
+        sets.append(f"train.max_memory={a.max_memory}")
+    if a.shape == "sdxl":
+        sets += ["model.family=SDXL", "optim.gradient_accumulation_steps=1"]
+    result = train(cfgmod.build_config(None, sets), reporter=Stamp())
+    out = _result(stamps, first_wall, result.losses, base, a.device, start)
+    out["messages"] = [m for m in messages if m.startswith("memory budget")]
+    return out
 
 
 def worker_diffusers(a: argparse.Namespace) -> dict:
-    """Run the published script unchanged; only its tqdm bar's update() is wrapped to timestamp each step."""
+    """Run the published script unchanged; only its tqdm bar's update() is wrapped to timestamp each step (the bar
+    it names "Steps": transformers' and diffusers' loading bars are tqdm bars too)."""
     import runpy
 
     import torch
     import tqdm.auto
 
+    start = StartUp()
     base = _base_memory(a.device)
+    start.mark("imported")
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    start.wrap(UNet2DConditionModel, "from_pretrained", "loaded")  # the last model each example loads
+    start.wrap(AutoencoderKL, "encode", "encoded")
     stamps: list[float] = []
     first_wall: list[float] = []
     original = tqdm.auto.tqdm.update
 
     def update(self, n=1):
+        if getattr(self, "desc", "") != "Steps":  # the examples' training bar; loading bars update too
+            return original(self, n)
         if a.device.startswith("cuda"):
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())
         first_wall[:] = first_wall or [time.time()]
+        start.mark("first step")
         return original(self, n)
 
     losses: list[float] = []
@@ -168,7 +250,12 @@ def worker_diffusers(a: argparse.Namespace) -> dict:
             "class RandomHorizontalFlip:\n"
             "    def __init__(self, p=0.5):\n        self.p = p\n\n"
             "    def __call__(self, img):\n"
-            "        return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if torch.rand(1) < self.p else img\n"
+            "        return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if torch.rand(1) < self.p else img\n\n"
+            "class CenterCrop:  # the SDXL example's, with --center_crop (on an image already resized to size)\n"
+            "    def __init__(self, size):\n        self.size = size\n\n"
+            "    def __call__(self, img):\n"
+            "        left, top = round((img.width - self.size) / 2), round((img.height - self.size) / 2)\n"
+            "        return img.crop((left, top, left + self.size, top + self.size))\n"
         )
         sys.path.insert(0, str(shim))
     sys.argv = [a.diffusers_script,
@@ -180,8 +267,11 @@ def worker_diffusers(a: argparse.Namespace) -> dict:
                 "--save_steps", "1000000", "--checkpointing_steps", "1000000", "--dataloader_num_workers", "0",
                 "--seed", "0", "--mixed_precision", {"auto": "no"}.get(a.mixed_precision, a.mixed_precision),
                 "--report_to", "tensorboard"]  # its default; accelerate skips it when tensorboard is absent
-    if a.worker.endswith("-gc"):
+    _, flags = program_settings(a.worker)
+    if "gc" in flags:
         sys.argv.append("--gradient_checkpointing")
+    if "bf16" in flags:
+        sys.argv[sys.argv.index("--mixed_precision") + 1] = "bf16"
     if a.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     try:
@@ -189,7 +279,7 @@ def worker_diffusers(a: argparse.Namespace) -> dict:
     finally:
         tqdm.auto.tqdm.update = original
         tqdm.auto.tqdm.set_postfix = original_postfix
-    return _result(stamps, first_wall, losses, base, a.device)
+    return _result(stamps, first_wall, losses, base, a.device, start)
 
 
 def _has_torchvision() -> bool:
@@ -264,6 +354,14 @@ def parts(a: argparse.Namespace) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in timings.items()}
 
 
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _median_first(rs: list[dict], which: int) -> float:
+    return statistics.median(r["parts"]["first step"][which] for r in rs)
+
+
 def _rate(stamps: list[float], warmup: int) -> float:
     s = stamps[warmup:]
     return (len(s) - 1) / (s[-1] - s[0])
@@ -273,7 +371,9 @@ def run_worker(kind: str, a: argparse.Namespace, out: Path) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--model", a.model, "--images", a.images,
            "--resolution", str(a.resolution), "--batch-size", str(a.batch_size), "--steps", str(a.steps),
            "--device", a.device, "--mixed-precision", a.mixed_precision, "--out", str(out),
-           "--threads", str(a.threads)]
+           "--threads", str(a.threads), "--shape", a.shape]
+    if a.max_memory:
+        cmd += ["--max-memory", str(a.max_memory)]
     if a.diffusers_script:
         cmd += ["--diffusers-script", a.diffusers_script]
     launched = time.time()
@@ -283,13 +383,45 @@ def run_worker(kind: str, a: argparse.Namespace, out: Path) -> dict:
         raise SystemExit(f"{kind} run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     res = json.loads(lines[-1])
     res["first_step_s"] = res["first_step_at"] - launched
+    res["parts"] = {part: (wall - launched, cpu) for part, (wall, cpu) in res["marks"].items()}
     return res
 
 
 def _flops_per_sample(a: argparse.Namespace) -> float | None:
+    """Model FLOPs of one training sample: --flops-per-sample, else counted by torch's FlopCounterMode on the meta
+    device (no memory, no arithmetic): the UNet's forward pass and its backward pass to its inputs (the weights
+    are frozen) at the resolution, with cached latents (no VAE), plus the text encoders' forward and backward."""
     if a.flops_per_sample:
         return a.flops_per_sample
-    return SD15_FLOPS_512 * (a.resolution / 512) ** 2 if a.shape == "sd15" else None
+    import torch
+    from diffusers import UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    folder = Path(a.model)
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+        encoders = [cls(CLIPTextConfig.from_pretrained(folder / sub)) for sub, cls in
+                    (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection))
+                    if (folder / sub).is_dir()]
+    for module in (unet, *encoders):
+        module.requires_grad_(False)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        for te in encoders:  # forward only here; their backward pass to the learned rows costs about as much again
+            te(torch.zeros(1, 77, dtype=torch.long, device="meta"))
+        text = counter.get_total_flops()
+        hidden = torch.zeros(1, 77, unet.config.cross_attention_dim, device="meta", requires_grad=True)
+        added = {}
+        if unet.config.addition_embed_type == "text_time":
+            pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+            added = {"added_cond_kwargs": {"text_embeds": torch.zeros(1, pooled, device="meta"),
+                                           "time_ids": torch.zeros(1, 6, device="meta")}}
+        side = a.resolution // 8
+        out = unet(torch.zeros(1, 4, side, side, device="meta"), torch.zeros(1, device="meta", dtype=torch.long),
+                   hidden, **added).sample
+        out.sum().backward()
+    return counter.get_total_flops() + text
 
 
 def _peak_tflops(a: argparse.Namespace) -> float | None:
@@ -324,11 +456,13 @@ def main() -> None:
     ap.add_argument("--mixed-precision", default="no", help="no | fp16 | bf16 (the same for both)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--programs", default=None,
-                    help=f"comma-separated, from {', '.join(PROGRAMS)} (-gc: gradient checkpointing on); default: "
-                         "textinv, and diffusers when the example is given")
-    ap.add_argument("--diffusers-script", default=os.environ.get("DIFFUSERS_TI_SCRIPT"),
-                    help="path to diffusers' examples/textual_inversion/textual_inversion.py "
-                         "(default: $DIFFUSERS_TI_SCRIPT)")
+                    help="comma-separated: textinv and diffusers (the example), each with optional settings (see "
+                         "above), e.g. textinv,diffusers,textinv-gc; default: textinv, and diffusers when the "
+                         "example is given")
+    ap.add_argument("--max-memory", type=float, help="train.max_memory (GiB) of the textinv-budget programs")
+    ap.add_argument("--diffusers-script", default=None,
+                    help="path to diffusers' examples/textual_inversion/textual_inversion.py (textual_inversion_sdxl.py "
+                         "for --shape sdxl) (default: $DIFFUSERS_TI_SCRIPT, $DIFFUSERS_TI_SDXL_SCRIPT)")
     ap.add_argument("--diffusers-repo", default=os.environ.get("DIFFUSERS_REPO"),
                     help="a git clone of huggingface/diffusers to take the example from, at --diffusers-commit "
                          "(default: $DIFFUSERS_REPO)")
@@ -338,8 +472,8 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, help="the device's bf16 peak, for the model-FLOPs utilisation "
                                                       "(default: from the CUDA device's name)")
     ap.add_argument("--flops-per-sample", type=float,
-                    help="model FLOPs of one training sample (default: SD1.5's 1.36e12 at 512 px, by pixel count)")
-    ap.add_argument("--worker", choices=PROGRAMS, help=argparse.SUPPRESS)
+                    help="model FLOPs of one training sample (default: counted on the meta device)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--images", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -350,14 +484,17 @@ def main() -> None:
 
         torch.set_num_threads(a.threads)
     if a.worker:
-        fn = worker_textinv if a.worker.startswith("textinv") else worker_diffusers
+        fn = worker_textinv if program_settings(a.worker)[0] == "textinv" else worker_diffusers
         result = fn(a)
         print(json.dumps(result), flush=True)
         return
 
+    family = "sdxl" if a.shape == "sdxl" else "sd"
+    a.diffusers_script = a.diffusers_script or os.environ.get(
+        "DIFFUSERS_TI_SDXL_SCRIPT" if family == "sdxl" else "DIFFUSERS_TI_SCRIPT")
     with tempfile.TemporaryDirectory(prefix="textinv-bench-example-") as tmp:
         if a.diffusers_repo and not a.diffusers_script:
-            a.diffusers_script = str(extract_example(a.diffusers_repo, a.diffusers_commit, Path(tmp)))
+            a.diffusers_script = str(extract_example(a.diffusers_repo, a.diffusers_commit, Path(tmp), family))
         compare(a)
 
 
@@ -367,15 +504,20 @@ def compare(a: argparse.Namespace) -> None:
     a.model = a.model or str(random_models.build_model(a.shape, a.resolution))
     a.images = str(make_images(random_models.CACHE / "images"))
     kinds = a.programs.split(",") if a.programs else ["textinv"] + (["diffusers"] if a.diffusers_script else [])
-    if unknown := [k for k in kinds if k not in PROGRAMS]:
-        raise SystemExit(f"unknown program(s) {', '.join(unknown)}; choose from {', '.join(PROGRAMS)}")
+    for kind in kinds:
+        program_settings(kind)
     if any(k.startswith("diffusers") for k in kinds) and not a.diffusers_script:
         raise SystemExit("the diffusers example needs --diffusers-script PATH or --diffusers-repo CLONE")
+    if any("budget" in program_settings(k)[1] for k in kinds) and not a.max_memory:
+        raise SystemExit("a -budget program needs --max-memory GIB")
     runs: dict[str, list[dict]] = {k: [] for k in kinds}
     weights = random_models.weights_mib(Path(a.model))
     print(f"model {a.model} ({'given' if given else a.shape}; weights {weights:.0f} MiB), resolution "
           f"{a.resolution}, batch {a.batch_size}, {a.steps} steps/run ({a.warmup} untimed), device {a.device}, "
-          f"mixed precision {a.mixed_precision}, threads {a.threads or 'default'}", flush=True)
+          f"mixed precision {a.mixed_precision}, threads {a.threads or 'default'}"
+          + (f", example {Path(a.diffusers_script).name} at {a.diffusers_commit[:7]}" if a.diffusers_script else "")
+          + (f", train.max_memory {a.max_memory:g} GiB for -budget" if a.max_memory else ""), flush=True)
+    print(f"started {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, load average {_load()}", flush=True)
     for r in range(a.rounds):
         for kind in kinds if r % 2 == 0 else kinds[::-1]:
             with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as out:
@@ -385,24 +527,33 @@ def compare(a: argparse.Namespace) -> None:
             runs[kind].append(res)
             print(f"round {r + 1} {kind:12s} {res['rate']:.4f} steps/s  first step at {res['first_step_s']:.1f} s  "
                   f"peak {res['peak_mib']:.0f} MiB ({res['peak_mib'] - weights - res['base_mib']:.0f} above the "
-                  f"weights and libraries)  mean loss {res['mean_loss']:.4f}", flush=True)
-    print()
-    flops, peak = _flops_per_sample(a), _peak_tflops(a)
+                  f"weights and libraries)  mean loss {res['mean_loss']:.4f}  load average {_load()}", flush=True)
+            print("        start-up, wall / CPU s from launch: " + ", ".join(
+                f"{part} {wall:.1f} / {cpu:.1f}" for part, (wall, cpu) in res["parts"].items())
+                + "".join(f"\n        {m}" for m in res.get("messages", [])), flush=True)
+    print(f"\nfinished {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, load average {_load()}")
+    peak = _peak_tflops(a)
+    flops = _flops_per_sample(a) if peak else None
     medians = {}
     for kind, rs in runs.items():
         rate = medians[kind] = statistics.median(r["rate"] for r in rs)
         peak_mib = max(r["peak_mib"] for r in rs)
         above = peak_mib - weights - statistics.median(r["base_mib"] for r in rs)
+        first_cpu = statistics.median(r["parts"]["first step"][1] for r in rs)
         line = (f"{kind:12s} median {rate:.4f} steps/s ({1 / rate:.2f} s/step, {rate * a.batch_size:.4f} samples/s) "
-                f"over {a.rounds} rounds; first step at {statistics.median(r['first_step_s'] for r in rs):.1f} s; "
-                f"peak memory {peak_mib:.0f} MiB, {above:.0f} MiB above the weights and libraries; "
-                f"mean loss {statistics.mean(r['mean_loss'] for r in rs):.4f}")
+                f"over {a.rounds} rounds; first step at {statistics.median(r['first_step_s'] for r in rs):.1f} s "
+                f"({first_cpu:.1f} CPU s); peak memory {peak_mib:.0f} MiB, {above:.0f} MiB above the weights and "
+                f"libraries; mean loss {statistics.mean(r['mean_loss'] for r in rs):.4f}")
         if flops and peak:
             line += f"; model-FLOPs utilisation {rate * a.batch_size * flops / (peak * 1e12):.1%} of {peak:.0f} TFLOP/s"
         print(line)
     for kind in kinds:
         if kind.startswith("textinv") and "diffusers" in medians:
-            print(f"{kind} / diffusers example: {medians[kind] / medians['diffusers']:.2f}x steps/s")
+            ours, theirs = runs[kind], runs["diffusers"]
+            print(f"{kind} / diffusers example: {medians[kind] / medians['diffusers']:.2f}x steps/s, "
+                  f"{max(r['peak_mib'] for r in ours) / max(r['peak_mib'] for r in theirs):.2f}x peak memory, "
+                  f"{_median_first(ours, 0) / _median_first(theirs, 0):.2f}x time to the first step "
+                  f"({_median_first(ours, 1) / _median_first(theirs, 1):.2f}x in CPU seconds)")
     if a.parts if a.parts is not None else a.shape == "small":
         print("\nseconds per step, by part (medians of 5 timed steps, in this process):")
         for k, v in parts(a).items():

@@ -700,3 +700,26 @@ def test_prompt_weights_on_sd3_are_refused_in_one_line(tiny_sd3_dir, tmp_path):
     assert result.exit_code != 0
     assert "prompt weights such as (word:0.7)" in result.output
     assert "Traceback" not in result.output
+
+
+# --- issue 26's memory settings on SD3 and Flux.1 ----------------------------------------------------------------
+
+
+def test_an_offloaded_vae_trains_sd3_as_the_plain_run(tiny_sd3_dir, tmp_path):
+    images = make_images(tmp_path / "my_cat")
+    plain = _train(images, tiny_sd3_dir, tmp_path / "a", "--set", "log.image_every=3", steps=3)
+    offloaded = _train(images, tiny_sd3_dir, tmp_path / "b", "--set", "log.image_every=3", "--set", "train.offload=true",
+                       steps=3)
+    assert plain.exit_code == 0 and offloaded.exit_code == 0, plain.output + offloaded.output
+    (a,), (b,) = (tmp_path / "a").iterdir(), (tmp_path / "b").iterdir()
+    assert (a / "loss.csv").read_text() == (b / "loss.csv").read_text()
+    assert _keys(a / "embeddings" / "my_cat.safetensors") == _keys(b / "embeddings" / "my_cat.safetensors")
+    assert sorted(p.name for p in (b / "images").iterdir()) == sorted(p.name for p in (a / "images").iterdir())
+
+
+def test_a_memory_budget_on_flux_is_one_line_before_loading(tiny_flux_dir, tmp_path):
+    images = make_images(tmp_path / "my_cat")
+    result = _train(images, tiny_flux_dir, tmp_path / "logs", "--max-memory", "4")
+    assert result.exit_code != 0
+    assert "`train.max_memory` plans SD1.x, SD2.x and SDXL runs" in result.output
+    assert "Traceback" not in result.output

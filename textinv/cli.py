@@ -460,7 +460,7 @@ _TRAIN_KEYS = {"DIR": "data.paths", "--init-word": "personalization.initializer_
                "--placeholder": "personalization.placeholder_strings", "--name": "log.name", "--model": "model.source",
                "--device": "train.device", "--out": "log.output_dir",
                "--report-to": "log.report_to", "--model-config": "model.config",
-               "--gradient-checkpointing": "train.gradient_checkpointing"}
+               "--gradient-checkpointing": "train.gradient_checkpointing", "--max-memory": "train.max_memory"}
 
 
 @app.command(rich_help_panel="Training")
@@ -523,6 +523,11 @@ def train(
         bool, typer.Option("--gradient-checkpointing", help="Recompute the UNet's activations in the backward pass: "
                            "less memory, slower.", rich_help_panel="Training", show_default=False),
     ] = False,
+    max_memory: Annotated[
+        float | None, typer.Option("--max-memory", metavar="GIB", help="Memory budget in GiB: textinv picks the "
+                                   "fastest settings estimated to fit (bf16 weights, VAE offload, checkpointing).",
+                                   rich_help_panel="Training", show_default=False),
+    ] = None,
     resume: Annotated[
         Path | None, typer.Option("--resume", metavar="LOGDIR", help="Continue a run from its last checkpoint.",
                                   rich_help_panel="Training", show_default=False),
@@ -544,7 +549,7 @@ def train(
              "--placeholder": placeholder or None, "--name": name, "--config": config, "--model": model,
              "--model-config": str(model_config) if model_config else None, "--set": set_, "--device": device,
              "--out": out_dir or output_dir, "--report-to": report_to,
-             "--gradient-checkpointing": gradient_checkpointing or None}
+             "--gradient-checkpointing": gradient_checkpointing or None, "--max-memory": max_memory}
     with user_errors():
         notes: list[str] = []
         if resume is not None:  # only --max-steps may change; any other option is refused by name

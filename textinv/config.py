@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from textinv import strict_yaml
-from textinv.config_bounds import MAX_LEARNING_RATE, MAX_SEED, UPPER_BOUNDS, max_batch_size
+from textinv.config_bounds import MAX_LEARNING_RATE, MAX_MEMORY_GIB, MAX_SEED, UPPER_BOUNDS, max_batch_size
 from textinv.errors import ConfigError
 from textinv.formats import SHORTHANDS, TOOLS, WRITE_NAMES
 from textinv.formats.families import CONFIG_FOR
@@ -89,6 +89,8 @@ class TrainConfig:
     early_stop: int = 0  # patience, in validation-loss checks; 0: train to max_steps
     weighting_scheme: str = "logit_normal"  # SD3, Flux.1: timestep density / loss weighting (training/objective.py)
     flux_guidance: float = 1.0  # Flux.1-dev's guidance input while training (OneTrainer's default)
+    offload: bool = False  # the VAE leaves the device once every latent is cached; image logs bring it back
+    max_memory: float | None = None  # a budget in GiB: the fastest memory settings estimated to fit (training/budget.py)
 
 
 @dataclass
@@ -374,9 +376,10 @@ def validate(cfg: Config) -> Config:
     for w in p.initializer_words:
         if not w.strip():
             raise ConfigError("an init word is empty; pass a word that describes the concept, e.g. --init-word cat")
-    _positive(cfg, "personalization.num_vectors_per_token", "train.max_steps", "data.resolution", "data.batch_size",
-              "data.repeats", "optim.gradient_accumulation_steps", "log.num_images", "log.sample_steps")
-    _non_negative(cfg, "optim.lr_warmup_steps", "optim.weight_decay", "optim.max_grad_norm", "log.save_every",
+    _at_least(cfg, 1, "personalization.num_vectors_per_token", "train.max_steps", "data.resolution",
+              "data.batch_size", "data.repeats", "optim.gradient_accumulation_steps", "log.num_images",
+              "log.sample_steps", "log.val_samples")
+    _at_least(cfg, 0, "optim.lr_warmup_steps", "optim.weight_decay", "optim.max_grad_norm", "log.save_every",
                   "log.image_every", "train.seed", "log.val_loss_every", "log.eval_every", "train.early_stop",
                   "optim.embedding_reg_weight", "optim.min_snr_gamma", "optim.max_drift")
     for key in ("optim.norm_cap", "train.flux_guidance"):  # reals: a cap in vocabulary median norms, a guidance
@@ -384,7 +387,9 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"`{key}` is {get_key(cfg, key)}; it must be above 0")
     if not 0.0 <= cfg.optim.ema_decay < 1.0:
         raise ConfigError(f"`optim.ema_decay` is {cfg.optim.ema_decay}; it must be in [0, 1) (0: off; OneTrainer: 0.999)")
-    _positive(cfg, "log.val_samples")
+    if cfg.train.max_memory is not None and not 0 < cfg.train.max_memory <= MAX_MEMORY_GIB:
+        raise ConfigError(f"`train.max_memory` is {cfg.train.max_memory}; it must be above 0 and at most "
+                          f"{MAX_MEMORY_GIB} (GiB, e.g. 6 for a 6 GiB budget)")
     if cfg.train.early_stop and not cfg.log.val_loss_every:
         raise ConfigError("`train.early_stop` needs the validation loss; set `log.val_loss_every` (e.g. 100)")
     if p.num_vectors_per_token > 75:
@@ -451,16 +456,10 @@ def _finite(cfg: Config) -> None:
                 raise ConfigError(f"`{section.name}.{f.name}` is {value}; it must be a finite number")
 
 
-def _positive(cfg: Config, *keys: str) -> None:
+def _at_least(cfg: Config, low: int, *keys: str) -> None:
     for key in keys:
-        if get_key(cfg, key) <= 0:
-            raise ConfigError(f"`{key}` is {get_key(cfg, key)}; it must be 1 or more")
-
-
-def _non_negative(cfg: Config, *keys: str) -> None:
-    for key in keys:
-        if get_key(cfg, key) < 0:
-            raise ConfigError(f"`{key}` is {get_key(cfg, key)}; it must not be negative")
+        if get_key(cfg, key) < low:
+            raise ConfigError(f"`{key}` is {get_key(cfg, key)}; it must {'be 1 or more' if low else 'not be negative'}")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

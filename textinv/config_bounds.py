@@ -7,6 +7,7 @@ from __future__ import annotations
 
 MAX_SEED = 2**32 - 1  # the paper code's seed_everything (Lightning) takes 32-bit seeds; so does numpy
 MAX_LEARNING_RATE = 1.0  # the paper's rate is 5e-3; above 1 the vectors leave the embedding space in a step
+MAX_MEMORY_GIB = 4096  # train.max_memory, in GiB: more than any one machine holds
 MAX_BATCH_AT_512 = 64  # images per micro-batch at 512 px; larger batches go through gradient accumulation
 
 

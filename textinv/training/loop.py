@@ -117,7 +117,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
     precision = setup.resolve_precision(cfg.train.mixed_precision, device)
     images, items = data.build_items(cfg.personalization, cfg.data, reporter)
     model = setup.prepare_model(cfg.model, cfg.personalization, cfg.data.resolution, cfg.train.gradient_checkpointing,
-                                device, precision, reporter, cfg.train)
+                                device, precision, reporter, cfg.train, setup.memory_wish(cfg.train, cfg.data))
     batches = setup.make_batches(model, images, items, cfg.data, cfg.train.seed, acc.process_index, world)
     lr, how = setup.effective_batch(cfg.optim, cfg.data.batch_size, world)
     learning = setup.make_learning(model, batches, cfg.optim, lr, cfg.train.max_steps)
@@ -244,7 +244,7 @@ def _log_images(run: Run, step: int, model: TrainingModel, batches, images, log,
     """The image log at `step` (`log`, `p`: the log and personalization configs), and the loss plot redrawn with it
     (main process only); `say` tells the progress which picture is being drawn."""
     if run.main:
-        with model.on_device():
+        with model.whole(), model.on_device():  # [memory] an offloaded VAE (and T5) come back for the log
             log_images(run, step, model, log, p, images, batches, seed, say=say)
         run.plot_losses()
 

@@ -18,7 +18,7 @@ from torch import nn
 from textinv.atomic import check_writable
 from textinv.errors import ConfigError, ModelError, UsageError
 from textinv.formats.families import family_for
-from textinv.models import peek
+from textinv.models import memory, peek
 from textinv.models.conditioning import Conditioning, conditioning_for, kind_of
 from textinv.models.denoiser import Denoiser, denoiser_for, latent_shift, side_multiple
 from textinv.models.loading import load_pipeline, model_family, resolve_device
@@ -26,7 +26,7 @@ from textinv.models.tokens import SplicedEmbedding, add_placeholders, expand_pla
 from textinv.pictures import TrainImage, check_image_folder
 from textinv.reporting import Reporter
 from textinv.runs import Run
-from textinv.training import data
+from textinv.training import budget, data
 from textinv.training.levers import Levers
 from textinv.training.objective import DDPM, Objective, flow_matching
 from textinv.training.state import Learning
@@ -160,6 +160,8 @@ class TrainingModel:
     resolution: int
     denoiser: Denoiser | None = None
     offloaded: list[nn.Module] = field(default_factory=list)  # encoders moved to the CPU once their outputs are cached
+    parked: memory.Offload | None = None  # [memory] the VAE, off the device once the latents are cached
+    settled: bool = False  # [memory] the frozen weights cast and on the device
 
     @property
     def prediction(self) -> str:
@@ -199,20 +201,86 @@ class TrainingModel:
             for module in self.offloaded:
                 module.to("cpu")
 
+    def whole(self):
+        """[memory] A block in which the parked parts are back on the device (image logs, validation prompts)."""
+        return self.parked.back() if self.parked else contextlib.nullcontext()
+
+    def settle(self) -> None:
+        """[memory] Cast the frozen text encoder(s) and denoiser (UNet, SD3's or Flux.1's transformer) to the
+        training precision, one tensor at a time where they were loaded, and move them to the device (a no-op once
+        done). With offload this waits until every latent is cached, so the VAE's encodes never share memory with
+        the other weights."""
+        if self.settled:
+            return
+        if self.precision is not None:  # cast the frozen weights once rather than on every op of every step
+            for _, text_encoder in self.condition.encoders:
+                memory.cast_frozen(text_encoder, self.precision)  # the learned rows stay float32
+            memory.cast_frozen(self.denoiser.module, self.precision)  # the VAE stays float32: fp16 VAEs overflow
+        for _, text_encoder in self.condition.encoders:
+            text_encoder.to(self.device)
+        self.denoiser.module.to(self.device)
+        self.settled = True
+
     def unsplice(self) -> None:
         """Put the frozen token tables back (the pipeline is the caller's again)."""
         for (_, text_encoder), base, spliced in zip(self.condition.encoders, self.bases, self.splices, strict=True):
             replace_module(text_encoder, spliced, base)
 
 
+@dataclass
+class MemoryWish:
+    """[memory] What the config asks of memory: a budget in GiB (train.max_memory) or none, the VAE offloaded
+    (train.offload), whether the frozen weights may be cast (train.mixed_precision auto), the micro-batch."""
+
+    max_memory: float | None = None
+    offload: bool = False
+    may_cast: bool = False
+    batch: int = 1
+
+
+def memory_wish(train_cfg, data_cfg) -> MemoryWish:
+    return MemoryWish(max_memory=train_cfg.max_memory, offload=train_cfg.offload,
+                      may_cast=train_cfg.mixed_precision == "auto", batch=data_cfg.batch_size)
+
+
+def plan_memory(pipe, wish: MemoryWish, wanted: budget.Settings, resolution: int, before: int,
+                device: torch.device, reporter: Reporter) -> budget.Settings:
+    """[memory] The settings the run uses: as configured, or the fastest that fit train.max_memory."""
+    if wish.max_memory is None:
+        return wanted
+    settings, est = budget.choose(wish.max_memory, wanted, wish.may_cast, lambda s: budget.estimate(
+        pipe, s, resolution, wish.batch, before, device))
+    reporter.message(f"memory budget {wish.max_memory:g} GiB: {settings.describe()}; estimated peak "
+                     f"{est.describe()}")
+    return settings
+
+
 def prepare_model(model_cfg, p, resolution: int, gradient_checkpointing: bool, device: torch.device,
-                  precision: torch.dtype | None, reporter: Reporter, train_cfg=None) -> TrainingModel:
+                  precision: torch.dtype | None, reporter: Reporter, train_cfg=None,
+                  memory_wish: MemoryWish | None = None) -> TrainingModel:
     """Load the model, check the config fits it, add the placeholders (`p`: the personalization config) and
     splice one float32 Parameter of their rows into every text encoder that learns (fixed rows into one that does
-    not). `train_cfg` (the train config section) picks SD3's and Flux.1's loss weighting and Flux.1's guidance."""
+    not). `train_cfg` (the train config section) picks SD3's and Flux.1's loss weighting and Flux.1's guidance.
+    The model loads on the CPU (memory-mapped: nothing is read yet); the frozen text encoder(s) and denoiser are
+    cast there one tensor at a time and then moved to `device` (TrainingModel.settle), so neither holds a float32
+    copy beside the cast one; with offload (or a budget that chooses it) that waits until make_batches has cached
+    every latent."""
+    wish = memory_wish or MemoryWish()
     kind = peek.check_config_early(model_cfg.family, model_cfg.source, model_cfg.config, len(p.placeholder_strings))
+    if wish.max_memory is not None and kind in ("sd3", "flux"):
+        raise ConfigError("`train.max_memory` plans SD1.x, SD2.x and SDXL runs; for SD3 and Flux.1 the packaged "
+                          "configs' settings (bf16, gradient checkpointing) are the small-memory ones: drop it")
     weights = precision if precision is not None and kind in ("sd3", "flux") else None
-    pipe = load_frozen(model_cfg, resolution, gradient_checkpointing, device, weights or torch.float32)
+    before = (memory.resident_bytes() or 0) if device.type == "cpu" else 0
+    if device.type == "cpu":
+        memory.return_freed_memory()
+    pipe = load_frozen(model_cfg, resolution, False, torch.device("cpu"), weights or torch.float32)
+    settings = plan_memory(pipe, wish, budget.Settings(precision, wish.offload, gradient_checkpointing), resolution,
+                           before, device, reporter)
+    precision = settings.precision
+    denoiser = denoiser_for(pipe, guidance=train_cfg.flux_guidance if train_cfg else 1.0)
+    if settings.checkpointing:
+        denoiser.module.enable_gradient_checkpointing()
     # [conditioning] one text encoder, SDXL's two, SD3's three or Flux.1's two (textinv/models/conditioning.py);
     # the config must fit the model
     peek.check_config(model_cfg.family, kind_of(pipe), model_family(pipe), len(p.placeholder_strings))
@@ -228,11 +296,7 @@ def prepare_model(model_cfg, p, resolution: int, gradient_checkpointing: bool, d
         bases.append(base)
         first_ids.append(first_id)
         vectors.append(vecs)
-    denoiser = denoiser_for(pipe, guidance=train_cfg.flux_guidance if train_cfg else 1.0)
-    if precision is not None:  # cast the frozen weights once rather than on every op of every step
-        for _, text_encoder in condition.encoders:
-            text_encoder.to(precision)
-        denoiser.module.to(precision)  # the VAE stays float32: fp16 VAEs are known to overflow
+    pipe.vae.to(device)  # [memory] the rest moves in TrainingModel.settle, after casting
     # [conditioning] one float32 Parameter whatever the precision; each learning encoder's splice reads its columns
     learned = nn.Parameter(torch.cat([v for v, t in zip(vectors, condition.trained, strict=True) if t], 1).to(device))
     condition.frozen = {k: v.to(device) for k, (v, t) in enumerate(zip(vectors, condition.trained, strict=True))
@@ -243,9 +307,13 @@ def prepare_model(model_cfg, p, resolution: int, gradient_checkpointing: bool, d
     for (_, text_encoder), base, spliced in zip(condition.encoders, bases, splices, strict=True):
         replace_module(text_encoder, base, spliced)
     objective = _objective(pipe, model_cfg, train_cfg, resolution)
-    return TrainingModel(pipe=pipe, condition=condition, learned=learned, expansions=expansions, bases=bases,
-                         splices=splices, objective=objective, precision=precision, device=device,
-                         resolution=resolution, denoiser=denoiser)
+    model = TrainingModel(pipe=pipe, condition=condition, learned=learned, expansions=expansions, bases=bases,
+                          splices=splices, objective=objective, precision=precision, device=device,
+                          resolution=resolution, denoiser=denoiser,
+                          parked=memory.Offload(device) if settings.offload else None)
+    if not settings.offload:
+        model.settle()
+    return model
 
 
 def _objective(pipe, model_cfg, train_cfg, resolution: int) -> Objective:
@@ -275,9 +343,14 @@ def make_batches(model: TrainingModel, images: list[TrainImage], items: list[dat
     when `data.masks`."""
     prompt_ids = [model.condition.tokenize([expand_placeholders(s, model.expansions) for s in it.prompts])
                   .to(model.device) for it in items]
-    model.cache_text(torch.cat(prompt_ids))
     generator = torch.Generator().manual_seed(seed)
     cache = data.cache_latents(model.pipe.vae, images, model.device)
+    if model.parked is not None:  # [memory] every latent first, then the VAE leaves and the other weights come
+        every = range(len(images))
+        cache.lookup([i for i in every for _ in (0, 1)], [f for _ in every for f in (0, 1)])
+        model.parked.add(model.pipe.vae)
+    model.settle()
+    model.cache_text(torch.cat(prompt_ids))  # after settle: the encoders are on the device
     masks = data.latent_masks(images, cache.mean.shape[-1], model.device) if data_cfg.masks else None
     return data.Batches(items=items, prompt_ids=prompt_ids, cache=cache,
                         scaling=model.pipe.vae.config.scaling_factor, objective=model.objective,

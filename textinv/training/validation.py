@@ -109,7 +109,8 @@ class Validation:
 
         log = self.log
         self.reporter.status(f"drawing validation, {len(log.prompts) * log.num_images} images")
-        rows = [self.render(prompt, log.negative_prompt) for prompt in log.prompts]
+        with self.model.whole():  # [memory] an offloaded VAE comes back to draw them
+            rows = [self.render(prompt, log.negative_prompt) for prompt in log.prompts]
         seeds = [f"seed {self.seed + i}" for i in range(log.num_images)]
         negative = f", negative: {log.negative_prompt}" if log.negative_prompt else ""
         sheet = labelled_sheet(rows, title=f"validation at step {step}: guidance {log.guidance_scale:g}{negative}",
