@@ -103,7 +103,7 @@ def make_fixtures(fix: Path) -> None:
     from textinv.toy import world
 
     pics = fix / "pics"
-    world.write_concept(pics, *world.HELD_OUT, n=3)  # pictures of one toy concept: `eval` on the toy model scores them
+    world.write_concept(pics, *world.HELD_OUT[0], n=3)  # pictures of one toy concept: `eval` on the toy model scores them
     (fix / "empty").mkdir()
     (fix / "subonly" / "inner").mkdir(parents=True)
     (fix / "notimages").mkdir()

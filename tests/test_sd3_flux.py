@@ -629,8 +629,8 @@ def test_sd3_learning_check_on_the_flow_toy(tmp_path):
     from textinv.training import loop as trainmod
 
     build_sd3_toy(tmp_path / "sd3-toy", steps=300, batch=32)
-    world.write_concept(tmp_path / "train", *world.HELD_OUT, n=4, seed=0)
-    world.write_concept(tmp_path / "held", *world.HELD_OUT, n=4, seed=1)
+    world.write_concept(tmp_path / "train", *world.HELD_OUT[0], n=4, seed=0)
+    world.write_concept(tmp_path / "held", *world.HELD_OUT[0], n=4, seed=1)
     for colour, shape in (("red", "circle"), ("blue", "square"), ("green", "cross"), ("orange", "circle")):
         world.write_concept(tmp_path / "other", colour, shape, n=1, seed=2)
     cfg = build_config(None, ["data.resolution=32", "data.batch_size=8", "optim.gradient_accumulation_steps=1",

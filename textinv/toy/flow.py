@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     build_sd3_toy(args.folder, steps=args.steps)
     print(args.folder)
     if args.pictures:
-        world.write_concept(args.pictures, *world.HELD_OUT, n=4)
+        world.write_concept(args.pictures, *world.HELD_OUT[0], n=4)
         print(args.pictures)
 
 
