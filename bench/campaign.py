@@ -438,7 +438,10 @@ def resume_cases() -> list[Case]:
 
     def config_edit(old: str, new: str) -> Callable[[Path], None]:
         def how(run: Path):
-            (run / "config.yaml").write_text((run / "config.yaml").read_text().replace(old, new))
+            text = (run / "config.yaml").read_text()
+            if old not in text:  # the toy config changed under the campaign: the kind would try nothing
+                raise RuntimeError(f"config.yaml has no {old!r} to edit")
+            (run / "config.yaml").write_text(text.replace(old, new))
         return how
 
     def latest(run: Path) -> Path:
@@ -462,7 +465,7 @@ def resume_cases() -> list[Case]:
             '{"step": 9, "state": "../../../etc/passwd"}')),
         "state.json missing": ("ok", lambda run: (run / "state.json").unlink()),
         "every state damaged": ("error", lambda run: [p.write_bytes(b"") for p in (run / "state").iterdir()]),
-        "num_vectors_per_token edited": ("error", config_edit("num_vectors_per_token: 2", "num_vectors_per_token: 3")),
+        "num_vectors_per_token edited": ("error", config_edit("num_vectors_per_token: 4", "num_vectors_per_token: 3")),
         "placeholders edited": ("error", config_edit("placeholder_strings:\n  - '*'",
                                                      "placeholder_strings:\n  - '*'\n  - '<b>'")),
         "config.yaml damaged": ("error", lambda run: (run / "config.yaml").write_text("model: [\n")),
