@@ -79,6 +79,17 @@ def test_a_key_with_a_line_break_stays_on_one_line(tmp_path):
     assert "\n" not in str(e.value) and "unexpected keys '\\x98/\\n3Q'" in str(e.value)
 
 
+def test_a_base_with_a_line_break_stays_on_one_line(tmp_path):
+    from textinv.config import load_config
+    from textinv.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text('base: "config file text\\n"\n')  # found by `make fuzz` in CI: a base: that names no file
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert "\n" not in str(e.value) and "config file 'config file text\\n' not found" in str(e.value)
+
+
 def test_an_embedding_layout_with_no_tokens_is_refused(tmp_path):
     import base64
     import json

@@ -273,7 +273,8 @@ def resolve_config_path(path: str | Path) -> Path:
         if candidate.is_file():
             return candidate
     names = ", ".join(sorted(c.stem for c in PACKAGED_CONFIGS.glob("*.yaml")))
-    raise ConfigError(f"config file {path} not found; pass a YAML file or one of the packaged configs: {names}")
+    shown = str(path) if str(path).isprintable() else repr(str(path))  # a base: value may hold a line break
+    raise ConfigError(f"config file {shown} not found; pass a YAML file or one of the packaged configs: {names}")
 
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a page of text; anything bigger is the wrong file
