@@ -11,7 +11,6 @@ predicts, not enough to draw clean shapes.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 
 from textinv.toy import world
 from textinv.toy.pipeline import PipelineShape, build_sd3_pipeline
-from textinv.toy.sdxl import _pixels
+from textinv.toy.sdxl import command, fitting_set
 
 SHAPE = PipelineShape(vae_channels=(16, 32), norm_groups=8)
 
@@ -41,15 +40,9 @@ def build_sd3_toy(folder: str | Path, *, steps: int = 300, batch: int = 32, seed
     for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3):
         module.requires_grad_(False)
 
-    pictures = list(world.sample(20 * len(world.pairs(include_held_out=False)), seed=seed, include_held_out=False))
-    gen = torch.Generator().manual_seed(seed)
-    prompts = [world.caption(c, s, world.TEMPLATES[int(torch.randint(len(world.TEMPLATES), (1,), generator=gen))])
-               for _, c, s in pictures]
     cond = conditioning_for(pipe, SHAPE.resolution)
+    gen, latents, ids = fitting_set(pipe.vae, cond, seed)
     with torch.no_grad():
-        pixels = torch.stack([_pixels(img) for img, _, _ in pictures])
-        latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
-        ids = cond.tokenize(prompts)
         encoded = [cond(ids[i:i + 64]) for i in range(0, len(ids), 64)]
         hidden = torch.cat([e["encoder_hidden_states"] for e in encoded])
         pooled = torch.cat([e["pooled_projections"] for e in encoded])
@@ -72,18 +65,7 @@ def build_sd3_toy(folder: str | Path, *, steps: int = 300, batch: int = 32, seed
     return pipe
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="where to write the diffusers folder")
-    parser.add_argument("--steps", type=int, default=300, help="MMDiT fitting steps")
-    parser.add_argument("--pictures", type=Path, help="also write 4 pictures of the pair it never saw here")
-    args = parser.parse_args(argv)
-    build_sd3_toy(args.folder, steps=args.steps)
-    print(args.folder)
-    if args.pictures:
-        world.write_concept(args.pictures, *world.HELD_OUT[0], n=4)
-        print(args.pictures)
-
+main = command(build_sd3_toy, "MMDiT")
 
 if __name__ == "__main__":
     main()

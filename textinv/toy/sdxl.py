@@ -11,6 +11,7 @@ Too brief a fit to draw clean shapes; long enough that the prompt changes what t
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -37,15 +38,9 @@ def build_sdxl_toy(folder: str | Path, *, steps: int = 300, batch: int = 32, see
     for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
         module.requires_grad_(False)
 
-    pictures = list(world.sample(20 * len(world.pairs(include_held_out=False)), seed=seed, include_held_out=False))
-    gen = torch.Generator().manual_seed(seed)
-    prompts = [world.caption(c, s, world.TEMPLATES[int(torch.randint(len(world.TEMPLATES), (1,), generator=gen))])
-               for _, c, s in pictures]
     cond = conditioning_for(pipe, SHAPE.resolution)
+    gen, latents, ids = fitting_set(pipe.vae, cond, seed)
     with torch.no_grad():
-        pixels = torch.stack([_pixels(img) for img, _, _ in pictures])
-        latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
-        ids = cond.tokenize(prompts)
         hidden, added = zip(*(cond.encode(ids[i:i + 64]) for i in range(0, len(ids), 64)), strict=True)
         hidden = torch.cat(hidden)
         pooled = torch.cat([a["text_embeds"] for a in added])
@@ -69,25 +64,40 @@ def build_sdxl_toy(folder: str | Path, *, steps: int = 300, batch: int = 32, see
     return pipe
 
 
-def _pixels(image) -> torch.Tensor:
+def fitting_set(vae, cond, seed: int) -> tuple[torch.Generator, torch.Tensor, torch.Tensor]:
+    """What the SDXL and SD3 toys are fitted to: the toy world's captioned pictures without the held-out pairs, as
+    (the generator that drew their caption templates, which the fit goes on drawing from; their latents under `vae`;
+    their captions' token ids under `cond`)."""
     import numpy as np
 
-    arr = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0)
-    return arr.permute(2, 0, 1)
+    pictures = list(world.sample(20 * len(world.pairs(include_held_out=False)), seed=seed, include_held_out=False))
+    gen = torch.Generator().manual_seed(seed)
+    prompts = [world.caption(c, s, world.TEMPLATES[int(torch.randint(len(world.TEMPLATES), (1,), generator=gen))])
+               for _, c, s in pictures]
+    with torch.no_grad():
+        pixels = torch.stack([torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 127.5 - 1.0)
+                              .permute(2, 0, 1) for img, _, _ in pictures])
+        latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+    return gen, latents, cond.tokenize(prompts)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="where to write the diffusers folder")
-    parser.add_argument("--steps", type=int, default=300, help="UNet fitting steps")
-    parser.add_argument("--pictures", type=Path, help="also write 4 pictures of the pair it never saw here")
-    args = parser.parse_args(argv)
-    build_sdxl_toy(args.folder, steps=args.steps)
-    print(args.folder)
-    if args.pictures:
-        world.write_concept(args.pictures, *world.HELD_OUT[0], n=4)
-        print(args.pictures)
+def command(build, fitted: str):
+    """The command line of a toy builder: `python -m textinv.toy.<name> DIR [--steps N] [--pictures DIR]`."""
+    def main(argv: list[str] | None = None) -> None:
+        parser = argparse.ArgumentParser(description=sys.modules[build.__module__].__doc__.splitlines()[0])
+        parser.add_argument("folder", type=Path, help="where to write the diffusers folder")
+        parser.add_argument("--steps", type=int, default=300, help=f"{fitted} fitting steps")
+        parser.add_argument("--pictures", type=Path, help="also write 4 pictures of the pair it never saw here")
+        args = parser.parse_args(argv)
+        build(args.folder, steps=args.steps)
+        print(args.folder)
+        if args.pictures:
+            world.write_concept(args.pictures, *world.HELD_OUT[0], n=4)
+            print(args.pictures)
+    return main
 
+
+main = command(build_sdxl_toy, "UNet")
 
 if __name__ == "__main__":
     main()
