@@ -209,15 +209,21 @@ def test_min_snr_weights_match_diffusers_compute_snr():
     assert min_snr_weights(scheduler.alphas_cumprod, t, 5.0, "epsilon").tolist() == pytest.approx(expected.tolist())
 
 
-def test_training_weights_each_sample_by_min_snr(tmp_path, tiny_model_dir, images, monkeypatch):
+def _spy_on_the_loss(monkeypatch, which: str) -> list:
+    """What the training loop passes to compute_loss as `which` (weights or mask), one entry per call."""
     seen = []
     real = trainmod.compute_loss
 
     def spy(*args, weights=None, mask=None):
-        seen.append(weights)
+        seen.append({"weights": weights, "mask": mask}[which])
         return real(*args, weights=weights, mask=mask)
 
     monkeypatch.setattr(trainmod, "compute_loss", spy)
+    return seen
+
+
+def test_training_weights_each_sample_by_min_snr(tmp_path, tiny_model_dir, images, monkeypatch):
+    seen = _spy_on_the_loss(monkeypatch, "weights")
     _train(tmp_path, tiny_model_dir, images, "run", "optim.min_snr_gamma=5", "train.max_steps=2")
     assert len(seen) == 2 and all(w is not None and w.shape == (2,) for w in seen)
     assert all(((w > 0) & (w <= 1)).all() for w in seen)
@@ -266,14 +272,7 @@ def test_a_mask_beside_a_picture_is_read_with_it_and_is_no_picture(tmp_path):
 
 def test_training_restricts_the_loss_to_the_mask(tmp_path, tiny_model_dir, monkeypatch):
     folder = _masked_folder(tmp_path)
-    seen = []
-    real = trainmod.compute_loss
-
-    def spy(*args, weights=None, mask=None):
-        seen.append(mask)
-        return real(*args, weights=weights, mask=mask)
-
-    monkeypatch.setattr(trainmod, "compute_loss", spy)
+    seen = _spy_on_the_loss(monkeypatch, "mask")
     _train(tmp_path, tiny_model_dir, folder, "run", "train.max_steps=3", "data.flip_p=0")
     assert seen and all(m is not None and m.shape[:2] == (2, 1) for m in seen), [getattr(m, "shape", m) for m in seen]
     # the masked picture's rows: left half 1, right half 0; the other picture: all ones

@@ -94,10 +94,8 @@ class Forward:
     model: TrainingModel
     optim: Any = None  # the optim config (None: no loss weighting)
 
-    def __post_init__(self):
-        if self.optim is not None and self.optim.min_snr_gamma and not isinstance(self.model.objective, DDPM):
-            raise ConfigError("`optim.min_snr_gamma` weights DDPM training (SD1.x, SD2.x, SDXL); this model trains "
-                              "with flow matching, weighted by `train.weighting_scheme`: set min_snr_gamma to 0")
+    def __post_init__(self):  # the CLI checked this before loading; a library caller of train() is checked here
+        setup.check_flow_options(not isinstance(self.model.objective, DDPM), self.optim)
 
     def __call__(self, noisy, timesteps, ids, target, mask=None) -> torch.Tensor:
         m, gamma = self.model, self.optim.min_snr_gamma if self.optim is not None else 0.0

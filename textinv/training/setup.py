@@ -72,10 +72,19 @@ def check_before_loading(cfg, *, resume: bool = False) -> None:
         check_writable(cfg.log.output_dir, "--out")
     for folder in cfg.data.paths:
         check_image_folder(folder)
+    check_flow_options(peek.model_kind(cfg.model.source) in ("sd3", "flux"), cfg.optim)
     dims = peek.check_model(cfg.model.source, cfg.model.config)
     if dims is not None:
         kind = peek.model_kind(cfg.model.source) or ("sdxl" if dims[1] is not None else "sd")
         peek.check_config(cfg.model.family, kind, family_for(*dims), len(cfg.personalization.placeholder_strings))
+
+
+def check_flow_options(flow: bool, optim) -> None:
+    """The options only DDPM training takes, refused for a model trained with flow matching (`flow`: SD3, Flux.1):
+    Min-SNR weights DDPM timesteps; flow matching has `train.weighting_scheme`."""
+    if flow and optim is not None and optim.min_snr_gamma:
+        raise ConfigError("`optim.min_snr_gamma` weights DDPM training (SD1.x, SD2.x, SDXL); this model trains "
+                          "with flow matching, weighted by `train.weighting_scheme`: set min_snr_gamma to 0")
 
 
 def make_accelerator(train_cfg):
