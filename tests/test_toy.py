@@ -216,3 +216,18 @@ def test_demo_runs_torch_on_one_thread_and_reports_through_the_reporter(tmp_path
     assert {"train", "images", "steps"} <= set(heard.tasks)
     stages = [m for m in heard.messages if m.startswith(("wrote 4 pictures", "learned *", "generating 2 pictures"))]
     assert [m.split()[0] for m in stages] == ["wrote", "learned", "generating"]  # the demo's own lines, in order
+
+
+def test_pipelines_built_in_memory_leave_nothing_in_the_temp_dir(tmp_path, monkeypatch):
+    """Each in-memory toy pipeline used to leave its tokenizer folder behind (251 `textinv-tok-*` folders after a
+    day of test runs here)."""
+    import tempfile
+
+    from textinv.toy.pipeline import build_flux_pipeline, build_sd3_pipeline, build_sdxl_pipeline
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    words = world.vocabulary()
+    pipes = [build(words) for build in (build_sdxl_pipeline, build_sd3_pipeline, build_flux_pipeline)]
+    assert [p.tokenizer("a red circle").input_ids[1:3] for p in pipes] == [pipes[0].tokenizer("a red circle")
+                                                                            .input_ids[1:3]] * 3
+    assert list(tmp_path.iterdir()) == []

@@ -38,8 +38,7 @@ def build_pipeline(
     """A random pipeline whose tokenizer knows `words`; saved as a diffusers folder when `folder` is given."""
     shape = shape or PipelineShape()
     torch.manual_seed(seed)
-    tok_dir = Path(folder) / "tokenizer" if folder else Path(_tmpdir()) / "tokenizer"
-    tokenizer = write_clip_tokenizer(words, tok_dir)
+    tokenizer = _tokenizer(write_clip_tokenizer, words, folder, "tokenizer")
     text_encoder = CLIPTextModel(_text_config(tokenizer, shape, shape.text_dim))
     unet = _unet(shape, shape.text_dim)
     vae = AutoencoderKL(
@@ -108,10 +107,15 @@ def _unet(shape: PipelineShape, cross_attention_dim: int, **extra) -> UNet2DCond
     )
 
 
-def _tmpdir() -> str:
+def _tokenizer(write, words: list[str], folder: str | Path | None, sub: str):
+    """`write(words, folder/sub)`: into the pipeline's folder when it has one, else into a temporary folder that is
+    removed once the tokenizer is loaded (a pipeline built in memory leaves nothing behind in the temp dir)."""
+    if folder:
+        return write(words, Path(folder) / sub)
     import tempfile
 
-    return tempfile.mkdtemp(prefix="textinv-tok-")
+    with tempfile.TemporaryDirectory(prefix="textinv-tok-") as tmp:
+        return write(words, Path(tmp) / sub)
 
 
 def build_sdxl_pipeline(
@@ -131,7 +135,7 @@ def build_sdxl_pipeline(
     unet = _unet(shape, shape.text_dim + dim_2, use_linear_projection=True, addition_embed_type="text_time",
                  addition_time_embed_dim=time_dim,
                  projection_class_embeddings_input_dim=6 * time_dim + dim_2)  # six size/crop ids + the pooled one
-    tokenizer_2 = write_clip_tokenizer(words, Path(folder) / "tokenizer_2" if folder else Path(_tmpdir()) / "tok2")
+    tokenizer_2 = _tokenizer(write_clip_tokenizer, words, folder, "tokenizer_2")
     tokenizer_2.pad_token = "!"  # as SDXL's second tokenizer: the two pad differently, so each must tokenize
     pipe = StableDiffusionXLPipeline(
         vae=base.vae,
@@ -158,7 +162,7 @@ def _t5(words: list[str], folder: Path | None, width: int = T5_DIM):
 
     from textinv.toy.tokenizer import write_t5_tokenizer
 
-    tokenizer = write_t5_tokenizer(words, folder if folder else Path(_tmpdir()) / "t5")
+    tokenizer = _tokenizer(write_t5_tokenizer, words, folder, "")
     config = T5Config(vocab_size=len(tokenizer) + 28, d_model=width, d_kv=8, d_ff=width * 2, num_layers=2,
                       num_heads=2, is_encoder_decoder=False, decoder_start_token_id=0)
     return T5EncoderModel(config), tokenizer
@@ -182,7 +186,7 @@ def _clip_encoders(words: list[str], folder: Path | None, widths: tuple[int, ...
     out = []
     for k, width in enumerate(widths):
         sub = "tokenizer" if k == 0 else f"tokenizer_{k + 1}"
-        tokenizer = write_clip_tokenizer(words, Path(folder) / sub if folder else Path(_tmpdir()) / sub)
+        tokenizer = _tokenizer(write_clip_tokenizer, words, folder, sub)
         if k:
             tokenizer.pad_token = "!"
         config = _text_config(tokenizer, shape, width)
