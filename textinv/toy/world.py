@@ -26,11 +26,12 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES = ("circle", "square", "triangle", "cross")
 
-# The pairs the shipped model never saw (its training.json says the same). Issue 21 asks for several, each of
-# another colour and shape so that every colour edit of one is a pair the model knows (e.g. add ("green",
-# "circle"), ("orange", "cross"), ("yellow", "square")), which needs `make toy-model` (about 30 min of one idle
-# core) and the rebuilt weights committed; until then the one pair below, the demo's, is the only unseen concept.
-HELD_OUT: tuple[tuple[str, str], ...] = (("purple", "triangle"),)
+# The pairs the shipped model never saw (its training.json says the same): four, each of another colour and shape,
+# so that every colour edit of one is a pair the model knows (a green edit of the purple triangle is the green
+# triangle, which it saw). The first is the demo's; the levers' defaults are chosen on some and checked on others.
+HELD_OUT: tuple[tuple[str, str], ...] = (
+    ("purple", "triangle"), ("green", "circle"), ("orange", "cross"), ("yellow", "square"),
+)
 
 # Textual inversion's prompt templates (the original paper's object list); the toy model learns all of them so
 # training prompts read as the model expects.
