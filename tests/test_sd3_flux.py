@@ -712,6 +712,13 @@ def test_min_snr_gamma_on_a_flow_model_is_one_line(tiny_flux_dir, tmp_path, no_l
     _refused_in_one_line(result, "`optim.min_snr_gamma` weights DDPM training")
 
 
+def test_the_edit_anchor_on_a_flow_model_is_one_line(tiny_sd3_dir, tmp_path, no_loading):
+    images = make_images(tmp_path / "my_cat")
+    result = _train(images, tiny_sd3_dir, tmp_path / "logs", "--set", "optim.edit_anchor_weight=3", "--set",
+                    "optim.edit_words=[red]")
+    _refused_in_one_line(result, "`optim.edit_anchor_weight` has been measured on DDPM models only")
+
+
 def test_prompt_weights_on_sd3_are_refused_in_one_line(tiny_sd3_dir, tmp_path):
     result = _run("generate", "a photo of (cat:1.3)", "--model", tiny_sd3_dir, "-s", 2, "-W", 32, "-H", 32,
                   "-o", tmp_path)

@@ -77,6 +77,8 @@ class OptimConfig:
     max_drift: float = 0.0  # 0: off; else keep each vector within this many vocabulary median norms of its init
     ema_decay: float = 0.0  # 0: off; else also save an EMA of the vectors, <name>-ema.pt (OneTrainer: 0.999)
     min_snr_gamma: float = 0.0  # 0: off; else Min-SNR-gamma loss weighting (invoke-training's default: 5)
+    edit_anchor_weight: float = 0.0  # 0: off; else keep `<edit word> *` obeying the edit (training/anchor.py)
+    edit_words: list[str] = field(default_factory=list)  # the edits to keep, e.g. [red, blue, wooden]
 
 
 @dataclass
@@ -139,7 +141,7 @@ FORMATS = tuple(f for f in (*SHORTHANDS, *WRITE_NAMES, *TOOLS) if f not in ("png
 
 def all_keys() -> list[str]:
     """Every dotted key the schema knows, e.g. `optim.learning_rate`."""
-    return [f"{section}.{f.name}" for section, cls in _section_types().items() for f in dataclasses.fields(cls)]
+    return [f"{section}.{f.name}" for section, cls in _SECTIONS.items() for f in dataclasses.fields(cls)]
 
 
 def _section_fields(section_cls: type) -> dict[str, dataclasses.Field]:
@@ -149,10 +151,7 @@ def _section_fields(section_cls: type) -> dict[str, dataclasses.Field]:
 # dataclasses.fields() gives string annotations under `from __future__ import annotations`; resolve them once.
 _HINTS = {cls: typing.get_type_hints(cls) for cls in (ModelConfig, PersonalizationConfig, DataConfig, OptimConfig,
                                                        TrainConfig, LogConfig, Config)}
-
-
-def _section_types() -> dict[str, type]:
-    return {name: hint for name, hint in _HINTS[Config].items()}
+_SECTIONS: dict[str, type] = dict(_HINTS[Config])
 
 
 # Keys users bring from other trainers that textinv has no equivalent for, with what to do instead.
@@ -233,7 +232,7 @@ def get_key(cfg: Config, key: str) -> Any:
 def set_key(cfg: Config, key: str, value: Any) -> None:
     """Set one dotted key (`optim.learning_rate`), checking that it exists and that the value has its type."""
     parts = key.split(".")
-    sections = _section_types()
+    sections = _SECTIONS
     if len(parts) != 2 or parts[0] not in sections or parts[1] not in _section_fields(sections[parts[0]]):
         raise ConfigError(f"unknown config key `{key}`{_suggest(key)}")
     section_cls = sections[parts[0]]
@@ -248,7 +247,7 @@ def from_dict(data: dict[str, Any] | None, *, source: str = "config") -> Config:
         return cfg
     if not isinstance(data, dict):
         raise ConfigError(f"{source} must be a mapping of sections (model:, data:, ...), got {type(data).__name__}")
-    sections = _section_types()
+    sections = _SECTIONS
     for section, values in data.items():
         if section not in sections:
             raise ConfigError(f"{source}: unknown config section `{section}`{_suggest(str(section))}")
@@ -382,7 +381,8 @@ def validate(cfg: Config) -> Config:
               "log.sample_steps", "log.val_samples")
     _at_least(cfg, 0, "optim.lr_warmup_steps", "optim.weight_decay", "optim.max_grad_norm", "log.save_every",
                   "log.image_every", "train.seed", "log.val_loss_every", "log.eval_every", "train.early_stop",
-                  "optim.embedding_reg_weight", "optim.min_snr_gamma", "optim.max_drift")
+                  "optim.embedding_reg_weight", "optim.min_snr_gamma", "optim.max_drift",
+                  "optim.edit_anchor_weight")
     for key in ("optim.norm_cap", "train.flux_guidance"):  # reals: a cap in vocabulary median norms, a guidance
         if not get_key(cfg, key) > 0:
             raise ConfigError(f"`{key}` is {get_key(cfg, key)}; it must be above 0")

@@ -31,6 +31,7 @@ import torch
 from textinv.config import Config, to_dict
 from textinv.errors import ConfigError, Interrupted, TextinvError
 from textinv.models.loading import base_model_of
+from textinv.models.tokens import expand_placeholders
 from textinv.reporting import Reporter
 from textinv.runs import Run
 from textinv.training import data, setup
@@ -81,9 +82,57 @@ def compute_loss(denoiser, condition, noisy, timesteps, ids, target, autocast_dt
     """One forward pass: conditioning (with the spliced rows), the denoiser (UNet, SD3's or Flux.1's transformer),
     MSE against the target in float32, each sample's weighted by `weights` and restricted to its `mask` when given
     (training/objective.py)."""
+    return weighted_mse(predict(denoiser, condition, noisy, timesteps, ids, autocast_dtype, device), target,
+                        weights=weights, mask=mask)
+
+
+def predict(denoiser, condition, noisy, timesteps, ids, autocast_dtype, device) -> torch.Tensor:
+    """The denoiser's prediction for token `ids` (the spliced rows included), under the run's autocast."""
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        pred = denoiser(noisy, timesteps, condition(ids))
-    return weighted_mse(pred, target, weights=weights, mask=mask)
+        return denoiser(noisy, timesteps, condition(ids))
+
+
+@dataclass
+class EditAnchor:
+    """Keeps the learned word obeying edits (issue 21; `optim.edit_anchor_weight`, `optim.edit_words`).
+
+    On half of each batch's noisy latents, a training template filled with `<edit word> <placeholder>` (`a photo of
+    a green *`) is pulled toward the frozen model's own prediction for the same template with the init word (`a
+    photo of a green triangle`): what the model already knows of the init word under that edit is the teacher, as
+    the model's own class samples are in DreamBooth's prior preservation (Ruiz et al. 2023, sec. 3.3), so no
+    picture of the edit is needed. The choices come from the run's generator (resume stays exact); costs one more
+    forward and backward of the denoiser on half the batch, and one forward without gradients."""
+
+    model: TrainingModel
+    weight: float
+    words: list[str]
+    templates: list[str]
+    pairs: list[tuple[str, str]]  # (placeholder, its init word)
+    generator: torch.Generator
+
+    @classmethod
+    def of(cls, model: TrainingModel, optim, p, generator: torch.Generator) -> EditAnchor | None:
+        if not optim.edit_anchor_weight:
+            return None
+        return cls(model, optim.edit_anchor_weight, list(optim.edit_words), data.load_templates(p.learnable_property),
+                   list(zip(p.placeholder_strings, p.initializer_words, strict=True)), generator)
+
+    def __call__(self, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        m, k = self.model, max(1, noisy.shape[0] // 2)
+        draws = [torch.randint(n, (k,), generator=self.generator).tolist()
+                 for n in (len(self.templates), len(self.words), len(self.pairs))]
+        student, teacher = [], []
+        for t, w, i in zip(*draws, strict=True):
+            placeholder, init = self.pairs[i]
+            student.append(expand_placeholders(data.fill_prompt(self.templates[t], f"{self.words[w]} {placeholder}"),
+                                               m.expansions))
+            teacher.append(data.fill_prompt(self.templates[t], f"{self.words[w]} {init}"))
+        ids = [m.condition.tokenize(prompts).to(m.device) for prompts in (student, teacher)]
+        noisy, timesteps = noisy[:k], timesteps[:k]
+        with torch.no_grad():
+            target = predict(m.denoiser, m.condition, noisy, timesteps, ids[1], m.precision, m.device).float()
+        return self.weight * compute_loss(m.denoiser, m.condition, noisy, timesteps, ids[0], target, m.precision,
+                                          m.device)
 
 
 @dataclass
@@ -93,9 +142,10 @@ class Forward:
 
     model: TrainingModel
     optim: Any = None  # the optim config (None: no loss weighting)
+    anchor: EditAnchor | None = None  # training only: validation's forward passes run without gradients
 
     def __post_init__(self):  # the CLI checked this before loading; a library caller of train() is checked here
-        setup.check_flow_options(not isinstance(self.model.objective, DDPM), self.optim)
+        setup.check_optim(not isinstance(self.model.objective, DDPM), self.optim)
 
     def __call__(self, noisy, timesteps, ids, target, mask=None) -> torch.Tensor:
         m, gamma = self.model, self.optim.min_snr_gamma if self.optim is not None else 0.0
@@ -103,7 +153,8 @@ class Forward:
         if gamma:
             weights = min_snr_weights(m.objective.scheduler.alphas_cumprod, timesteps, gamma, m.prediction)
         extra = {k: v for k, v in (("weights", weights), ("mask", mask)) if v is not None}
-        return compute_loss(m.denoiser, m.condition, noisy, timesteps, ids, target, m.precision, m.device, **extra)
+        loss = compute_loss(m.denoiser, m.condition, noisy, timesteps, ids, target, m.precision, m.device, **extra)
+        return loss + self.anchor(noisy, timesteps) if self.anchor is not None and torch.is_grad_enabled() else loss
 
 
 def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path | None = None) -> RunResult:
@@ -128,15 +179,15 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
         raise ConfigError(f"{run.path} already finished at step {step}; pass a larger --max-steps to train further")
     reporter.message(how)
     tracking = setup.start_trackers(acc, cfg.log.report_to, to_dict(cfg), run)
-    forward, log, p, max_steps = Forward(model, cfg.optim), cfg.log, cfg.personalization, cfg.train.max_steps
+    forward = Forward(model, cfg.optim, EditAnchor.of(model, cfg.optim, cfg.personalization, batches.generator))
+    log, p, max_steps = cfg.log, cfg.personalization, cfg.train.max_steps
     validation = Validation(run, log, cfg.train.seed, model=model, batches=batches, batch_size=cfg.data.batch_size,
                             forward=forward, embedding_at=embedding.at, reporter=reporter,
                             patience=cfg.train.early_stop)
     last_good = step if resume is not None else None
     reporter.start("train", max_steps, done=step,
                    note=f"{'resuming' if step else 'training'} in {run.path} from step {step} to {max_steps}")
-    losses: list[float] = []
-    batch, accum = cfg.data.batch_size, cfg.optim.gradient_accumulation_steps
+    losses, batch, accum = [], cfg.data.batch_size, cfg.optim.gradient_accumulation_steps  # losses: this call's steps
     try:
         with _ctrl_c() as stop:
             while step < max_steps:

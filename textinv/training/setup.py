@@ -72,19 +72,28 @@ def check_before_loading(cfg, *, resume: bool = False) -> None:
         check_writable(cfg.log.output_dir, "--out")
     for folder in cfg.data.paths:
         check_image_folder(folder)
-    check_flow_options(peek.model_kind(cfg.model.source) in ("sd3", "flux"), cfg.optim)
+    check_optim(peek.model_kind(cfg.model.source) in ("sd3", "flux"), cfg.optim)
     dims = peek.check_model(cfg.model.source, cfg.model.config)
     if dims is not None:
         kind = peek.model_kind(cfg.model.source) or ("sdxl" if dims[1] is not None else "sd")
         peek.check_config(cfg.model.family, kind, family_for(*dims), len(cfg.personalization.placeholder_strings))
 
 
-def check_flow_options(flow: bool, optim) -> None:
-    """The options only DDPM training takes, refused for a model trained with flow matching (`flow`: SD3, Flux.1):
-    Min-SNR weights DDPM timesteps; flow matching has `train.weighting_scheme`."""
-    if flow and optim is not None and optim.min_snr_gamma:
+def check_optim(flow: bool, optim) -> None:
+    """The optim options the config alone cannot judge: the edit anchor needs its words, and the options only DDPM
+    training takes are refused for a model trained with flow matching (`flow`: SD3, Flux.1): Min-SNR weights DDPM
+    timesteps (flow matching has `train.weighting_scheme`), and the edit anchor has been tried on DDPM models only."""
+    if optim is None:
+        return
+    if optim.edit_anchor_weight and not [w for w in optim.edit_words if w.strip()]:
+        raise ConfigError("`optim.edit_anchor_weight` needs `optim.edit_words`, the words that must keep working "
+                          "before the placeholder: e.g. --set 'optim.edit_words=[red, blue, wooden]'")
+    if flow and optim.min_snr_gamma:
         raise ConfigError("`optim.min_snr_gamma` weights DDPM training (SD1.x, SD2.x, SDXL); this model trains "
                           "with flow matching, weighted by `train.weighting_scheme`: set min_snr_gamma to 0")
+    if flow and optim.edit_anchor_weight:
+        raise ConfigError("`optim.edit_anchor_weight` has been measured on DDPM models only (SD1.x, SD2.x, SDXL, "
+                          "the toy model); for SD3 and Flux.1 set it to 0")
 
 
 def make_accelerator(train_cfg):
