@@ -34,16 +34,18 @@ from textinv.toy import world
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES, EDIT_SAMPLES = 16, 4
-# Chosen on the first two held-out concepts, checked on the others; while the shipped model holds out one
-# concept only (world.HELD_OUT), `check` runs on it too, in the conditions `choose` never used.
-CHOOSE, CHECK = world.HELD_OUT[:2], world.HELD_OUT[2:] or world.HELD_OUT[:1]
+# Chosen on the first two held-out concepts (the purple triangle, the green circle), checked on the other two
+# (the orange cross, the yellow square), which the choice never saw.
+CHOOSE, CHECK = world.HELD_OUT[:2], world.HELD_OUT[2:]
 CHOOSE_TEMPLATES = ("a photo of a {colour} {}", "a rendering of a {colour} {}")
 CHECK_TEMPLATES = ("a good photo of a {colour} {}", "the photo of the {colour} {}")  # never used in `choose`
+TAUGHT = ("red", "yellow", "blue")  # "edit words held out": the anchor is taught these, judged on the others
 SMALL = (8.0, 13.0)  # "drawn differently": shapes 8-13 px instead of the renderer's 13-24
 
+EDIT_WORDS = f"optim.edit_words=[{', '.join(world.COLOURS)}]"
 # name -> the config keys it sets over configs/toy.yaml (as `--set` takes them)
 TRAINED = {
-    "baseline (toy.yaml before)": ["optim.ema_decay=0.99", "optim.embedding_reg_weight=0", "optim.norm_control=none",
+    "baseline (toy.yaml before)": ["optim.ema_decay=0.99", "optim.edit_anchor_weight=0", "optim.embedding_reg_weight=0", "optim.norm_control=none",
                                    "optim.min_snr_gamma=0", "optim.max_drift=0", "train.max_steps=300",
                                    "personalization.num_vectors_per_token=2"],
     "reg 0.01": ["optim.embedding_reg_weight=0.01"],
@@ -52,22 +54,49 @@ TRAINED = {
     "reg 0.2": ["optim.embedding_reg_weight=0.2"],
     "reg 0.3": ["optim.embedding_reg_weight=0.3"],
     "reg 1": ["optim.embedding_reg_weight=1"],
+    "drift 0.15": ["optim.embedding_reg_weight=0", "optim.max_drift=0.15"],
+    "drift 0.2": ["optim.embedding_reg_weight=0", "optim.max_drift=0.2"],
+    "drift 0.25": ["optim.embedding_reg_weight=0", "optim.max_drift=0.25"],
     "drift 0.3": ["optim.embedding_reg_weight=0", "optim.max_drift=0.3"],
     "drift 0.35": ["optim.embedding_reg_weight=0", "optim.max_drift=0.35"],
     "drift 0.45": ["optim.embedding_reg_weight=0", "optim.max_drift=0.45"],
     "drift 0.35 cosine": ["optim.embedding_reg_weight=0", "optim.max_drift=0.35", "optim.lr_scheduler=cosine"],
     "drift 0.4 cosine": ["optim.embedding_reg_weight=0", "optim.max_drift=0.4", "optim.lr_scheduler=cosine"],
     "1 vector reg 0.2": ["optim.embedding_reg_weight=0.2", "personalization.num_vectors_per_token=1"],
+    "1 vector": ["personalization.num_vectors_per_token=1"],
+    "1 vector drift 0.3": ["optim.embedding_reg_weight=0", "optim.max_drift=0.3",
+                           "personalization.num_vectors_per_token=1"],
     "1 vector drift 0.35": ["optim.embedding_reg_weight=0", "optim.max_drift=0.35",
                              "personalization.num_vectors_per_token=1"],
+    "1 vector drift 0.4": ["optim.embedding_reg_weight=0", "optim.max_drift=0.4",
+                           "personalization.num_vectors_per_token=1"],
+    "1 vector drift 0.5": ["optim.embedding_reg_weight=0", "optim.max_drift=0.5",
+                           "personalization.num_vectors_per_token=1"],
+    "1 vector drift 0.55": ["optim.embedding_reg_weight=0", "optim.max_drift=0.55",
+                            "personalization.num_vectors_per_token=1"],
+    "1 vector drift 0.6": ["optim.embedding_reg_weight=0", "optim.max_drift=0.6",
+                           "personalization.num_vectors_per_token=1"],
+    "1 vector drift 0.5 600 steps": ["optim.embedding_reg_weight=0", "optim.max_drift=0.5",
+                                      "personalization.num_vectors_per_token=1", "train.max_steps=600"],
+    "1 vector drift 0.7": ["optim.embedding_reg_weight=0", "optim.max_drift=0.7",
+                           "personalization.num_vectors_per_token=1"],
     "4 vectors reg 0.2": ["optim.embedding_reg_weight=0.2", "personalization.num_vectors_per_token=4"],
     "4 vectors reg 0.3": ["optim.embedding_reg_weight=0.3", "personalization.num_vectors_per_token=4"],
     "4 vectors drift 0.35": ["optim.embedding_reg_weight=0", "optim.max_drift=0.35",
                              "personalization.num_vectors_per_token=4"],
     "4 vectors drift 0.3": ["optim.embedding_reg_weight=0", "optim.max_drift=0.3",
                             "personalization.num_vectors_per_token=4"],
+    "4 vectors drift 0.25": ["optim.embedding_reg_weight=0", "optim.max_drift=0.25",
+                             "personalization.num_vectors_per_token=4"],
+    "4 vectors drift 0.2": ["optim.embedding_reg_weight=0", "optim.max_drift=0.2",
+                            "personalization.num_vectors_per_token=4"],
+    "8 vectors drift 0.2": ["optim.embedding_reg_weight=0", "optim.max_drift=0.2",
+                            "personalization.num_vectors_per_token=8"],
     "3 vectors drift 0.35": ["optim.embedding_reg_weight=0", "optim.max_drift=0.35",
                              "personalization.num_vectors_per_token=3"],
+    "1 vector anchor 2": ["personalization.num_vectors_per_token=1", "optim.edit_anchor_weight=2", EDIT_WORDS],
+    "1 vector anchor 3": ["personalization.num_vectors_per_token=1", "optim.edit_anchor_weight=3", EDIT_WORDS],
+    "1 vector anchor 10": ["personalization.num_vectors_per_token=1", "optim.edit_anchor_weight=10", EDIT_WORDS],
     "norm = vocab": ["optim.norm_control=vocab"],
     "norm cap 1.5x": ["optim.norm_control=cap", "optim.norm_cap=1.5"],
     "min-SNR 5": ["optim.min_snr_gamma=5"],
@@ -93,6 +122,7 @@ class Job:
     init_word: str
     sizes: tuple[float, float] = world.SIZES
     templates: tuple[str, ...] = CHOOSE_TEMPLATES
+    colours: tuple[str, ...] | None = None  # the edits judged (None: every other colour)
 
     @property
     def key(self) -> str:
@@ -115,11 +145,15 @@ def jobs(stage: str, seeds: int, levers: list[str], concepts: int = 2,
                 found.append(Job("check, drawn differently", "toy.yaml", concept, seed, [], concept[1], SMALL,
                                  CHECK_TEMPLATES))
                 found.append(Job("check, init word shape", "toy.yaml", concept, seed, [], "shape"))
+                found.append(Job("check, edit words held out", "toy.yaml", concept, seed,
+                                 [f"optim.edit_words=[{', '.join(TAUGHT)}]"], concept[1],
+                                 colours=tuple(c for c in world.COLOURS if c not in TAUGHT)))
     return [j for j in found if stage == "choose" or condition(j) in conditions] if conditions else found
 
 
 def condition(job: Job) -> str:
-    """A check job's condition as --conditions names it: `as chosen`, `drawn differently`, `init word shape`."""
+    """A check job's condition as --conditions names it: `as chosen`, `drawn differently`, `init word shape`,
+    `edit words held out`."""
     return job.stage.removeprefix("check").strip(", ") or "as chosen"
 
 
@@ -159,13 +193,13 @@ def judge(pipe, embedding: Path, job: Job, *, strength: float = 1.0, weight: flo
     images = [g.image for g in txt2img(pipe, f"a photo of {shown}", n=SAMPLES, steps=log.sample_steps,
                                        cfg=log.guidance_scale, seed=seed)]
     edits = edit_share(pipe, shown, job.concept, templates=job.templates, samples=EDIT_SAMPLES, seed=seed,
-                       steps=log.sample_steps, guidance=log.guidance_scale)
+                       steps=log.sample_steps, guidance=log.guidance_scale, colours=job.colours)
     return {"identity": accuracy(images, *job.concept), "editability": edits,
             "norm": float(emb.tokens[0].vectors.norm(dim=1).mean())}
 
 
 def run(stage: str, seeds: int, out: Path, levers: list[str], concepts: int = 2,
-        conditions: list[str] | None = None) -> None:
+        conditions: list[str] | None = None, shard: tuple[int, int] = (0, 1)) -> None:
     from textinv.models.loading import load_pipeline
 
     torch.set_num_threads(1)  # the toy model's tensors are small; one thread does not collapse under load
@@ -173,7 +207,8 @@ def run(stage: str, seeds: int, out: Path, levers: list[str], concepts: int = 2,
     results = out / "results.jsonl"
     done = {json.loads(line)["key"] for line in results.read_text().splitlines()} if results.exists() else set()
     pipe = load_pipeline("toy")
-    for job in jobs(stage, seeds, levers, concepts, conditions):
+    k, n = shard
+    for job in jobs(stage, seeds, levers, concepts, conditions)[k::n]:
         if job.key in done:
             continue
         t0 = time.perf_counter()
@@ -259,6 +294,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--conditions", help="for check: which of its conditions, comma-separated: as chosen, drawn "
                         "differently, init word shape (default all)")
     parser.add_argument("--plot", type=Path, help="draw the trade-off picture here (report)")
+    parser.add_argument("--shard", default="0/1", help="K/N: run every Nth job from the Kth, so N processes (one "
+                        "per core) share a stage; each appends to the same results.jsonl")
     args = parser.parse_args(argv)
     if args.stage == "report":
         rows = table(args.out)
@@ -271,7 +308,8 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         sys.exit(f"unknown lever(s) {unknown}; known: {list(TRAINED)}")
     run(args.stage, args.seeds, args.out, levers, args.concepts,
-        [c.strip() for c in args.conditions.split(",")] if args.conditions else None)
+        [c.strip() for c in args.conditions.split(",")] if args.conditions else None,
+        tuple(int(x) for x in args.shard.split("/")))
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ class OptimConfig:
     max_drift: float = 0.0  # 0: off; else keep each vector within this many vocabulary median norms of its init
     ema_decay: float = 0.0  # 0: off; else also save an EMA of the vectors, <name>-ema.pt (OneTrainer: 0.999)
     min_snr_gamma: float = 0.0  # 0: off; else Min-SNR-gamma loss weighting (invoke-training's default: 5)
-    edit_anchor_weight: float = 0.0  # 0: off; else keep `<edit word> *` obeying the edit (training/anchor.py)
+    edit_anchor_weight: float = 0.0  # 0: off; else keep `<edit word> *` obeying the edit (loop.EditAnchor)
     edit_words: list[str] = field(default_factory=list)  # the edits to keep, e.g. [red, blue, wooden]
 
 

@@ -31,17 +31,18 @@ def write_concept(folder: str | Path, *, seed: int = 0, concept: tuple[str, str]
 
 
 def edit_share(pipe, word: str, concept: tuple[str, str], *, templates=EDIT_TEMPLATES, samples: int = 4,
-               seed: int = 1000, steps: int, guidance: float, prompt=None) -> float:
+               seed: int = 1000, steps: int, guidance: float, prompt=None, colours=None) -> float:
     """The share of `samples` pictures per (other colour, template) that the judge sees as the concept's shape in
     the colour asked for. `word` is the placeholder as the prompt writes it (e.g. `*` or `(*:0.7)`); `prompt`
-    turns a template's text into the prompt (the text itself by default)."""
+    turns a template's text into the prompt (the text itself by default); `colours` limits the edits asked for
+    (default: every other colour of the world)."""
     from textinv.generation.sampling import txt2img
     from textinv.toy.judge import judge
 
     colour, shape = concept
     right = total = 0
     for template in templates:
-        for other in (c for c in world.COLOURS if c != colour):
+        for other in (c for c in colours or world.COLOURS if c != colour):
             text = template.format(word, colour=other)
             images = [g.image for g in txt2img(pipe, prompt(text) if prompt else text, n=samples, steps=steps,
                                                cfg=guidance, seed=seed)]
