@@ -12,10 +12,11 @@ Use-time levers need no training: the baseline's vectors blended toward the init
 --strength S`), the prompt weight `(*:w)`, and the EMA written beside the baseline's vectors.
 
 Stage `choose` runs on the first two held-out concepts (the ones the defaults are chosen on); stage `check` trains
-with the packaged toy config as it is on the other two, in three conditions: as in `choose`; "drawn differently"
-(smaller shapes, so placed more widely, and edit templates the choice never saw); and the init word `shape`
-instead of the shape's name. Every result is appended to results.jsonl in --out, and a rerun skips what is
-there, so the bench can be stopped and continued. `--plot` draws docs/levers.png from the results.
+with the packaged toy config as it is on the other two, in four conditions: as in `choose`; "drawn differently"
+(smaller shapes, so placed more widely, and edit templates the choice never saw); the init word `shape` instead
+of the shape's name; and "edit words held out" (the edit anchor taught three colours, judged on the others).
+Every result is appended to results.jsonl in --out, and a rerun skips what is there, so the bench can be stopped
+and continued; `--shard K/N` splits a stage between N processes. `--plot` draws docs/levers.png from the results.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ TRAINED = {
                             "personalization.num_vectors_per_token=8"],
     "3 vectors drift 0.35": ["optim.embedding_reg_weight=0", "optim.max_drift=0.35",
                              "personalization.num_vectors_per_token=3"],
+    "1 vector anchor 0.5": ["personalization.num_vectors_per_token=1", "optim.edit_anchor_weight=0.5", EDIT_WORDS],
+    "1 vector anchor 1": ["personalization.num_vectors_per_token=1", "optim.edit_anchor_weight=1", EDIT_WORDS],
     "1 vector anchor 2": ["personalization.num_vectors_per_token=1", "optim.edit_anchor_weight=2", EDIT_WORDS],
     "1 vector anchor 3": ["personalization.num_vectors_per_token=1", "optim.edit_anchor_weight=3", EDIT_WORDS],
     "1 vector anchor 10": ["personalization.num_vectors_per_token=1", "optim.edit_anchor_weight=10", EDIT_WORDS],

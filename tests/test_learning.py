@@ -27,6 +27,10 @@ def test_an_embedding_learns_a_pair_the_toy_model_never_saw(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="not reached yet (issue 21): on 2026-12-07, on the rebuilt model, these "
+                   "pictures (the yellow square, seed 5) gave identity 62% / editability 82% with configs/toy.yaml "
+                   "(one vector, edit anchor 1); the bench's check runs gave 34% / 72% on average (README, Identity "
+                   "and editability)")
 def test_default_toy_training_reaches_the_identity_and_editability_targets_on_an_unseen_concept(tmp_path):
     """Issue 21's target for the packaged toy config: identity >= 90% and editability >= 60%, on the last held-out
     concept (the yellow square: the defaults were chosen on the purple triangle and the green circle), from pictures

@@ -37,9 +37,9 @@ UPPER_BOUNDS: dict[str, tuple[float, str]] = {
     "log.eval_every": (MAX_STEPS, "at most train.max_steps can run; 0 turns it off"),
     # issue 21's levers (bench/levers.py: on the toy model a weight of 1 already leaves only the init word)
     "optim.embedding_reg_weight": (100.0, "a pull toward the init word; at 1 the toy concept is already gone"),
-    "optim.max_drift": (100.0, "vocabulary median norms from the init vector; 0.3 on the toy model"),
+    "optim.max_drift": (100.0, "vocabulary median norms from the init vector; 0.3-0.7 measured on the toy model"),
     "optim.norm_cap": (100.0, "vocabulary median norms; a cap that high caps nothing"),
-    "optim.edit_anchor_weight": (100.0, "the edit anchor's share of the loss; 3 on the toy model"),
+    "optim.edit_anchor_weight": (100.0, "the edit anchor's share of the loss; 1 on the toy model, 3 already over-pulls"),
     "optim.min_snr_gamma": (1000.0, "the SNR cap of Min-SNR weighting; 5 in invoke-training and the paper"),
     # AUTOMATIC1111's CFG Scale slider ends at 30 (stable-diffusion-webui modules/ui.py, gr.Slider maximum=30.0)
     "log.guidance_scale": (30.0, "AUTOMATIC1111's CFG slider ends there"),
