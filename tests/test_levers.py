@@ -360,12 +360,26 @@ def test_the_anchor_trains_sdxl_through_both_encoders(tmp_path, tiny_sdxl_dir, i
     assert result.step == 3
 
 
-def test_an_anchor_without_words_is_one_line_before_the_model_loads(tmp_path, tiny_model_dir, images):
+@pytest.mark.parametrize("words", [None, "optim.edit_words=[red, '']"])
+def test_an_anchor_without_words_is_one_line_before_the_model_loads(tmp_path, tiny_model_dir, images, words):
+    """No words, or an empty one (it would anchor `a photo of a  *` to the bare init word and pull the concept out of
+    the word itself)."""
+    extra = ["--set", words] if words else []
     result = runner.invoke(app, ["train", str(images), "-i", "cat", "--model", str(tiny_model_dir), "--set",
-                                 "optim.edit_anchor_weight=1", "--max-steps", "1", "--out", str(tmp_path / "logs")])
+                                 "optim.edit_anchor_weight=1", *extra, "--max-steps", "1", "--out",
+                                 str(tmp_path / "logs")])
     assert result.exit_code != 0
     assert len(result.stderr.strip().splitlines()) == 1 and "needs `optim.edit_words`" in result.stderr
     assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").iterdir())
+
+
+@pytest.mark.parametrize("batch, anchor, planned", [(2, 0, 2), (2, 1, 3), (1, 1, 2), (16, 1, 24)])
+def test_a_memory_budget_counts_the_anchors_half_batch(batch, anchor, planned):
+    from textinv.training.setup import memory_wish
+
+    cfg = cfgmod.apply_overrides(cfgmod.Config(), [f"data.batch_size={batch}", f"optim.edit_anchor_weight={anchor}",
+                                                   "optim.edit_words=[red]", "train.max_memory=4"])
+    assert memory_wish(cfg).batch == planned
 
 
 # --- the keys' bounds --------------------------------------------------------------------------------------------

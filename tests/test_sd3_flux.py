@@ -716,7 +716,8 @@ def test_the_edit_anchor_on_a_flow_model_is_one_line(tiny_sd3_dir, tmp_path, no_
     images = make_images(tmp_path / "my_cat")
     result = _train(images, tiny_sd3_dir, tmp_path / "logs", "--set", "optim.edit_anchor_weight=3", "--set",
                     "optim.edit_words=[red]")
-    _refused_in_one_line(result, "`optim.edit_anchor_weight` has been measured on DDPM models only")
+    _refused_in_one_line(result, "`optim.edit_anchor_weight` is for DDPM training (SD1.x, SD2.x, SDXL; measured "
+                                 "on the toy model only)")
 
 
 def test_prompt_weights_on_sd3_are_refused_in_one_line(tiny_sd3_dir, tmp_path):

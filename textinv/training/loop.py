@@ -166,7 +166,7 @@ def train(cfg: Config, *, reporter: Reporter | None = None, resume: str | Path |
     precision = setup.resolve_precision(cfg.train.mixed_precision, device)
     images, items = data.build_items(cfg.personalization, cfg.data, reporter)
     model = setup.prepare_model(cfg.model, cfg.personalization, cfg.data.resolution, cfg.train.gradient_checkpointing,
-                                device, precision, reporter, cfg.train, setup.memory_wish(cfg.train, cfg.data))
+                                device, precision, reporter, cfg.train, setup.memory_wish(cfg))
     batches = setup.make_batches(model, images, items, cfg.data, cfg.train.seed, acc.process_index, world)
     lr, how = setup.effective_batch(cfg.optim, cfg.data.batch_size, world)
     learning = setup.make_learning(model, batches, cfg.optim, lr, cfg.train.max_steps)

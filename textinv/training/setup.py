@@ -85,15 +85,16 @@ def check_optim(flow: bool, optim) -> None:
     timesteps (flow matching has `train.weighting_scheme`), and the edit anchor has been tried on DDPM models only."""
     if optim is None:
         return
-    if optim.edit_anchor_weight and not [w for w in optim.edit_words if w.strip()]:
+    if optim.edit_anchor_weight and (not optim.edit_words or not all(w.strip() for w in optim.edit_words)):
         raise ConfigError("`optim.edit_anchor_weight` needs `optim.edit_words`, the words that must keep working "
-                          "before the placeholder: e.g. --set 'optim.edit_words=[red, blue, wooden]'")
+                          "before the placeholder, none of them empty: e.g. --set 'optim.edit_words=[red, blue, "
+                          "wooden]'")
     if flow and optim.min_snr_gamma:
         raise ConfigError("`optim.min_snr_gamma` weights DDPM training (SD1.x, SD2.x, SDXL); this model trains "
                           "with flow matching, weighted by `train.weighting_scheme`: set min_snr_gamma to 0")
     if flow and optim.edit_anchor_weight:
-        raise ConfigError("`optim.edit_anchor_weight` has been measured on DDPM models only (SD1.x, SD2.x, SDXL, "
-                          "the toy model); for SD3 and Flux.1 set it to 0")
+        raise ConfigError("`optim.edit_anchor_weight` is for DDPM training (SD1.x, SD2.x, SDXL; measured on the toy "
+                          "model only); for SD3 and Flux.1 set it to 0")
 
 
 def make_accelerator(train_cfg):
@@ -256,9 +257,13 @@ class MemoryWish:
     batch: int = 1
 
 
-def memory_wish(train_cfg, data_cfg) -> MemoryWish:
-    return MemoryWish(max_memory=train_cfg.max_memory, offload=train_cfg.offload,
-                      may_cast=train_cfg.mixed_precision == "auto", batch=data_cfg.batch_size)
+def memory_wish(cfg) -> MemoryWish:
+    """What the budget plans for; the edit anchor keeps the activations of half a batch more for the backward pass
+    (loop.EditAnchor), so a budget counts them."""
+    batch = cfg.data.batch_size
+    extra = max(1, batch // 2) if cfg.optim.edit_anchor_weight else 0
+    return MemoryWish(max_memory=cfg.train.max_memory, offload=cfg.train.offload,
+                      may_cast=cfg.train.mixed_precision == "auto", batch=batch + extra)
 
 
 def plan_memory(pipe, wish: MemoryWish, wanted: budget.Settings, resolution: int, before: int,
